@@ -1,0 +1,371 @@
+//! Accounts: register, login, the own profile and public profiles.
+//!
+//! Registration is a small saga over three aggregates. The email and the
+//! username are claimed (in parallel) on their claim aggregates, whose single
+//! writers decide races; then the account is registered. If one claim is lost,
+//! the other is released. Every step's command id is derived from the
+//! request's, so a retry with the same `Idempotency-Key` replays the same
+//! steps and gets their first outcomes back.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use tidings_commands::{AnyCommand, Outcome};
+use tidings_domain::{account, claim};
+use tidings_projections::accounts::{AccountRow, Profile, PublicProfile};
+use tidings_projections::db;
+use tidings_schemas::{AggregateRef, Position};
+use uuid::Uuid;
+
+use crate::auth::{hash_password, verify_password, Authenticated};
+use crate::context::{step_id, RequestContext};
+use crate::error::{accepted, ApiError};
+use crate::validate::{self, Fields};
+use crate::ApiState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/auth/register", web::post().to(register))
+        .route("/api/auth/login", web::post().to(login))
+        .route("/api/profile", web::get().to(own_profile))
+        .route("/api/profile", web::patch().to(update_profile))
+        .route("/api/users/{id}", web::get().to(public_profile));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub display_name: Option<String>,
+}
+
+/// A registration that passed validation, normalized.
+struct Registration {
+    username: String,
+    email: String,
+    password: String,
+    display_name: String,
+}
+
+impl TryFrom<RegisterBody> for Registration {
+    type Error = ApiError;
+
+    fn try_from(body: RegisterBody) -> Result<Self, ApiError> {
+        let mut fields = Fields::default();
+        let username = fields.check("username", validate::username(&body.username));
+        let email = fields.check("email", validate::email(&body.email));
+        let password = fields.check("password", validate::password(&body.password));
+        let display_name = match &body.display_name {
+            Some(name) => fields.check("display_name", validate::display_name(name)),
+            None => Some(body.username.trim().to_owned()),
+        };
+        fields.finish()?;
+        Ok(Registration {
+            username: username.expect("checked"),
+            email: email.expect("checked"),
+            password: password.expect("checked"),
+            display_name: display_name.expect("checked"),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Registered {
+    user: Profile,
+    token: String,
+    position: Position,
+}
+
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
+async fn register(
+    state: web::Data<ApiState>,
+    ctx: RequestContext,
+    body: web::Json<RegisterBody>,
+) -> Result<HttpResponse, ApiError> {
+    let input = Registration::try_from(body.into_inner())?;
+    let base = ctx.command_id(None);
+    let user_id = step_id(base, "user");
+    let claim_on = |kind: claim::Kind, value: &str, step: &str, command: claim::Command| {
+        ctx.envelope(
+            step_id(base, step),
+            Some(user_id),
+            AggregateRef::claim(kind, &value.to_lowercase()),
+            AnyCommand::Claim(command),
+        )
+    };
+    let email_claim = claim_on(
+        claim::Kind::Email,
+        &input.email,
+        "claim-email",
+        claim::Command::Claim {
+            kind: claim::Kind::Email,
+            owner: user_id,
+        },
+    );
+    let username_claim = claim_on(
+        claim::Kind::Username,
+        &input.username,
+        "claim-username",
+        claim::Command::Claim {
+            kind: claim::Kind::Username,
+            owner: user_id,
+        },
+    );
+    let password_hash = hash_password(input.password.clone()).await?;
+    let (by_email, by_username) = tokio::join!(
+        state.bus.send(&email_claim),
+        state.bus.send(&username_claim)
+    );
+    let (by_email, by_username) = (by_email?, by_username?);
+    let mut position = Position::default();
+    let lost = match (&by_email, &by_username) {
+        (Outcome::Accepted { position: e }, Outcome::Accepted { position: u }) => {
+            position.merge(e);
+            position.merge(u);
+            None
+        }
+        (Outcome::Rejected { .. }, _) => Some(by_email.clone()),
+        (_, Outcome::Rejected { .. }) => Some(by_username.clone()),
+    };
+    if let Some(lost) = lost {
+        // Give back whichever claim was won, so the value is free again.
+        for (won, kind, value, step) in [
+            (&by_email, claim::Kind::Email, &input.email, "release-email"),
+            (
+                &by_username,
+                claim::Kind::Username,
+                &input.username,
+                "release-username",
+            ),
+        ] {
+            if matches!(won, Outcome::Accepted { .. }) {
+                let release = claim_on(
+                    kind,
+                    value,
+                    step,
+                    claim::Command::Release {
+                        kind,
+                        owner: user_id,
+                    },
+                );
+                if let Err(error) = state.bus.send(&release).await {
+                    tracing::warn!(%error, ?kind, "releasing a claim after a lost registration");
+                }
+            }
+        }
+        return Err(accepted(lost).expect_err("a rejection"));
+    }
+    let register = ctx.envelope(
+        step_id(base, "register"),
+        Some(user_id),
+        AggregateRef::account(user_id),
+        AnyCommand::Account(account::Command::Register(account::Register {
+            user_id,
+            username: input.username.clone(),
+            email: input.email.clone(),
+            password_hash,
+            display_name: input.display_name.clone(),
+            at: ctx.issued_at,
+        })),
+    );
+    position.merge(&accepted(state.bus.send(&register).await?)?);
+    let user = Profile {
+        id: user_id,
+        username: input.username,
+        email: input.email,
+        display_name: input.display_name,
+        bio: None,
+        avatar_url: None,
+        created_at: ctx.issued_at,
+        followers_count: 0,
+        following_count: 0,
+        posts_count: 0,
+    };
+    let token = state.jwt.issue(user_id, 0);
+    Ok(HttpResponse::Created()
+        .insert_header(("X-Position", position.to_string()))
+        .json(Registered {
+            user,
+            token,
+            position,
+        }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    pub login: String,
+    pub password: String,
+}
+
+#[derive(Serialize)]
+struct LoggedIn {
+    user: Profile,
+    token: String,
+}
+
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
+async fn login(
+    state: web::Data<ApiState>,
+    ctx: RequestContext,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    if body.login.len() > validate::MAX_EMAIL || body.password.len() > validate::MAX_PASSWORD {
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "wrong login or password",
+        ));
+    }
+    let account = tidings_projections::accounts::by_login(&state.db, &body.login).await?;
+    let hash = account.as_ref().map(|a| a.password_hash.clone());
+    match account {
+        Some(account) if verify_password(body.password, hash).await? => {
+            let token = state.jwt.issue(account.id, account.token_version);
+            Ok(HttpResponse::Ok().json(LoggedIn {
+                user: account.profile(),
+                token,
+            }))
+        }
+        _ => Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "wrong login or password",
+        )),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %me.user_id))]
+async fn own_profile(me: Authenticated) -> Result<HttpResponse, ApiError> {
+    let account = me.account.ok_or_else(ApiError::not_found)?;
+    Ok(HttpResponse::Ok().json(account.profile()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileBody {
+    display_name: Option<String>,
+    #[serde(default, deserialize_with = "account::present")]
+    bio: Option<Option<String>>,
+    #[serde(default, deserialize_with = "account::present")]
+    avatar_url: Option<Option<String>>,
+}
+
+impl UpdateProfileBody {
+    fn into_command(self, ctx: &RequestContext) -> Result<account::UpdateProfile, ApiError> {
+        let mut fields = Fields::default();
+        let display_name = self
+            .display_name
+            .map(|n| fields.check("display_name", validate::display_name(&n)));
+        let bio = self
+            .bio
+            .map(|b| b.map(|b| fields.check("bio", validate::bio(&b))));
+        let avatar_url = self
+            .avatar_url
+            .map(|u| u.map(|u| fields.check("avatar_url", validate::url(&u))));
+        fields.finish()?;
+        Ok(account::UpdateProfile {
+            display_name: display_name.flatten(),
+            bio: bio.map(Option::flatten),
+            avatar_url: avatar_url.map(Option::flatten),
+            at: ctx.issued_at,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct UpdatedProfile {
+    #[serde(flatten)]
+    profile: Profile,
+    position: Position,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %me.user_id, request_id = %ctx.request_id))]
+async fn update_profile(
+    state: web::Data<ApiState>,
+    ctx: RequestContext,
+    me: Authenticated,
+    body: web::Json<UpdateProfileBody>,
+) -> Result<HttpResponse, ApiError> {
+    let update = body.into_inner().into_command(&ctx)?;
+    let command = ctx.envelope(
+        ctx.command_id(Some(me.user_id)),
+        Some(me.user_id),
+        AggregateRef::account(me.user_id),
+        AnyCommand::Account(account::Command::UpdateProfile(update)),
+    );
+    let position = accepted(state.bus.send(&command).await?)?;
+    // Answer with the profile as the read model will show it: wait (bounded)
+    // for the projector to pass this write.
+    if let Err(error) = db::wait_for(&state.db, &position, state.settings.min_position_wait).await {
+        tracing::warn!(%error, "profile update answered before it was projected");
+    }
+    let account: AccountRow = tidings_projections::accounts::by_id(&state.db, me.user_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    state.cache.put_account(&account).await;
+    Ok(HttpResponse::Ok()
+        .insert_header(("X-Position", position.to_string()))
+        .json(UpdatedProfile {
+            profile: account.profile(),
+            position,
+        }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn public_profile(
+    state: web::Data<ApiState>,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let account = state
+        .account(id.into_inner())
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let view: PublicProfile = account.public_profile();
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(username: &str, email: &str, password: &str) -> RegisterBody {
+        RegisterBody {
+            username: username.into(),
+            email: email.into(),
+            password: password.into(),
+            display_name: None,
+        }
+    }
+
+    #[test]
+    fn a_valid_registration_is_normalized() {
+        let r =
+            Registration::try_from(body("Alice_1", " Alice@Example.COM ", "long enough")).unwrap();
+        assert_eq!(r.email, "alice@example.com");
+        assert_eq!(r.username, "Alice_1");
+        assert_eq!(r.display_name, "Alice_1");
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let error = Registration::try_from(body("a", "not an email", "short"))
+            .err()
+            .unwrap();
+        assert_eq!(error.code, "validation_failed");
+        let fields: Vec<&str> = error.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["username", "email", "password"]);
+    }
+
+    #[test]
+    fn a_patch_can_clear_a_field() {
+        let body: UpdateProfileBody = serde_json::from_str(r#"{"bio": null}"#).unwrap();
+        assert_eq!(body.bio, Some(None));
+        let body: UpdateProfileBody = serde_json::from_str(r#"{}"#).unwrap();
+        assert_eq!(body.bio, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<UpdateProfileBody>(r#"{"email": "x@y.z"}"#).is_err());
+    }
+}

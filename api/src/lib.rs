@@ -1,0 +1,141 @@
+//! # tidings-api: the REST API
+//!
+//! Handlers are thin: a body is read into a DTO, turned (`TryFrom`) into a
+//! command, sent on the [`CommandBus`], and the outcome mapped to a response.
+//! Reads come from the projections, through the Redis cache.
+//!
+//! - [`accounts`]: register, login, profiles — start here;
+//! - [`auth`]: JWTs, passwords, the [`auth::Authenticated`] extractor;
+//! - [`context`]: request id, idempotency key, command envelopes;
+//! - [`error`]: problem+json with a stable `code`;
+//! - [`middleware`]: request ids and `X-Min-Position` (read-your-writes);
+//! - [`validate`]: field rules.
+//!
+//! Depends on `tidings-commands` and `tidings-projections`.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod auth;
+pub mod context;
+pub mod error;
+pub mod health;
+pub mod middleware;
+pub mod validate;
+
+use std::time::Duration;
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use sqlx::PgPool;
+use tidings_commands::CommandBus;
+use tidings_projections::accounts::AccountRow;
+use tidings_projections::Cache;
+use uuid::Uuid;
+
+use crate::auth::Jwt;
+use crate::error::{ApiError, FieldError};
+
+/// The largest JSON body accepted; anything larger is a 413.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// The longest a read waits for `X-Min-Position` (and a write for its own
+    /// projection) before answering 503.
+    pub min_position_wait: Duration,
+}
+
+/// What every handler shares.
+pub struct ApiState {
+    pub db: PgPool,
+    pub cache: Cache,
+    pub bus: CommandBus,
+    pub jwt: Jwt,
+    pub settings: ApiSettings,
+}
+
+impl ApiState {
+    /// An account from the cache, else from PostgreSQL (filling the cache).
+    pub async fn account(&self, id: Uuid) -> Result<Option<AccountRow>, ApiError> {
+        if let Some(account) = self.cache.account(id).await {
+            return Ok(Some(account));
+        }
+        let account = tidings_projections::accounts::by_id(&self.db, id).await?;
+        if let Some(account) = &account {
+            self.cache.put_account(account).await;
+        }
+        Ok(account)
+    }
+}
+
+/// Mounts every REST route, and the extractor settings that turn bad input
+/// into problem+json.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(json_config())
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .configure(health::routes)
+        .configure(accounts::routes);
+}
+
+/// The answer for a route that does not exist.
+pub async fn not_found() -> HttpResponse {
+    error_response(ApiError::not_found())
+}
+
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_JSON_BODY)
+        .error_handler(|error, _req: &HttpRequest| json_error(error).into())
+}
+
+fn json_error(error: JsonPayloadError) -> ApiError {
+    match error {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::new(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {MAX_JSON_BODY} bytes"),
+            )
+        }
+        JsonPayloadError::ContentType => ApiError::new(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json",
+        ),
+        JsonPayloadError::Deserialize(error) if error.is_data() => {
+            ApiError::validation(vec![FieldError::new(&field_of(&error), error.to_string())])
+        }
+        JsonPayloadError::Deserialize(error) => {
+            ApiError::bad_request("malformed_json", error.to_string())
+        }
+        other => ApiError::bad_request("malformed_body", other.to_string()),
+    }
+}
+
+/// The field a serde error names (``missing field `email` ``, ``unknown
+/// field `x` ``), or `body` when it names none.
+fn field_of(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field"))
+        .unwrap_or("body")
+        .to_owned()
+}
+
+fn path_error(_error: PathError, _req: &HttpRequest) -> actix_web::Error {
+    // A path that cannot name anything (an id that is not a UUID) names
+    // nothing that exists.
+    ApiError::not_found().into()
+}
+
+fn query_error(error: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request("invalid_query", error.to_string()).into()
+}
+
+/// Renders an [`ApiError`] as a response (for middleware).
+pub fn error_response(error: ApiError) -> HttpResponse {
+    actix_web::ResponseError::error_response(&error)
+}

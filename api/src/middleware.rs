@@ -1,0 +1,75 @@
+//! Middleware of every request: a request id, and read-your-writes.
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
+use tidings_projections::db::{self, WaitError};
+use tidings_schemas::Position;
+use uuid::Uuid;
+
+use crate::context::RequestId;
+use crate::error::ApiError;
+use crate::{error_response, ApiState};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives each request an id — the client's `X-Request-Id` if it is a UUID —
+/// which becomes the correlation id of the commands it sends, and echoes it.
+pub async fn request_id(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Uuid>().ok())
+        .unwrap_or_else(Uuid::new_v4);
+    req.extensions_mut().insert(RequestId(id));
+    let mut response = next.call(req).await?;
+    response.headers_mut().insert(
+        X_REQUEST_ID,
+        HeaderValue::from_str(&id.to_string()).expect("a UUID is a header value"),
+    );
+    Ok(response)
+}
+
+/// A GET that carries `X-Min-Position` is answered only once the read models
+/// have passed that position; past the bounded wait, 503 with `Retry-After`.
+pub async fn read_your_writes(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let token = req
+        .headers()
+        .get("x-min-position")
+        .filter(|_| req.method() == actix_web::http::Method::GET)
+        .map(|v| v.to_str().map(str::to_owned));
+    if let Some(token) = token {
+        if let Err(error) = wait(&req, token.ok()).await {
+            let (http, _) = req.into_parts();
+            return Ok(ServiceResponse::new(http, error_response(error)).map_into_right_body());
+        }
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<(), ApiError> {
+    let position: Position = token.and_then(|t| t.parse().ok()).ok_or_else(|| {
+        ApiError::bad_request("invalid_position", "X-Min-Position is not a position token")
+    })?;
+    let state = req
+        .app_data::<web::Data<ApiState>>()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("ApiState missing")))?;
+    match db::wait_for(&state.db, &position, state.settings.min_position_wait).await {
+        Ok(()) => Ok(()),
+        Err(WaitError::TimedOut(_)) => Err(ApiError::unavailable(
+            "position_not_reached",
+            "the read model has not caught up with that position yet",
+            1,
+        )),
+        Err(WaitError::Database(error)) => Err(error.into()),
+    }
+}

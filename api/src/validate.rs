@@ -1,0 +1,139 @@
+//! Field rules of the request bodies. Each rule returns the normalized value
+//! or what is wrong with it; [`Fields`] gathers every failure of a body so a
+//! client learns all of them at once.
+
+use crate::error::{ApiError, FieldError};
+
+pub const MAX_EMAIL: usize = 254;
+/// Long enough for any passphrase, short enough that hashing it is cheap.
+pub const MAX_PASSWORD: usize = 1024;
+pub const MIN_PASSWORD: usize = 8;
+pub const MAX_DISPLAY_NAME: usize = 64;
+pub const MAX_BIO: usize = 500;
+pub const MAX_URL: usize = 2048;
+
+#[derive(Default)]
+pub struct Fields(Vec<FieldError>);
+
+impl Fields {
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.0.push(FieldError::new(field, message));
+                None
+            }
+        }
+    }
+
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(self.0))
+        }
+    }
+}
+
+/// 3 to 32 letters, digits or underscores; kept as typed, unique regardless
+/// of case.
+pub fn username(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let ok_chars = value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !(3..=32).contains(&value.len()) || !ok_chars {
+        return Err("3 to 32 letters, digits or underscores".into());
+    }
+    Ok(value.to_owned())
+}
+
+/// One `@` with something on both sides and a dot in the domain; lowercased.
+pub fn email(value: &str) -> Result<String, String> {
+    let value = value.trim().to_lowercase();
+    let well_formed = value.len() <= MAX_EMAIL
+        && !value.chars().any(char::is_whitespace)
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if well_formed {
+        Ok(value)
+    } else {
+        Err("not an email address".into())
+    }
+}
+
+pub fn password(value: &str) -> Result<String, String> {
+    let length = value.chars().count();
+    if length < MIN_PASSWORD {
+        return Err(format!("at least {MIN_PASSWORD} characters"));
+    }
+    if value.len() > MAX_PASSWORD {
+        return Err(format!("at most {MAX_PASSWORD} bytes"));
+    }
+    Ok(value.to_owned())
+}
+
+pub fn display_name(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty()
+        || value.chars().count() > MAX_DISPLAY_NAME
+        || value.chars().any(char::is_control)
+    {
+        return Err(format!("1 to {MAX_DISPLAY_NAME} printable characters"));
+    }
+    Ok(value.to_owned())
+}
+
+pub fn bio(value: &str) -> Result<String, String> {
+    if value.chars().count() > MAX_BIO {
+        return Err(format!("at most {MAX_BIO} characters"));
+    }
+    Ok(value.trim().to_owned())
+}
+
+pub fn url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let scheme_ok = value.starts_with("https://") || value.starts_with("http://");
+    if !scheme_ok
+        || value.len() > MAX_URL
+        || value.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("an http(s) URL of at most {MAX_URL} characters"));
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(email(" A@B.io ").unwrap(), "a@b.io");
+        for bad in [
+            "", "a", "a@b", "@b.io", "a@@b.io", "a b@c.io", "a@.io", "a@io.",
+        ] {
+            assert!(email(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn usernames() {
+        assert!(username("al_1").is_ok());
+        for bad in ["al", "a-b", "ä123", &"x".repeat(33)] {
+            assert!(username(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn urls_and_lengths() {
+        assert!(url("https://x.io/a.png").is_ok());
+        assert!(url("javascript:alert(1)").is_err());
+        assert!(bio(&"x".repeat(MAX_BIO + 1)).is_err());
+        assert!(display_name("  ").is_err());
+        assert!(password("short").is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! The command envelope and its outcome.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tidings_domain::{account, claim, ErrorKind, Rejection};
+use tidings_schemas::{AggregateRef, Position};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    /// Deterministic when the client sent an `Idempotency-Key`, so a retry is
+    /// the same command and the decider answers it with its first outcome.
+    pub command_id: Uuid,
+    pub idempotency_key: Option<String>,
+    pub actor: Option<Uuid>,
+    pub issued_at: DateTime<Utc>,
+    pub correlation_id: Uuid,
+    pub aggregate: AggregateRef,
+    pub command: AnyCommand,
+}
+
+/// A command of any aggregate. Each domain's commands carry their own
+/// `type` tag (`account.register`, `claim.claim`…), so they never overlap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AnyCommand {
+    Account(account::Command),
+    Claim(claim::Command),
+}
+
+impl CommandEnvelope {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("command envelopes serialize to JSON")
+    }
+}
+
+/// Published on `tidings.command-results`, keyed by the command id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command_id: Uuid,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The command's events are in the log at `position` (empty when the
+    /// command changed nothing).
+    Accepted { position: Position },
+    Rejected {
+        code: String,
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+impl Outcome {
+    pub fn rejected(error: &impl Rejection) -> Self {
+        Outcome::Rejected {
+            code: error.code().to_owned(),
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! An account: who a user is, and the profile others see.
+//!
+//! Uniqueness of the email and the username is not decided here (an account
+//! sees only itself): the [`crate::claim`] aggregates, keyed by the normalized
+//! value, hold it. The API claims both before it registers the account.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{ErrorKind, Rejection};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Command {
+    #[serde(rename = "account.register")]
+    Register(Register),
+    #[serde(rename = "account.update_profile")]
+    UpdateProfile(UpdateProfile),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: String,
+    /// An argon2id PHC string; the clear password never enters the log.
+    pub password_hash: String,
+    pub display_name: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A partial update: `None` leaves a field as it is; `Some(None)` clears an
+/// optional field.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UpdateProfile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub bio: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub avatar_url: Option<Option<String>>,
+    pub at: DateTime<Utc>,
+}
+
+/// Reads a field that is present as `Some`, even when it is `null`: a
+/// present `null` clears the field, an absent one leaves it.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    #[serde(rename = "account.registered")]
+    Registered(Registered),
+    #[serde(rename = "account.profile_updated")]
+    ProfileUpdated(ProfileUpdated),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub display_name: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// The whole profile after the change, so that a projection needs no earlier
+/// state to show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileUpdated {
+    pub display_name: String,
+    pub bio: Option<String>,
+    pub avatar_url: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum State {
+    #[default]
+    Unregistered,
+    Active(Account),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+    pub bio: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// 409 `account_exists`: the id is already registered.
+    #[error("this account is already registered")]
+    AlreadyRegistered,
+    /// 404 `account_not_found`.
+    #[error("no such account")]
+    NotRegistered,
+}
+
+impl Rejection for Error {
+    fn code(&self) -> &'static str {
+        match self {
+            Error::AlreadyRegistered => "account_exists",
+            Error::NotRegistered => "account_not_found",
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Error::AlreadyRegistered => ErrorKind::Conflict,
+            Error::NotRegistered => ErrorKind::NotFound,
+        }
+    }
+}
+
+pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
+    match (command, state) {
+        (Command::Register(r), State::Unregistered) => Ok(vec![Event::Registered(Registered {
+            user_id: r.user_id,
+            username: r.username.clone(),
+            email: r.email.clone(),
+            password_hash: r.password_hash.clone(),
+            display_name: r.display_name.clone(),
+            registered_at: r.at,
+        })]),
+        (Command::Register(_), State::Active(_)) => Err(Error::AlreadyRegistered),
+        (Command::UpdateProfile(_), State::Unregistered) => Err(Error::NotRegistered),
+        (Command::UpdateProfile(u), State::Active(account)) => {
+            let updated = ProfileUpdated {
+                display_name: u
+                    .display_name
+                    .clone()
+                    .unwrap_or_else(|| account.display_name.clone()),
+                bio: u.bio.clone().unwrap_or_else(|| account.bio.clone()),
+                avatar_url: u
+                    .avatar_url
+                    .clone()
+                    .unwrap_or_else(|| account.avatar_url.clone()),
+                updated_at: u.at,
+            };
+            let unchanged = updated.display_name == account.display_name
+                && updated.bio == account.bio
+                && updated.avatar_url == account.avatar_url;
+            // An update that changes nothing appends nothing: a retried PATCH
+            // is harmless and subscribers are not woken for nothing.
+            Ok(if unchanged {
+                vec![]
+            } else {
+                vec![Event::ProfileUpdated(updated)]
+            })
+        }
+    }
+}
+
+pub fn evolve(state: State, event: &Event) -> State {
+    match (state, event) {
+        (State::Unregistered, Event::Registered(r)) => State::Active(Account {
+            user_id: r.user_id,
+            username: r.username.clone(),
+            email: r.email.clone(),
+            display_name: r.display_name.clone(),
+            bio: None,
+            avatar_url: None,
+        }),
+        (State::Active(account), Event::ProfileUpdated(u)) => State::Active(Account {
+            display_name: u.display_name.clone(),
+            bio: u.bio.clone(),
+            avatar_url: u.avatar_url.clone(),
+            ..account
+        }),
+        // The sequence rule admits only events that follow the state they
+        // were decided on, so any other pair cannot occur; keep the state.
+        (state, _) => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+    use chrono::TimeZone;
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+    }
+
+    fn alice() -> Uuid {
+        Uuid::from_u128(1)
+    }
+
+    fn given(events: impl IntoIterator<Item = Event>) -> testing::Given<State, Event> {
+        testing::given(events, evolve)
+    }
+
+    fn register() -> Command {
+        Command::Register(Register {
+            user_id: alice(),
+            username: "alice".into(),
+            email: "alice@example.com".into(),
+            password_hash: "$argon2id$hash".into(),
+            display_name: "Alice".into(),
+            at: at(),
+        })
+    }
+
+    fn registered() -> Event {
+        Event::Registered(Registered {
+            user_id: alice(),
+            username: "alice".into(),
+            email: "alice@example.com".into(),
+            password_hash: "$argon2id$hash".into(),
+            display_name: "Alice".into(),
+            registered_at: at(),
+        })
+    }
+
+    #[test]
+    fn registering_a_new_account_records_it() {
+        given([]).when(register(), decide).then([registered()]);
+    }
+
+    #[test]
+    fn registering_twice_is_rejected() {
+        given([registered()])
+            .when(register(), decide)
+            .then_err(Error::AlreadyRegistered);
+    }
+
+    #[test]
+    fn updating_a_profile_carries_the_whole_new_profile() {
+        let update = Command::UpdateProfile(UpdateProfile {
+            bio: Some(Some("hello".into())),
+            at: at(),
+            ..Default::default()
+        });
+        given([registered()])
+            .when(update, decide)
+            .then([Event::ProfileUpdated(ProfileUpdated {
+                display_name: "Alice".into(),
+                bio: Some("hello".into()),
+                avatar_url: None,
+                updated_at: at(),
+            })]);
+    }
+
+    #[test]
+    fn clearing_a_field_is_an_update() {
+        let set = Event::ProfileUpdated(ProfileUpdated {
+            display_name: "Alice".into(),
+            bio: Some("hello".into()),
+            avatar_url: None,
+            updated_at: at(),
+        });
+        let clear = Command::UpdateProfile(UpdateProfile {
+            bio: Some(None),
+            at: at(),
+            ..Default::default()
+        });
+        given([registered(), set])
+            .when(clear, decide)
+            .then([Event::ProfileUpdated(ProfileUpdated {
+                display_name: "Alice".into(),
+                bio: None,
+                avatar_url: None,
+                updated_at: at(),
+            })]);
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_appends_nothing() {
+        let same = Command::UpdateProfile(UpdateProfile {
+            display_name: Some("Alice".into()),
+            at: at(),
+            ..Default::default()
+        });
+        given([registered()]).when(same, decide).then([]);
+    }
+
+    #[test]
+    fn a_cleared_field_survives_serialization() {
+        let clear = Command::UpdateProfile(UpdateProfile {
+            bio: Some(None),
+            at: at(),
+            ..Default::default()
+        });
+        let json = serde_json::to_string(&clear).unwrap();
+        assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), clear);
+    }
+
+    #[test]
+    fn updating_an_unregistered_account_is_rejected() {
+        let update = Command::UpdateProfile(UpdateProfile {
+            display_name: Some("Bob".into()),
+            at: at(),
+            ..Default::default()
+        });
+        given([])
+            .when(update, decide)
+            .then_err(Error::NotRegistered);
+    }
+}

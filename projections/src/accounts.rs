@@ -1,0 +1,177 @@
+//! The account read model: how account events change it, and how the API
+//! reads it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
+use tidings_domain::account::Event;
+use tidings_schemas::EventEnvelope;
+use uuid::Uuid;
+
+use crate::outbox::ChannelUpdate;
+
+/// One row of `accounts`, as the API and the cache use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    #[serde(skip_serializing, default)]
+    pub password_hash: String,
+    pub display_name: String,
+    pub bio: Option<String>,
+    pub avatar_url: Option<String>,
+    pub token_version: i32,
+    pub followers_count: i64,
+    pub following_count: i64,
+    pub posts_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// `GET /api/profile`: the owner's view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+    pub bio: Option<String>,
+    pub avatar_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub followers_count: i64,
+    pub following_count: i64,
+    pub posts_count: i64,
+}
+
+/// `GET /api/users/{id}`: what anyone signed in may see (no email).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublicProfile {
+    pub id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub bio: Option<String>,
+    pub avatar_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub followers_count: i64,
+    pub following_count: i64,
+    pub posts_count: i64,
+}
+
+impl AccountRow {
+    pub fn profile(&self) -> Profile {
+        Profile {
+            id: self.id,
+            username: self.username.clone(),
+            email: self.email.clone(),
+            display_name: self.display_name.clone(),
+            bio: self.bio.clone(),
+            avatar_url: self.avatar_url.clone(),
+            created_at: self.created_at,
+            followers_count: self.followers_count,
+            following_count: self.following_count,
+            posts_count: self.posts_count,
+        }
+    }
+
+    pub fn public_profile(&self) -> PublicProfile {
+        PublicProfile {
+            id: self.id,
+            username: self.username.clone(),
+            display_name: self.display_name.clone(),
+            bio: self.bio.clone(),
+            avatar_url: self.avatar_url.clone(),
+            created_at: self.created_at,
+            followers_count: self.followers_count,
+            following_count: self.following_count,
+            posts_count: self.posts_count,
+        }
+    }
+}
+
+/// What an applied account event asks for after the transaction commits.
+pub struct Changed {
+    pub account: AccountRow,
+    pub updates: Vec<ChannelUpdate>,
+}
+
+/// Applies one admitted account event inside the projector's transaction.
+pub async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &EventEnvelope,
+    event: &Event,
+) -> Result<Changed, sqlx::Error> {
+    let id: Uuid = envelope
+        .aggregate
+        .id
+        .parse()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let version = envelope.sequence as i64;
+    match event {
+        Event::Registered(r) => {
+            let account = sqlx::query_as::<_, AccountRow>(
+                "INSERT INTO accounts (id, username, email, password_hash, display_name, created_at, updated_at, version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+                 RETURNING *",
+            )
+            .bind(id)
+            .bind(&r.username)
+            .bind(&r.email)
+            .bind(&r.password_hash)
+            .bind(&r.display_name)
+            .bind(r.registered_at)
+            .bind(version)
+            .fetch_one(&mut **tx)
+            .await?;
+            Ok(Changed {
+                account,
+                updates: vec![],
+            })
+        }
+        Event::ProfileUpdated(u) => {
+            let account = sqlx::query_as::<_, AccountRow>(
+                "UPDATE accounts SET display_name = $2, bio = $3, avatar_url = $4, updated_at = $5, version = $6
+                 WHERE id = $1
+                 RETURNING *",
+            )
+            .bind(id)
+            .bind(&u.display_name)
+            .bind(&u.bio)
+            .bind(&u.avatar_url)
+            .bind(u.updated_at)
+            .bind(version)
+            .fetch_one(&mut **tx)
+            .await?;
+            let update = ChannelUpdate::new(
+                format!("user:{id}"),
+                "profile.updated",
+                serde_json::to_value(account.profile()).expect("profiles serialize"),
+            );
+            Ok(Changed {
+                account,
+                updates: vec![update],
+            })
+        }
+    }
+}
+
+pub async fn by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<AccountRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM accounts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The account a login names: a username, or an email (it has an `@`).
+pub async fn by_login(db: &PgPool, login: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+    let query = if login.contains('@') {
+        "SELECT * FROM accounts WHERE lower(email) = lower($1)"
+    } else {
+        "SELECT * FROM accounts WHERE lower(username) = lower($1)"
+    };
+    sqlx::query_as(query)
+        .bind(login.trim())
+        .fetch_optional(db)
+        .await
+}

@@ -1,0 +1,24 @@
+//! # tidings-projections: the read side
+//!
+//! - [`projector`]: consumes `tidings.events` in batches and, in ONE
+//!   PostgreSQL transaction per batch, writes the read models, its own
+//!   offsets and the channel outbox; then refreshes the Redis caches;
+//! - [`accounts`]: the account read model — how events change it and the
+//!   queries the API reads it with;
+//! - [`outbox`]: what each realtime channel receives, and the relay that
+//!   publishes it to `tidings.updates`;
+//! - [`cache`]: the Redis caches, versioned so a stale write never wins and
+//!   read through: Redis down means slower reads, never errors;
+//! - [`db`]: connecting, migrating, and waiting for a `position`.
+//!
+//! Depends on `tidings-schemas` and `tidings-domain`. Start at
+//! [`projector::run`].
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod cache;
+pub mod db;
+pub mod outbox;
+pub mod projector;
+
+pub use cache::Cache;

@@ -1,0 +1,217 @@
+//! The event envelope (DESIGN.md, "Names that recur") and the typed payloads.
+//!
+//! On the wire an event is one JSON object; `type` and `data` together are
+//! exactly the serde form of a domain `Event`, so encoding is `to_value` and
+//! splitting, decoding is joining, upcasting and `from_value`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tidings_domain::{account, claim};
+use uuid::Uuid;
+
+/// The version every event type is written at today. When a type changes
+/// shape, its new version is written and [`upcast`] lifts the old ones.
+pub const CURRENT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: u32,
+    pub aggregate: AggregateRef,
+    /// Position of this event in its aggregate's history, from 1.
+    pub sequence: u64,
+    pub occurred_at: DateTime<Utc>,
+    pub actor: Option<Uuid>,
+    pub command_id: Uuid,
+    pub correlation_id: Uuid,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AggregateRef {
+    #[serde(rename = "type")]
+    pub kind: AggregateType,
+    pub id: String,
+}
+
+impl AggregateRef {
+    pub fn account(id: Uuid) -> Self {
+        AggregateRef {
+            kind: AggregateType::Account,
+            id: id.to_string(),
+        }
+    }
+
+    /// The claim aggregate of a normalized email or username.
+    pub fn claim(kind: claim::Kind, normalized: &str) -> Self {
+        let kind = match kind {
+            claim::Kind::Email => AggregateType::Email,
+            claim::Kind::Username => AggregateType::Username,
+        };
+        AggregateRef {
+            kind,
+            id: normalized.to_owned(),
+        }
+    }
+
+    /// The Kafka key of both the aggregate's commands and its events: the
+    /// same key and partition count put both on the same partition, whose
+    /// owner is the aggregate's only writer.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateType {
+    Account,
+    Email,
+    Username,
+}
+
+impl AggregateType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggregateType::Account => "account",
+            AggregateType::Email => "email",
+            AggregateType::Username => "username",
+        }
+    }
+}
+
+/// A domain event of any aggregate, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainEvent {
+    Account(account::Event),
+    Claim(claim::Event),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event is not a JSON envelope: {0}")]
+    Envelope(#[source] serde_json::Error),
+    #[error("{event_type} v{version} is not a known event of a {aggregate} aggregate: {source}")]
+    Payload {
+        event_type: String,
+        version: u32,
+        aggregate: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{event_type} v{version} is newer than this build of Tidings reads")]
+    FutureVersion { event_type: String, version: u32 },
+}
+
+impl DomainEvent {
+    /// Splits the event into its envelope `type` and `data`.
+    pub fn encode(&self) -> (String, Value) {
+        let tagged = match self {
+            DomainEvent::Account(e) => serde_json::to_value(e),
+            DomainEvent::Claim(e) => serde_json::to_value(e),
+        }
+        .expect("domain events serialize to JSON");
+        match tagged {
+            Value::Object(mut map) => {
+                let event_type = match map.remove("type") {
+                    Some(Value::String(t)) => t,
+                    other => {
+                        unreachable!("domain events are tagged with a string type, got {other:?}")
+                    }
+                };
+                (event_type, map.remove("data").unwrap_or(Value::Null))
+            }
+            other => unreachable!("domain events serialize to objects, got {other}"),
+        }
+    }
+
+    pub fn decode(envelope: &EventEnvelope) -> Result<Self, DecodeError> {
+        if envelope.version > CURRENT_VERSION {
+            return Err(DecodeError::FutureVersion {
+                event_type: envelope.event_type.clone(),
+                version: envelope.version,
+            });
+        }
+        let data = upcast(
+            &envelope.event_type,
+            envelope.version,
+            envelope.data.clone(),
+        );
+        let tagged = json!({ "type": envelope.event_type, "data": data });
+        let kind = envelope.aggregate.kind;
+        let decoded = match kind {
+            AggregateType::Account => serde_json::from_value(tagged).map(DomainEvent::Account),
+            AggregateType::Email | AggregateType::Username => {
+                serde_json::from_value(tagged).map(DomainEvent::Claim)
+            }
+        };
+        decoded.map_err(|source| DecodeError::Payload {
+            event_type: envelope.event_type.clone(),
+            version: envelope.version,
+            aggregate: kind.as_str(),
+            source,
+        })
+    }
+}
+
+/// Lifts `data` written at `version` to [`CURRENT_VERSION`]. Every type is
+/// still at version 1, so there is nothing to lift yet; a new version adds
+/// its arm here and its schema under `schemas/json/events/`.
+pub fn upcast(_event_type: &str, _version: u32, data: Value) -> Value {
+    data
+}
+
+/// The deterministic id of the `index`th event of a command: a retried or
+/// redelivered command yields the same ids, so duplicates are recognizable.
+pub fn event_id(command_id: Uuid, index: usize) -> Uuid {
+    Uuid::new_v5(&command_id, index.to_string().as_bytes())
+}
+
+impl EventEnvelope {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes).map_err(DecodeError::Envelope)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("envelopes serialize to JSON")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_survives_the_envelope() {
+        let event = DomainEvent::Claim(claim::Event::Claimed {
+            kind: claim::Kind::Email,
+            owner: Uuid::from_u128(7),
+        });
+        let (event_type, data) = event.encode();
+        assert_eq!(event_type, "claim.claimed");
+        let envelope = EventEnvelope {
+            event_id: event_id(Uuid::from_u128(1), 0),
+            event_type,
+            version: CURRENT_VERSION,
+            aggregate: AggregateRef::claim(claim::Kind::Email, "a@example.com"),
+            sequence: 1,
+            occurred_at: Utc::now(),
+            actor: None,
+            command_id: Uuid::from_u128(1),
+            correlation_id: Uuid::from_u128(2),
+            data,
+        };
+        let read = EventEnvelope::from_json(&envelope.to_json()).unwrap();
+        assert_eq!(DomainEvent::decode(&read).unwrap(), event);
+    }
+
+    #[test]
+    fn event_ids_are_deterministic_and_distinct_per_index() {
+        let command = Uuid::from_u128(9);
+        assert_eq!(event_id(command, 0), event_id(command, 0));
+        assert_ne!(event_id(command, 0), event_id(command, 1));
+    }
+}

@@ -1,0 +1,26 @@
+//! # tidings-schemas: what the log looks like
+//!
+//! Everything a reader of the Tidings log agrees on, whoever it is (decider,
+//! projector, replay, an analyst's Python script):
+//!
+//! - [`envelope`]: the JSON event envelope and the typed payloads inside it,
+//!   with the upcasters that read old versions;
+//! - [`sequence`]: the one rule that decides whether an event applies;
+//! - [`position`]: the opaque "this far into the log" token;
+//! - [`kafka`]: topic names and client settings shared by every role;
+//! - [`json`]: the JSON Schemas under `schemas/json/`, one per event type and
+//!   version, command and WebSocket frame.
+//!
+//! Depends only on `tidings-domain`.
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod faults;
+pub mod json;
+pub mod kafka;
+pub mod position;
+pub mod sequence;
+
+pub use envelope::{AggregateRef, AggregateType, DomainEvent, EventEnvelope};
+pub use position::Position;
+pub use sequence::Cursor;

@@ -1,0 +1,165 @@
+//! The application: the roles asked for, started against the services given.
+//!
+//! `Application::build` connects to PostgreSQL, Redis and Kafka, binds the
+//! HTTP listener (port 0 in tests, see [`Application::port`]) and starts each
+//! role as a task. If any role stops with an error, the whole application
+//! stops with it: a half-running Tidings is worse than a restarted one.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use tidings_api::auth::Jwt;
+use tidings_api::{ApiSettings, ApiState};
+use tidings_commands::decider::{self, DeciderSettings};
+use tidings_commands::CommandBus;
+use tidings_projections::projector::{self, ProjectorSettings};
+use tidings_projections::{db, outbox, Cache};
+use tidings_realtime::Hub;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::{Role, Settings, DEV_JWT_SECRET};
+
+pub struct Application {
+    port: Option<u16>,
+    server: Option<actix_web::dev::Server>,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, roles: &[Role]) -> anyhow::Result<Self> {
+        let roles: HashSet<Role> = roles.iter().copied().collect();
+        if settings.jwt_secret == DEV_JWT_SECRET && roles.contains(&Role::Api) {
+            tracing::warn!(
+                "TIDINGS_JWT_SECRET is the development default: set a secret of your own"
+            );
+        }
+        let kafka = settings.kafka();
+        let shutdown = CancellationToken::new();
+        let db = db::connect(&settings.database_url, settings.database_pool)
+            .await
+            .context("connecting to PostgreSQL")?;
+        db::migrate(&db).await.context("migrating PostgreSQL")?;
+        let cache =
+            Cache::new(&settings.redis_url, &settings.redis_prefix).context("configuring Redis")?;
+        let mut tasks = JoinSet::new();
+
+        if roles.contains(&Role::Deciders) {
+            let settings = DeciderSettings {
+                kafka: kafka.clone(),
+                snapshot_every: settings.snapshot_every,
+            };
+            let run = decider::run(settings, db.clone(), shutdown.clone());
+            tasks.spawn(async move { ("deciders", run.await) });
+        }
+        if roles.contains(&Role::Projector) {
+            let settings = ProjectorSettings {
+                kafka: kafka.clone(),
+            };
+            let run = projector::run(settings, db.clone(), Some(cache.clone()), shutdown.clone());
+            tasks.spawn(async move { ("projector", run.await) });
+            let relay = outbox::relay(db.clone(), kafka.clone(), shutdown.clone());
+            tasks.spawn(async move { ("outbox relay", relay.await) });
+        }
+
+        let (mut port, mut server) = (None, None);
+        if roles.contains(&Role::Api) || roles.contains(&Role::Realtime) {
+            let bus = CommandBus::connect(&kafka, settings.command_timeout(), shutdown.clone())
+                .await
+                .context("connecting the command bus")?;
+            let state = web::Data::new(ApiState {
+                db: db.clone(),
+                cache: cache.clone(),
+                bus,
+                jwt: Jwt::new(&settings.jwt_secret, settings.token_ttl()),
+                settings: ApiSettings {
+                    min_position_wait: settings.min_position_wait(),
+                },
+            });
+            let hub = if roles.contains(&Role::Realtime) {
+                Some(web::Data::new(Hub::start(&kafka, shutdown.clone())?))
+            } else {
+                None
+            };
+            let (with_api, with_realtime) = (roles.contains(&Role::Api), hub.is_some());
+            let listener = TcpListener::bind(&settings.http_addr)
+                .with_context(|| format!("binding {}", settings.http_addr))?;
+            port = Some(listener.local_addr()?.port());
+            let http = HttpServer::new(move || {
+                let mut app = App::new()
+                    .app_data(state.clone())
+                    .wrap(actix_web::middleware::from_fn(
+                        tidings_api::middleware::read_your_writes,
+                    ))
+                    .wrap(actix_web::middleware::from_fn(
+                        tidings_api::middleware::request_id,
+                    ))
+                    .default_service(web::to(tidings_api::not_found));
+                if with_api {
+                    app = app.configure(tidings_api::routes);
+                }
+                if let Some(hub) = &hub {
+                    app = app.app_data(hub.clone());
+                }
+                if with_realtime {
+                    app = app.configure(tidings_realtime::routes);
+                }
+                app
+            })
+            .workers(settings.http_workers)
+            .disable_signals()
+            .listen(listener)?
+            .run();
+            let handle = http.handle();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                handle.stop(true).await;
+            });
+            server = Some(http);
+        }
+        Ok(Application {
+            port,
+            server,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// The HTTP port, when this application serves HTTP.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// A token that stops the application when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until shut down, or until a role fails.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        if let Some(server) = self.server.take() {
+            let shutdown = self.shutdown.clone();
+            self.tasks.spawn(async move {
+                let result = server.await.map_err(anyhow::Error::from);
+                shutdown.cancel();
+                ("http server", result)
+            });
+        }
+        let mut outcome = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let (role, result) = joined.context("a role panicked")?;
+            if let Err(error) = result {
+                tracing::error!(role, error = format!("{error:#}"), "role failed; stopping");
+                if outcome.is_ok() {
+                    outcome = Err(error.context(format!("{role} failed")));
+                }
+            }
+            self.shutdown.cancel();
+        }
+        outcome
+    }
+}

@@ -1,0 +1,25 @@
+//! # Tidings
+//!
+//! An event-sourced CQRS backend for real-time social and messaging apps.
+//! This package is the one `tidings` binary; each role lives in its crate:
+//!
+//! | crate | role |
+//! | --- | --- |
+//! | `domain/` | pure deciders (`decide`, `evolve`) |
+//! | `schemas/` | the log's formats: envelope, JSON Schemas, sequence rule, positions, topics |
+//! | `commands/` | command envelopes, the command bus, the decider runtime |
+//! | `projections/` | projector, read models, Redis caches, channel outbox and relay |
+//! | `api/` | the REST API (actix-web) |
+//! | `realtime/` | the WebSocket gateway (actix-ws) |
+//!
+//! Here: [`settings`] (typed configuration) and [`app::Application`], which
+//! starts the roles asked for against the services given. Read
+//! `../shared/DESIGN.md` for why the pieces are shaped as they are.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod settings;
+pub mod telemetry;
+
+pub use app::Application;
+pub use settings::{Role, Settings};

@@ -1,0 +1,146 @@
+//! Typed configuration, from `TIDINGS_*` environment variables or flags.
+//! Secrets are never printed: `Debug` masks them.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tidings_schemas::kafka::KafkaSettings;
+
+/// The development JWT secret; good for a laptop, refused nowhere yet but
+/// loudly warned about (see `Settings::warn_about_defaults`).
+pub const DEV_JWT_SECRET: &str = "tidings-development-secret-change-me";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Role {
+    /// REST API (and the command bus it writes through).
+    Api,
+    /// Deciders: commands → events, single writer per partition.
+    Deciders,
+    /// Projector and outbox relay: events → read models, caches, updates.
+    Projector,
+    /// WebSocket gateway.
+    Realtime,
+}
+
+#[derive(Clone, Args)]
+pub struct Settings {
+    /// Where the HTTP server (REST and WebSocket) listens.
+    #[arg(long, env = "TIDINGS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// HTTP worker threads.
+    #[arg(long, env = "TIDINGS_HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+    #[arg(
+        long,
+        env = "TIDINGS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tidings"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "TIDINGS_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: u32,
+    #[arg(
+        long,
+        env = "TIDINGS_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "tidings")]
+    pub redis_prefix: String,
+    #[arg(long, env = "TIDINGS_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Prefix of the four topics (`<prefix>.commands`…).
+    #[arg(long, env = "TIDINGS_TOPIC_PREFIX", default_value = "tidings")]
+    pub topic_prefix: String,
+    /// Partitions of every topic; fixed once the topics exist.
+    #[arg(long, env = "TIDINGS_PARTITIONS", default_value_t = 4)]
+    pub partitions: i32,
+    #[arg(
+        long,
+        env = "TIDINGS_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub kafka_session_timeout_ms: u32,
+    /// HS256 secret of the JWTs.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    pub jwt_secret: String,
+    #[arg(long, env = "TIDINGS_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+    /// How long a write waits for its command's outcome.
+    #[arg(long, env = "TIDINGS_COMMAND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub command_timeout_ms: u64,
+    /// How long a read waits for `X-Min-Position`.
+    #[arg(long, env = "TIDINGS_MIN_POSITION_WAIT_MS", default_value_t = 5_000)]
+    pub min_position_wait_ms: u64,
+    /// Events folded on a partition between two decider snapshots.
+    #[arg(long, env = "TIDINGS_SNAPSHOT_EVERY", default_value_t = 1_000)]
+    pub snapshot_every: u64,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &mask_password(&self.database_url))
+            .field("redis_url", &mask_password(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("jwt_secret", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL with its password replaced by `***`.
+fn mask_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Settings {
+    pub fn kafka(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.kafka_brokers.clone(),
+            topic_prefix: self.topic_prefix.clone(),
+            partitions: self.partitions,
+            session_timeout_ms: self.kafka_session_timeout_ms,
+        }
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+
+    pub fn min_position_wait(&self) -> Duration {
+        Duration::from_millis(self.min_position_wait_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(
+            mask_password("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
+    }
+}
