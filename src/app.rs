@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::settings::{Role, Settings, DEV_JWT_SECRET};
 
+/// How long in-flight HTTP requests and sockets get to finish at shutdown.
+const SHUTDOWN_GRACE_SECS: u64 = 5;
+
 pub struct Application {
     port: Option<u16>,
     server: Option<actix_web::dev::Server>,
@@ -110,6 +113,7 @@ impl Application {
                 app
             })
             .workers(settings.http_workers)
+            .shutdown_timeout(SHUTDOWN_GRACE_SECS)
             .disable_signals()
             .listen(listener)?
             .run();

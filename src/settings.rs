@@ -108,6 +108,47 @@ fn mask_password(url: &str) -> String {
 }
 
 impl Settings {
+    /// The settings the environment gives, defaults elsewhere.
+    pub fn from_env() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        <Only as clap::Parser>::parse_from(["tidings"]).settings
+    }
+
+    /// The settings as `TIDINGS_*` variables, for starting another
+    /// `tidings` process with the same configuration.
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TIDINGS_HTTP_ADDR", self.http_addr.clone()),
+            ("TIDINGS_HTTP_WORKERS", self.http_workers.to_string()),
+            ("TIDINGS_DATABASE_URL", self.database_url.clone()),
+            ("TIDINGS_DATABASE_POOL", self.database_pool.to_string()),
+            ("TIDINGS_REDIS_URL", self.redis_url.clone()),
+            ("TIDINGS_REDIS_PREFIX", self.redis_prefix.clone()),
+            ("TIDINGS_KAFKA_BROKERS", self.kafka_brokers.clone()),
+            ("TIDINGS_TOPIC_PREFIX", self.topic_prefix.clone()),
+            ("TIDINGS_PARTITIONS", self.partitions.to_string()),
+            (
+                "TIDINGS_KAFKA_SESSION_TIMEOUT_MS",
+                self.kafka_session_timeout_ms.to_string(),
+            ),
+            ("TIDINGS_JWT_SECRET", self.jwt_secret.clone()),
+            ("TIDINGS_TOKEN_TTL_SECS", self.token_ttl_secs.to_string()),
+            (
+                "TIDINGS_COMMAND_TIMEOUT_MS",
+                self.command_timeout_ms.to_string(),
+            ),
+            (
+                "TIDINGS_MIN_POSITION_WAIT_MS",
+                self.min_position_wait_ms.to_string(),
+            ),
+            ("TIDINGS_SNAPSHOT_EVERY", self.snapshot_every.to_string()),
+        ]
+    }
+
     pub fn kafka(&self) -> KafkaSettings {
         KafkaSettings {
             brokers: self.kafka_brokers.clone(),

@@ -11,7 +11,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use tidings_commands::{AnyCommand, Outcome};
 use tidings_domain::{account, claim};
-use tidings_projections::accounts::{AccountRow, Profile, PublicProfile};
+use tidings_projections::accounts::{Profile, PublicProfile};
 use tidings_projections::db;
 use tidings_schemas::{AggregateRef, Position};
 use uuid::Uuid;
@@ -294,14 +294,21 @@ async fn update_profile(
         AnyCommand::Account(account::Command::UpdateProfile(update)),
     );
     let position = accepted(state.bus.send(&command).await?)?;
-    // Answer with the profile as the read model will show it: wait (bounded)
-    // for the projector to pass this write.
-    if let Err(error) = db::wait_for(&state.db, &position, state.settings.min_position_wait).await {
-        tracing::warn!(%error, "profile update answered before it was projected");
-    }
-    let account: AccountRow = tidings_projections::accounts::by_id(&state.db, me.user_id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    // Answer with the profile as the read model shows it once it has this
+    // write; if it lags past the bounded wait, the write still stands: 202
+    // with the position to read it at later.
+    let projected = db::wait_for(&state.db, &position, state.settings.min_position_wait)
+        .await
+        .is_ok();
+    let account = match projected {
+        true => tidings_projections::accounts::by_id(&state.db, me.user_id).await?,
+        false => None,
+    };
+    let Some(account) = account else {
+        return Ok(HttpResponse::Accepted()
+            .insert_header(("X-Position", position.to_string()))
+            .json(serde_json::json!({ "position": position })));
+    };
     state.cache.put_account(&account).await;
     Ok(HttpResponse::Ok()
         .insert_header(("X-Position", position.to_string()))

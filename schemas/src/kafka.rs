@@ -135,13 +135,4 @@ impl KafkaSettings {
         }
         Ok(())
     }
-
-    /// Deletes the four topics; tests clean up their own prefix with it.
-    pub async fn delete_topics(&self) -> Result<(), rdkafka::error::KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = self.client().create()?;
-        let topics = self.topics();
-        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-        admin.delete_topics(&topics.all(), &options).await?;
-        Ok(())
-    }
 }

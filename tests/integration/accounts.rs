@@ -1,0 +1,303 @@
+use serde_json::json;
+
+use crate::support::{assert_events_match_schemas, Client, World, ALL_ROLES};
+
+#[tokio::test]
+async fn an_account_is_registered_read_updated_and_logged_into() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+
+    let reply = client.register("alice", "Alice@Example.com").await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let id = reply.body["user"]["id"].as_str().unwrap().to_owned();
+    let token = reply.body["token"].as_str().unwrap().to_owned();
+    let position = reply.body["position"].as_str().unwrap().to_owned();
+    assert_eq!(reply.headers["x-position"].to_str().unwrap(), position);
+    assert_eq!(reply.body["user"]["email"], "alice@example.com");
+
+    // Read-your-writes: the profile is there as soon as the position is.
+    let profile = client
+        .send(
+            client
+                .get("/api/profile")
+                .bearer_auth(&token)
+                .header("X-Min-Position", &position),
+        )
+        .await;
+    assert_eq!(profile.status, 200, "{}", profile.body);
+    assert_eq!(profile.body["username"], "alice");
+    assert_eq!(profile.body["display_name"], "alice");
+    assert_eq!(profile.body["posts_count"], 0);
+
+    let updated = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"display_name": "Alice A", "bio": "hello", "avatar_url": "https://img.example/a.png"})),
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    assert_eq!(updated.body["display_name"], "Alice A");
+    assert_eq!(updated.body["bio"], "hello");
+    assert!(updated.body["position"].is_string());
+
+    let cleared = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"bio": null})),
+        )
+        .await;
+    assert_eq!(cleared.body["bio"], json!(null));
+    assert_eq!(cleared.body["display_name"], "Alice A");
+
+    let public = client.send(client.get(&format!("/api/users/{id}"))).await;
+    assert_eq!(public.status, 200);
+    assert_eq!(public.body["display_name"], "Alice A");
+    assert!(
+        public.body.get("email").is_none(),
+        "a public profile shows no email"
+    );
+
+    for login in ["alice", "ALICE@example.com"] {
+        let reply = client
+            .send(
+                client
+                    .post("/api/auth/login")
+                    .json(&json!({"login": login, "password": "correct horse battery"})),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{login}: {}", reply.body);
+        let again = client
+            .send(
+                client
+                    .get("/api/profile")
+                    .bearer_auth(reply.body["token"].as_str().unwrap()),
+            )
+            .await;
+        assert_eq!(again.body["id"], id.as_str());
+    }
+    let wrong = client
+        .send(
+            client
+                .post("/api/auth/login")
+                .json(&json!({"login": "alice", "password": "wrong horse"})),
+        )
+        .await;
+    assert_eq!(
+        (wrong.status, wrong.body["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
+    let nobody = client
+        .send(
+            client
+                .post("/api/auth/login")
+                .json(&json!({"login": "nobody", "password": "wrong horse"})),
+        )
+        .await;
+    assert_eq!(
+        (nobody.status, nobody.body["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
+
+    assert_events_match_schemas(&world);
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_and_appends_nothing() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let register = || client.post("/api/auth/register");
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (register().header("content-type", "application/json").body("{\"username\":"), 400, "malformed_json"),
+        (register().json(&json!({"username": 5, "email": "a@b.io", "password": "long enough"})), 422, "validation_failed"),
+        (register().json(&json!({"username": "bob"})), 422, "validation_failed"),
+        (register().json(&json!({"username": "b", "email": "nope", "password": "short"})), 422, "validation_failed"),
+        (register().json(&json!({"username": "bob", "email": "b@b.io", "password": "long enough", "admin": true})), 422, "validation_failed"),
+        (register().header("content-type", "text/plain").body("hi"), 415, "unsupported_media_type"),
+        (register().json(&json!({"username": "x".repeat(70_000)})), 413, "payload_too_large"),
+        (register().header("Idempotency-Key", "").json(&json!({"username": "bob", "email": "b@b.io", "password": "long enough"})), 400, "invalid_idempotency_key"),
+        (client.get("/api/profile"), 401, "unauthenticated"),
+        (client.get("/api/profile").bearer_auth("not.a.token"), 401, "invalid_token"),
+        (client.patch("/api/profile").bearer_auth("not.a.token").json(&json!({"bio": "x"})), 401, "invalid_token"),
+        (client.get("/api/users/not-a-uuid"), 404, "not_found"),
+        (client.get("/api/users/00000000-0000-0000-0000-000000000001"), 404, "not_found"),
+        (client.get("/api/nothing/here"), 404, "not_found"),
+        (client.get("/api/profile").header("X-Min-Position", "%%%"), 400, "invalid_position"),
+    ];
+    for (request, status, code) in cases {
+        let reply = client.send(request).await;
+        assert_eq!(reply.status, status, "{code}: {}", reply.body);
+        assert_eq!(reply.body["code"], code, "{}", reply.body);
+        assert_eq!(
+            reply.headers["content-type"].to_str().unwrap(),
+            "application/problem+json"
+        );
+    }
+    // The field errors name the fields.
+    let reply = client
+        .send(register().json(&json!({"username": "b", "email": "nope", "password": "short"})))
+        .await;
+    let fields: Vec<&str> = reply.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["username", "email", "password"]);
+
+    // An expired token is told apart from a bad one.
+    let expired = tidings_api::auth::Jwt::new("test secret", std::time::Duration::ZERO)
+        .issue(uuid::Uuid::new_v4(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let reply = client
+        .send(client.get("/api/profile").bearer_auth(expired))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (401, Some("token_expired"))
+    );
+
+    let topics = world.settings.kafka().topics();
+    assert_eq!(
+        world.count(&topics.commands),
+        0,
+        "a rejected request appended a command"
+    );
+    assert_eq!(
+        world.count(&topics.events),
+        0,
+        "a rejected request appended an event"
+    );
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_gets_the_first_answer() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let body = json!({"username": "carol", "email": "carol@example.com", "password": "correct horse battery"});
+    let first = client
+        .send(
+            client
+                .post("/api/auth/register")
+                .header("Idempotency-Key", "k-1")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = client
+        .send(
+            client
+                .post("/api/auth/register")
+                .header("Idempotency-Key", "k-1")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.body["user"]["id"], first.body["user"]["id"]);
+    assert_eq!(again.body["position"], first.body["position"]);
+    // Without the key it is a second registration, and the email is taken.
+    let other = client
+        .send(client.post("/api/auth/register").json(&body))
+        .await;
+    assert_eq!(
+        (other.status, other.body["code"].as_str()),
+        (409, Some("email_taken"))
+    );
+
+    let token = first.body["token"].as_str().unwrap();
+    let patch = || {
+        client
+            .patch("/api/profile")
+            .bearer_auth(token)
+            .header("Idempotency-Key", "p-1")
+            .json(&json!({"bio": "once"}))
+    };
+    let (a, b) = (client.send(patch()).await, client.send(patch()).await);
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(a.body["position"], b.body["position"]);
+
+    let types: Vec<String> = world
+        .events()
+        .into_iter()
+        .map(|(_, _, e)| e.event_type)
+        .collect();
+    let count = |t: &str| types.iter().filter(|x| *x == t).count();
+    assert_eq!(count("account.registered"), 1, "{types:?}");
+    assert_eq!(count("claim.claimed"), 2, "{types:?}");
+    assert_eq!(count("account.profile_updated"), 1, "{types:?}");
+    assert_events_match_schemas(&world);
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_taken_username_gives_back_the_email_it_claimed() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    assert_eq!(
+        client.register("dave", "dave@example.com").await.status,
+        201
+    );
+
+    let taken = client.register("DAVE", "fresh@example.com").await;
+    assert_eq!(
+        (taken.status, taken.body["code"].as_str()),
+        (409, Some("username_taken")),
+        "{}",
+        taken.body
+    );
+    let email = client.register("dave2", "DAVE@example.com").await;
+    assert_eq!(
+        (email.status, email.body["code"].as_str()),
+        (409, Some("email_taken"))
+    );
+
+    // The lost registration released fresh@example.com: it is free again.
+    let reply = client.register("erin", "fresh@example.com").await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert!(world
+        .events()
+        .iter()
+        .any(|(_, _, e)| e.event_type == "claim.released"));
+    assert_events_match_schemas(&world);
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn with_redis_down_reads_still_answer() {
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    // Nothing listens on port 1: every Redis call fails fast.
+    settings.redis_url = "redis://127.0.0.1:1".into();
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (id, token, position) = client.user("frank").await;
+    let reply = client
+        .send(
+            client
+                .get("/api/profile")
+                .bearer_auth(&token)
+                .header("X-Min-Position", &position),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let public = client.send(client.get(&format!("/api/users/{id}"))).await;
+    assert_eq!(public.status, 200);
+    let ready = client.send(client.get("/ready")).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["redis"], "down");
+    app.stop().await;
+    world.clean_up().await;
+}

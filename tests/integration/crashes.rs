@@ -1,0 +1,307 @@
+//! Crashes and zombies: `kill -9` at the worst instants, and a second writer
+//! for one aggregate. Nothing is lost, nothing is doubled, and every reader
+//! keeps the same events.
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tidings::Role;
+use tidings_schemas::{AggregateRef, EventEnvelope, Position};
+use uuid::Uuid;
+
+use crate::support::{assert_events_match_schemas, eventually, Client, World, ALL_ROLES};
+
+const PAUSED_PROJECTOR: (&str, &str) = ("TIDINGS_PAUSE_AT", "projector.before_commit");
+const PAUSED_DECIDER: (&str, &str) = ("TIDINGS_PAUSE_AT", "decider.after_events");
+
+/// Everything the projector wrote, as JSON, in a stable order.
+async fn read_models(db: &PgPool) -> Value {
+    let mut all = serde_json::Map::new();
+    for (name, query) in [
+        ("accounts", "SELECT id, username, email, password_hash, display_name, bio, avatar_url, token_version, created_at, updated_at, version FROM accounts ORDER BY id"),
+        ("outbox", "SELECT channel, seq, epoch, event, data FROM channel_outbox ORDER BY channel, seq"),
+        ("channels", "SELECT channel, seq, epoch FROM channels ORDER BY channel"),
+        ("aggregates", "SELECT aggregate_type, aggregate_id, version, last_command, lost_commands FROM projected_aggregates ORDER BY 1, 2"),
+        ("offsets", "SELECT partition, next_offset FROM projector_offsets ORDER BY partition"),
+    ] {
+        let rows: Value = sqlx::query_scalar(&format!("SELECT coalesce(json_agg(t), '[]'::json) FROM ({query}) t"))
+            .fetch_one(db)
+            .await
+            .unwrap();
+        all.insert(name.into(), rows);
+    }
+    Value::Object(all)
+}
+
+async fn reached(db: &PgPool, position: &str) -> bool {
+    let position: Position = position.parse().unwrap();
+    tidings_projections::db::reached(db, &position)
+        .await
+        .unwrap_or(false)
+}
+
+/// Builds the read models from scratch into a fresh database, with a
+/// projector in this process, and returns them once it reached `position`.
+async fn rebuilt(world: &World, position: &str) -> Value {
+    let mut settings = world.settings.clone();
+    settings.database_url = world.another_database().await;
+    let db = tidings_projections::db::connect(&settings.database_url, 2)
+        .await
+        .unwrap();
+    tidings_projections::db::migrate(&db).await.unwrap();
+    let projector = world.start_with(settings, &[Role::Projector]).await;
+    eventually(
+        Duration::from_secs(60),
+        "the rebuild reaches the end of the log",
+        || reached(&db, position),
+    )
+    .await;
+    let models = read_models(&db).await;
+    projector.stop().await;
+    db.close().await;
+    models
+}
+
+#[tokio::test]
+async fn a_projector_killed_mid_batch_loses_and_doubles_nothing() {
+    let world = World::new().await;
+    let front = world.start(&[Role::Api, Role::Deciders]).await;
+    let client = Client::new(&front.base);
+    let projector = world.spawn("projector", &[PAUSED_PROJECTOR]);
+
+    let (_, token, _) = client.user("ann").await;
+    client.user("ben").await;
+    projector.wait_for_line("paused at projector.before_commit", Duration::from_secs(60));
+    projector.kill();
+
+    // Writes go on while no projector runs.
+    client.user("cat").await;
+    let reply = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"bio": "written while down"})),
+        )
+        .await;
+    // Accepted, but no projector shows it yet.
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let (_, _, last) = client.user("dan").await;
+    let position = {
+        let mut p: Position = last.parse().unwrap();
+        p.merge(&reply.body["position"].as_str().unwrap().parse().unwrap());
+        p.to_string()
+    };
+
+    let projector = world.spawn("projector", &[]);
+    let db = world.db().await;
+    eventually(
+        Duration::from_secs(60),
+        "the restarted projector catches up",
+        || reached(&db, &position),
+    )
+    .await;
+    let live = read_models(&db).await;
+    projector.kill();
+
+    assert_eq!(
+        live["accounts"].as_array().unwrap().len(),
+        4,
+        "{}",
+        live["accounts"]
+    );
+    let outbox = live["outbox"].as_array().unwrap();
+    assert_eq!(
+        outbox.len(),
+        1,
+        "one profile update, one outbox row: {outbox:?}"
+    );
+    assert_eq!(outbox[0]["data"]["bio"], "written while down");
+    assert_eq!(
+        live,
+        rebuilt(&world, &position).await,
+        "the read models differ from a rebuild from the log"
+    );
+    assert_events_match_schemas(&world);
+    front.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_decider_killed_between_events_and_result_answers_the_retry_with_the_first_outcome() {
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.command_timeout_ms = 4_000;
+    let front = world
+        .start_with(settings, &[Role::Api, Role::Projector])
+        .await;
+    let client = Client::new(&front.base);
+    let decider = world.spawn("deciders", &[PAUSED_DECIDER]);
+
+    let register = || {
+        client
+            .post("/api/auth/register")
+            .header("Idempotency-Key", "crash-retry-1")
+            .json(&json!({"username": "gus", "email": "gus@example.com", "password": "correct horse battery"}))
+    };
+    let first = client.send(register()).await;
+    assert_eq!(
+        (first.status, first.body["code"].as_str()),
+        (503, Some("command_timeout")),
+        "{}",
+        first.body
+    );
+    decider.wait_for_line("paused at decider.after_events", Duration::from_secs(30));
+    decider.kill();
+
+    let _decider = world.spawn("deciders", &[]);
+    let mut reply = client.send(register()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while reply.status == 503 && tokio::time::Instant::now() < deadline {
+        reply = client.send(register()).await;
+    }
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let again = client.send(register()).await;
+    assert_eq!(again.body["user"]["id"], reply.body["user"]["id"]);
+
+    let types: Vec<(String, String)> = world
+        .events()
+        .into_iter()
+        .map(|(_, _, e)| (e.event_type, e.aggregate.id))
+        .collect();
+    let count = |t: &str, id: &str| types.iter().filter(|(x, a)| x == t && a == id).count();
+    assert_eq!(count("claim.claimed", "gus@example.com"), 1, "{types:?}");
+    assert_eq!(count("claim.claimed", "gus"), 1, "{types:?}");
+    assert_eq!(
+        types
+            .iter()
+            .filter(|(t, _)| t == "account.registered")
+            .count(),
+        1,
+        "{types:?}"
+    );
+    assert_events_match_schemas(&world);
+    front.stop().await;
+    world.clean_up().await;
+}
+
+/// A second writer for the same aggregate (a decider that lost its partition
+/// and does not know yet) writes at sequences already taken. Deciders,
+/// projector and a rebuild all keep the owner's events and skip the zombie's.
+#[tokio::test]
+async fn a_zombie_writers_events_are_skipped_by_every_reader() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (id, token, _) = client.user("zoe").await;
+    let patch = |body: Value| client.patch("/api/profile").bearer_auth(&token).json(&body);
+    let owner = client
+        .send(patch(json!({"display_name": "Owner One"})))
+        .await;
+    assert_eq!(owner.status, 200, "{}", owner.body);
+
+    // The zombie decided one command into two events on the state before the
+    // owner's update: sequences 2 and 3.
+    let user_id: Uuid = id.parse().unwrap();
+    let (partition, registered) = world
+        .events()
+        .into_iter()
+        .find(|(_, _, e)| e.event_type == "account.registered" && e.aggregate.id == id)
+        .map(|(p, _, e)| (p, e))
+        .unwrap();
+    let zombie_command = Uuid::new_v4();
+    let producer: FutureProducer = world.settings.kafka().producer().create().unwrap();
+    let events_topic = world.settings.kafka().topics().events;
+    for (index, name) in ["Zombie", "Zombie Again"].into_iter().enumerate() {
+        let envelope = EventEnvelope {
+            event_id: tidings_schemas::envelope::event_id(zombie_command, index),
+            event_type: "account.profile_updated".into(),
+            version: 1,
+            aggregate: AggregateRef::account(user_id),
+            sequence: 2 + index as u64,
+            occurred_at: chrono::Utc::now(),
+            actor: Some(user_id),
+            command_id: zombie_command,
+            correlation_id: Uuid::new_v4(),
+            data: json!({"display_name": name, "bio": null, "avatar_url": null, "updated_at": registered.occurred_at}),
+        };
+        let payload = envelope.to_json();
+        let key = envelope.aggregate.key();
+        let record = FutureRecord::to(&events_topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&payload);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+
+    // The live decider decides on the owner's state, not the zombie's.
+    let after = client.send(patch(json!({"bio": "after the zombie"}))).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(after.body["display_name"], "Owner One");
+    assert_eq!(after.body["bio"], "after the zombie");
+    let position = after.body["position"].as_str().unwrap().to_owned();
+
+    // A decider rebuilt from the log agrees.
+    app.stop().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let rebuilt_decider = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"avatar_url": "https://img.example/z.png"})),
+        )
+        .await;
+    assert_eq!(rebuilt_decider.status, 200, "{}", rebuilt_decider.body);
+    assert_eq!(rebuilt_decider.body["display_name"], "Owner One");
+    assert_eq!(rebuilt_decider.body["bio"], "after the zombie");
+    let position = {
+        let mut p: Position = position.parse().unwrap();
+        p.merge(
+            &rebuilt_decider.body["position"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+        p.to_string()
+    };
+
+    // The projector agrees, and so does a projection rebuilt from the log.
+    let db = world.db().await;
+    eventually(
+        Duration::from_secs(30),
+        "the projector passes the last write",
+        || reached(&db, &position),
+    )
+    .await;
+    let live = read_models(&db).await;
+    let account = &live["accounts"][0];
+    assert_eq!(
+        (
+            account["display_name"].as_str(),
+            account["version"].as_i64()
+        ),
+        (Some("Owner One"), Some(4))
+    );
+    let zombie_rows = live["outbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["data"]["display_name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("Zombie"))
+        })
+        .count();
+    assert_eq!(zombie_rows, 0, "a zombie's update reached a channel");
+    app.stop().await;
+    assert_eq!(live, rebuilt(&world, &position).await);
+    world.clean_up().await;
+}

@@ -1,0 +1,10 @@
+//! Integration tests of Tidings against real Kafka (tansu), PostgreSQL and
+//! Redis, and real HTTP and WebSocket clients. `scripts/test` brings the
+//! services up first. Each test has its own database, topic prefix and Redis
+//! key prefix, and removes them at the end.
+
+mod accounts;
+mod crashes;
+mod race;
+mod realtime;
+mod support;
