@@ -485,7 +485,7 @@ impl Decider {
                 .map(|delivery| delivery.offset)
                 .map_err(|(error, _)| error)
         });
-        Ok(try_join_all(sends).await.context("writing events")?)
+        try_join_all(sends).await.context("writing events")
     }
 
     async fn publish(&self, results: &[CommandResult]) -> anyhow::Result<()> {

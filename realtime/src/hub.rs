@@ -45,6 +45,9 @@ struct Subscriber {
 #[derive(Clone)]
 pub struct Hub {
     commands: mpsc::UnboundedSender<Command>,
+    /// Cancelled when the gateway shuts down: sessions close with "going
+    /// away" so their clients resume on another gateway.
+    pub shutdown: CancellationToken,
 }
 
 impl Hub {
@@ -60,8 +63,11 @@ impl Hub {
             assignment.add_partition_offset(&topic, partition, Offset::Offset(high))?;
         }
         consumer.assign(&assignment)?;
-        tokio::spawn(follow(consumer, tx.clone(), shutdown));
-        Ok(Hub { commands: tx })
+        tokio::spawn(follow(consumer, tx.clone(), shutdown.clone()));
+        Ok(Hub {
+            commands: tx,
+            shutdown,
+        })
     }
 
     pub fn send(&self, command: Command) {

@@ -32,6 +32,7 @@ const MAX_FRAME: usize = 16 * 1024;
 /// Updates read from the outbox per query when resuming or filling a gap.
 const REPLAY_PAGE: i64 = 500;
 
+const GOING_AWAY: u16 = 1001;
 const UNAUTHORIZED: u16 = 4001;
 const TOO_SLOW: u16 = 4009;
 const PROTOCOL_ERROR: u16 = 4400;
@@ -145,7 +146,7 @@ async fn check(
 async fn close(ws: actix_ws::Session, code: u16, reason: &str) {
     let _ = ws
         .close(Some(CloseReason {
-            code: CloseCode::Other(code),
+            code: CloseCode::from(code),
             description: Some(reason.to_owned()),
         }))
         .await;
@@ -183,6 +184,7 @@ impl Session {
                 },
                 Some(update) = updates.recv() => self.deliver(update).await,
                 _ = self.too_slow.cancelled() => Err(End::Close(TOO_SLOW, "too slow to keep up; resume with since")),
+                _ = self.hub.shutdown.cancelled() => Err(End::Close(GOING_AWAY, "gateway shutting down; resume with since")),
                 _ = tokio::time::sleep_until(self.expires_at) => {
                     let _ = self.send(&ServerFrame::error("token_expired", "the token expired; reconnect with a new one", None)).await;
                     Err(End::Close(UNAUTHORIZED, "token expired"))

@@ -2,8 +2,8 @@
 //! applies — decider rebuild, projector, replay — so that all of them keep the
 //! same events and skip the same others.
 //!
-//! An event applies when its aggregate `sequence` is the aggregate's version
-//! + 1. A second writer for the same aggregate (a zombie owner after a
+//! An event applies when its aggregate `sequence` is one more than the
+//! aggregate's version. A second writer for the same aggregate (a zombie owner after a
 //! rebalance) writes sequences that are already taken, so its events are
 //! skipped wherever they stand in the log. One more clause keeps a command
 //! whole: once an event of a command is skipped as a conflict, the later
