@@ -305,3 +305,75 @@ async fn a_zombie_writers_events_are_skipped_by_every_reader() {
     assert_eq!(live, rebuilt(&world, &position).await);
     world.clean_up().await;
 }
+
+/// A decider that takes over rebuilds from the snapshot in PostgreSQL, then
+/// folds only what came after it; what it knows is the same.
+#[tokio::test]
+async fn a_new_decider_resumes_from_the_snapshot_and_knows_what_was_decided() {
+    let world = World::new().await;
+    let front = world.start(&[Role::Api, Role::Projector]).await;
+    let client = Client::new(&front.base);
+    let snapshot_every_event = [("TIDINGS_SNAPSHOT_EVERY", "1")];
+    let decider = world.spawn("deciders", &snapshot_every_event);
+
+    let register = |name: &str| {
+        client
+            .post("/api/auth/register")
+            .header("Idempotency-Key", format!("snap-{name}"))
+            .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse battery"}))
+    };
+    let mut first_ids = Vec::new();
+    for name in ["hal", "ivy", "jon"] {
+        let reply = client.send(register(name)).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        first_ids.push(reply.body["user"]["id"].clone());
+    }
+    let db = world.db().await;
+    let snapshots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM decider_snapshots WHERE next_offset > 0")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(snapshots > 0, "no snapshot was taken");
+    decider.kill();
+
+    let decider = world.spawn("deciders", &snapshot_every_event);
+    let taken = client.register("hal2", "HAL@example.com").await;
+    assert_eq!(
+        (taken.status, taken.body["code"].as_str()),
+        (409, Some("email_taken")),
+        "{}",
+        taken.body
+    );
+    for (name, id) in ["hal", "ivy", "jon"].into_iter().zip(first_ids) {
+        let again = client.send(register(name)).await;
+        assert_eq!(again.status, 201, "{}", again.body);
+        assert_eq!(again.body["user"]["id"], id);
+    }
+    let registered = world
+        .events()
+        .iter()
+        .filter(|(_, _, e)| e.event_type == "account.registered")
+        .count();
+    assert_eq!(registered, 3);
+
+    // The partitions holding hal, ivy and jon had snapshots to start from.
+    let starts: Vec<i64> = decider
+        .lines_so_far("partition rebuilt")
+        .iter()
+        .filter_map(|line| line.split("\"from\":").nth(1))
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        starts.iter().any(|&from| from > 0),
+        "every rebuild started from the beginning: {starts:?}"
+    );
+    drop(decider);
+    front.stop().await;
+    world.clean_up().await;
+}

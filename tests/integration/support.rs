@@ -277,6 +277,13 @@ impl ChildTidings {
         }
     }
 
+    /// The lines printed so far that contain `needle`.
+    pub fn lines_so_far(&self, needle: &str) -> Vec<String> {
+        std::iter::from_fn(|| self.lines.recv_timeout(Duration::from_millis(200)).ok())
+            .filter(|line| line.contains(needle))
+            .collect()
+    }
+
     /// The base URL the child printed when it came up.
     pub fn base_url(&self) -> String {
         let line = self.wait_for_line("Tidings is up", Duration::from_secs(60));
