@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::net::TcpListener;
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use tidings_api::auth::Jwt;
@@ -15,7 +16,7 @@ use tidings_api::{ApiSettings, ApiState};
 use tidings_commands::decider::{self, DeciderSettings};
 use tidings_commands::CommandBus;
 use tidings_projections::projector::{self, ProjectorSettings};
-use tidings_projections::{db, outbox, Cache};
+use tidings_projections::{db, lag, outbox, Cache};
 use tidings_realtime::Hub;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings, roles: &[Role]) -> anyhow::Result<Self> {
         let roles: HashSet<Role> = roles.iter().copied().collect();
+        crate::telemetry::install_metrics();
         if settings.jwt_secret == DEV_JWT_SECRET && roles.contains(&Role::Api) {
             tracing::warn!(
                 "TIDINGS_JWT_SECRET is the development default: set a secret of your own"
@@ -88,18 +90,21 @@ impl Application {
                 None
             };
             let (with_api, with_realtime) = (roles.contains(&Role::Api), hub.is_some());
+            let metrics = web::Data::new(tidings_api::health::Metrics(Box::new(
+                crate::telemetry::render_metrics,
+            )));
+            let monitor = lag::monitor(kafka.clone(), db.clone(), shutdown.clone());
+            tasks.spawn(async move { ("lag monitor", monitor.await) });
             let listener = TcpListener::bind(&settings.http_addr)
                 .with_context(|| format!("binding {}", settings.http_addr))?;
             port = Some(listener.local_addr()?.port());
             let http = HttpServer::new(move || {
                 let mut app = App::new()
                     .app_data(state.clone())
-                    .wrap(actix_web::middleware::from_fn(
-                        tidings_api::middleware::read_your_writes,
-                    ))
-                    .wrap(actix_web::middleware::from_fn(
-                        tidings_api::middleware::request_id,
-                    ))
+                    .app_data(metrics.clone())
+                    .wrap(from_fn(tidings_api::middleware::read_your_writes))
+                    .wrap(from_fn(tidings_api::middleware::http_metrics))
+                    .wrap(from_fn(tidings_api::middleware::request_id))
                     .default_service(web::to(tidings_api::not_found));
                 if with_api {
                     app = app.configure(tidings_api::routes);

@@ -1,5 +1,5 @@
-//! `GET /health` (the process is alive) and `GET /ready` (each dependency
-//! reported; 503 when one is down).
+//! `GET /health` (the process is alive), `GET /ready` (each dependency
+//! reported; 503 when one is down) and `GET /metrics` (Prometheus text).
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
@@ -8,7 +8,18 @@ use crate::ApiState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready));
+        .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// Renders this process's metrics in the Prometheus text format.
+pub struct Metrics(pub Box<dyn Fn() -> String + Send + Sync>);
+
+async fn metrics(metrics: Option<web::Data<Metrics>>) -> HttpResponse {
+    let body = metrics.map(|m| (m.0)()).unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(body)
 }
 
 async fn health() -> HttpResponse {

@@ -36,6 +36,26 @@ pub async fn request_id(
     Ok(response)
 }
 
+/// Counts every request by route, method and status, and times it.
+pub async fn http_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    // The route pattern, not the path: ids must not explode the label set.
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let response = next.call(req).await?;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("tidings_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("tidings_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
 /// A GET that carries `X-Min-Position` is answered only once the read models
 /// have passed that position; past the bounded wait, 503 with `Retry-After`.
 pub async fn read_your_writes(

@@ -22,7 +22,6 @@
 //! handled ones, and answers them without writing again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,6 +40,7 @@ use tidings_schemas::envelope::{event_id, CURRENT_VERSION};
 use tidings_schemas::kafka::{KafkaSettings, Topics, ADMIN_TIMEOUT};
 use tidings_schemas::{faults, EventEnvelope};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::aggregate::{Aggregate, Applied};
 use crate::envelope::{CommandEnvelope, CommandResult, Outcome};
@@ -53,10 +53,6 @@ const MAX_ATTEMPTS: usize = 3;
 /// How long reading back one's own writes may take before the decider gives
 /// up its state and rebuilds.
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Events skipped by the sequence rule in this process (duplicates and
-/// zombie writes); exported as a metric.
-pub static SKIPPED_EVENTS: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone)]
 pub struct DeciderSettings {
@@ -189,8 +185,24 @@ impl Decider {
                     Err(error) => results.extend(malformed(message, error)),
                 }
             }
+            let types: HashMap<Uuid, &'static str> = commands
+                .iter()
+                .map(|c| (c.command_id, c.command.type_name()))
+                .collect();
             results.extend(self.process(partition, commands).await?);
             self.publish(&results).await?;
+            for result in &results {
+                let kind = types
+                    .get(&result.command_id)
+                    .copied()
+                    .unwrap_or("malformed");
+                let outcome = match &result.outcome {
+                    Outcome::Accepted { .. } => "accepted".to_owned(),
+                    Outcome::Rejected { code, .. } => code.clone(),
+                };
+                metrics::counter!("tidings_commands_total", "type" => kind, "outcome" => outcome)
+                    .increment(1);
+            }
             let mut commit = TopicPartitionList::new();
             commit.add_partition_offset(
                 &self.topics.commands,
@@ -303,7 +315,7 @@ impl Decider {
         if aggregate.apply(&envelope, Some((message.partition(), message.offset())))
             == Applied::Skipped
         {
-            SKIPPED_EVENTS.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tidings_events_skipped_total", "reader" => "decider").increment(1);
             tracing::warn!(
                 event_id = %envelope.event_id,
                 aggregate = %envelope.aggregate.key(),

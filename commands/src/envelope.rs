@@ -28,9 +28,45 @@ pub enum AnyCommand {
     Claim(claim::Command),
 }
 
+impl AnyCommand {
+    /// The command's `type`, as on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            AnyCommand::Account(account::Command::Register(_)) => "account.register",
+            AnyCommand::Account(account::Command::UpdateProfile(_)) => "account.update_profile",
+            AnyCommand::Claim(claim::Command::Claim { .. }) => "claim.claim",
+            AnyCommand::Claim(claim::Command::Release { .. }) => "claim.release",
+        }
+    }
+}
+
 impl CommandEnvelope {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("command envelopes serialize to JSON")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_the_serde_tags() {
+        let commands = [
+            AnyCommand::Claim(claim::Command::Claim {
+                kind: claim::Kind::Email,
+                owner: Uuid::nil(),
+            }),
+            AnyCommand::Claim(claim::Command::Release {
+                kind: claim::Kind::Email,
+                owner: Uuid::nil(),
+            }),
+            AnyCommand::Account(account::Command::UpdateProfile(Default::default())),
+        ];
+        for command in commands {
+            let tagged = serde_json::to_value(&command).unwrap();
+            assert_eq!(tagged["type"], command.type_name());
+        }
     }
 }
 

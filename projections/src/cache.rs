@@ -6,7 +6,6 @@
 //! Every error is logged and turned into a miss, so Redis being down makes
 //! reads slower, never failed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
@@ -30,9 +29,6 @@ if tonumber(ARGV[1]) > current then
 end
 return 0
 ";
-
-pub static HITS: AtomicU64 = AtomicU64::new(0);
-pub static MISSES: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone)]
 pub struct Cache {
@@ -75,11 +71,11 @@ impl Cache {
             .flatten();
         match found.and_then(|json| serde_json::from_str(&json).ok()) {
             Some(account) => {
-                HITS.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tidings_cache_requests_total", "cache" => "account", "result" => "hit").increment(1);
                 Some(account)
             }
             None => {
-                MISSES.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tidings_cache_requests_total", "cache" => "account", "result" => "miss").increment(1);
                 None
             }
         }

@@ -9,7 +9,8 @@
 //!   publishes it to `tidings.updates`;
 //! - [`cache`]: the Redis caches, versioned so a stale write never wins and
 //!   read through: Redis down means slower reads, never errors;
-//! - [`db`]: connecting, migrating, and waiting for a `position`.
+//! - [`db`]: connecting, migrating, and waiting for a `position`;
+//! - [`lag`]: gauges of how far behind deciders and projector are.
 //!
 //! Depends on `tidings-schemas` and `tidings-domain`. Start at
 //! [`projector::run`].
@@ -18,6 +19,7 @@
 pub mod accounts;
 pub mod cache;
 pub mod db;
+pub mod lag;
 pub mod outbox;
 pub mod projector;
 

@@ -165,6 +165,7 @@ async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<Acco
     let mut cursors: HashMap<(String, String), Cursor> = HashMap::new();
     let mut changed: Vec<AccountRow> = Vec::new();
     let mut updates: Vec<ChannelUpdate> = Vec::new();
+    let mut last_event_at: HashMap<i32, chrono::DateTime<chrono::Utc>> = HashMap::new();
     for message in batch {
         let next = offsets.entry(message.partition()).or_insert(0);
         if message.offset() < *next {
@@ -196,7 +197,10 @@ async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<Acco
                 entry.insert(cursor)
             }
         };
+        last_event_at.insert(message.partition(), envelope.occurred_at);
+        metrics::counter!("tidings_projector_events_total").increment(1);
         if !cursor.admit(envelope.sequence, envelope.command_id) {
+            metrics::counter!("tidings_events_skipped_total", "reader" => "projector").increment(1);
             tracing::warn!(event_id = %envelope.event_id, aggregate = %envelope.aggregate.key(), sequence = envelope.sequence, "event skipped by the sequence rule");
             continue;
         }
@@ -217,11 +221,13 @@ async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<Acco
     }
     for (partition, next) in &offsets {
         sqlx::query(
-            "INSERT INTO projector_offsets (partition, next_offset, updated_at) VALUES ($1, $2, now())
-             ON CONFLICT (partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+            "INSERT INTO projector_offsets (partition, next_offset, updated_at, last_event_at) VALUES ($1, $2, now(), $3)
+             ON CONFLICT (partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now(),
+               last_event_at = coalesce(EXCLUDED.last_event_at, projector_offsets.last_event_at)",
         )
         .bind(partition)
         .bind(next)
+        .bind(last_event_at.get(partition))
         .execute(&mut *tx)
         .await?;
     }

@@ -99,6 +99,8 @@ async fn serve(
             let _ = ws
                 .text(ServerFrame::error(code, message, None).to_json())
                 .await;
+            metrics::counter!("tidings_ws_closes_total", "code" => UNAUTHORIZED.to_string())
+                .increment(1);
             close(ws, UNAUTHORIZED, "unauthorized").await;
             return;
         }
@@ -115,10 +117,17 @@ async fn serve(
         too_slow: CancellationToken::new(),
         last_seq: HashMap::new(),
     };
+    metrics::gauge!("tidings_ws_connections").increment(1.0);
     let end = session.run(&mut stream, &mut updates).await;
+    metrics::gauge!("tidings_ws_connections").decrement(1.0);
     session.hub.send(Command::Leave {
         session: session.id,
     });
+    let code = match end {
+        End::ClientLeft => "client".to_owned(),
+        End::Close(code, _) => code.to_string(),
+    };
+    metrics::counter!("tidings_ws_closes_total", "code" => code).increment(1);
     if let End::Close(code, reason) = end {
         close(session.ws, code, reason).await;
     }
@@ -380,6 +389,7 @@ impl Session {
             return Ok(());
         }
         *last = update.seq;
+        metrics::counter!("tidings_ws_deliveries_total").increment(1);
         self.send(&ServerFrame::Event {
             channel: update.channel,
             seq: update.seq,

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod crashes;
+mod operations;
 mod race;
 mod realtime;
 mod support;
