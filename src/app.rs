@@ -90,6 +90,8 @@ impl Application {
                 None
             };
             let (with_api, with_realtime) = (roles.contains(&Role::Api), hub.is_some());
+            let asyncapi = tidings_schemas::asyncapi::document(&kafka, env!("CARGO_PKG_VERSION"));
+            let spec = web::Data::new(tidings_api::docs::Spec::new(openapi(), &asyncapi));
             let metrics = web::Data::new(tidings_api::health::Metrics(Box::new(
                 crate::telemetry::render_metrics,
             )));
@@ -102,6 +104,7 @@ impl Application {
                 let mut app = App::new()
                     .app_data(state.clone())
                     .app_data(metrics.clone())
+                    .app_data(spec.clone())
                     .wrap(from_fn(tidings_api::middleware::read_your_writes))
                     .wrap(from_fn(tidings_api::middleware::http_metrics))
                     .wrap(from_fn(tidings_api::middleware::request_id))
@@ -171,4 +174,12 @@ impl Application {
         }
         outcome
     }
+}
+
+/// The OpenAPI document of everything this binary can serve.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut spec = tidings_api::docs::ApiDoc::openapi();
+    spec.merge(tidings_realtime::RealtimeDoc::openapi());
+    spec
 }

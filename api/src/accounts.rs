@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::auth::{hash_password, verify_password, Authenticated};
 use crate::context::{step_id, RequestContext};
-use crate::error::{accepted, ApiError};
+use crate::error::{accepted, ApiError, Problem};
 use crate::validate::{self, Fields};
 use crate::ApiState;
 
@@ -30,7 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/users/{id}", web::get().to(public_profile));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     pub username: String,
@@ -69,15 +69,29 @@ impl TryFrom<RegisterBody> for Registration {
     }
 }
 
-#[derive(Serialize)]
-struct Registered {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Registered {
     user: Profile,
+    /// A JWT for `Authorization: Bearer`.
     token: String,
+    #[schema(value_type = String)]
     position: Position,
 }
 
+#[utoipa::path(post, path = "/api/auth/register", tag = "accounts",
+    request_body = RegisterBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and appends nothing")),
+    responses(
+        (status = 201, description = "Registered; `position` is where the write is in the log", body = Registered,
+            headers(("X-Position" = String, description = "the write's position"))),
+        (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, with `errors`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+    ))]
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
-async fn register(
+pub(crate) async fn register(
     state: web::Data<ApiState>,
     ctx: RequestContext,
     body: web::Json<RegisterBody>,
@@ -191,21 +205,31 @@ async fn register(
         }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
+    /// A username or an email.
     pub login: String,
     pub password: String,
 }
 
-#[derive(Serialize)]
-struct LoggedIn {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct LoggedIn {
     user: Profile,
     token: String,
 }
 
+#[utoipa::path(post, path = "/api/auth/login", tag = "accounts",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "Signed in", body = LoggedIn),
+        (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, with `errors`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+    ))]
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
-async fn login(
+pub(crate) async fn login(
     state: web::Data<ApiState>,
     ctx: RequestContext,
     body: web::Json<LoginBody>,
@@ -234,13 +258,23 @@ async fn login(
     }
 }
 
+#[utoipa::path(get, path = "/api/profile", tag = "accounts",
+    params(("X-Min-Position" = Option<String>, Header, description = "Answer only once the read model has passed this position")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's own profile", body = Profile),
+        (status = 401, description = "no valid token (`unauthenticated`, `invalid_token`, `token_expired`, `token_revoked`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+    ))]
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id))]
-async fn own_profile(me: Authenticated) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn own_profile(me: Authenticated) -> Result<HttpResponse, ApiError> {
     let account = me.account.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(account.profile()))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Only the fields present change; `null` clears `bio` or `avatar_url`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileBody {
     display_name: Option<String>,
@@ -272,15 +306,36 @@ impl UpdateProfileBody {
     }
 }
 
-#[derive(Serialize)]
-struct UpdatedProfile {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct UpdatedProfile {
     #[serde(flatten)]
     profile: Profile,
+    #[schema(value_type = String)]
     position: Position,
 }
 
+/// A write that stands but is not visible yet.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted {
+    #[schema(value_type = String)]
+    position: Position,
+}
+
+#[utoipa::path(patch, path = "/api/profile", tag = "accounts",
+    request_body = UpdateProfileBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key is the same command")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Updated and projected", body = UpdatedProfile, headers(("X-Position" = String))),
+        (status = 202, description = "Updated; not projected within the bounded wait: read it with `X-Min-Position`", body = Accepted),
+        (status = 400, description = "malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid token (`unauthenticated`, `invalid_token`, `token_expired`, `token_revoked`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, with `errors`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+    ))]
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id, request_id = %ctx.request_id))]
-async fn update_profile(
+pub(crate) async fn update_profile(
     state: web::Data<ApiState>,
     ctx: RequestContext,
     me: Authenticated,
@@ -307,7 +362,7 @@ async fn update_profile(
     let Some(account) = account else {
         return Ok(HttpResponse::Accepted()
             .insert_header(("X-Position", position.to_string()))
-            .json(serde_json::json!({ "position": position })));
+            .json(Accepted { position }));
     };
     state.cache.put_account(&account).await;
     Ok(HttpResponse::Ok()
@@ -318,8 +373,16 @@ async fn update_profile(
         }))
 }
 
+#[utoipa::path(get, path = "/api/users/{id}", tag = "accounts",
+    params(("id" = Uuid, Path, description = "user id"),
+        ("X-Min-Position" = Option<String>, Header, description = "Answer only once the read model has passed this position")),
+    responses(
+        (status = 200, description = "A public profile (no email)", body = PublicProfile),
+        (status = 404, description = "not found", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+    ))]
 #[tracing::instrument(skip_all)]
-async fn public_profile(
+pub(crate) async fn public_profile(
     state: web::Data<ApiState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {

@@ -7,7 +7,7 @@ use serde::Serialize;
 use tidings_commands::{BusError, Outcome};
 use tidings_domain::ErrorKind;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -31,16 +31,20 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// `application/problem+json` (RFC 9457) with a stable `code`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
-    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
-    errors: &'a [FieldError],
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable, snake_case: what clients branch on (`email_taken`…).
+    pub code: String,
+    /// One entry per offending field, for `validation_failed`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
 }
 
 impl ApiError {
@@ -133,11 +137,11 @@ impl ResponseError for ApiError {
                 "https://tidings.dev/problems/{}",
                 self.code.replace('_', "-")
             ),
-            title: self.title(),
+            title: self.title().to_owned(),
             status: self.status.as_u16(),
-            detail: &self.detail,
-            code: &self.code,
-            errors: &self.errors,
+            detail: self.detail.clone(),
+            code: self.code.clone(),
+            errors: self.errors.clone(),
         };
         let mut response = HttpResponse::build(self.status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));

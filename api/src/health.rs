@@ -15,19 +15,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Renders this process's metrics in the Prometheus text format.
 pub struct Metrics(pub Box<dyn Fn() -> String + Send + Sync>);
 
-async fn metrics(metrics: Option<web::Data<Metrics>>) -> HttpResponse {
+/// This process's metrics, Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub(crate) async fn metrics(metrics: Option<web::Data<Metrics>>) -> HttpResponse {
     let body = metrics.map(|m| (m.0)()).unwrap_or_default();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(body)
 }
 
-async fn health() -> HttpResponse {
+/// Whether the process is alive.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "alive")))]
+pub(crate) async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-#[derive(Serialize)]
-struct Readiness {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Readiness {
     status: &'static str,
     kafka: &'static str,
     postgres: &'static str,
@@ -42,7 +46,11 @@ fn word(up: bool) -> &'static str {
     }
 }
 
-async fn ready(state: web::Data<ApiState>) -> HttpResponse {
+/// Whether Kafka and PostgreSQL answer (Redis is reported; without it reads are slower, not wrong).
+#[utoipa::path(get, path = "/ready", tag = "operations", responses(
+    (status = 200, description = "ready", body = Readiness),
+    (status = 503, description = "a dependency is down; `Retry-After`", body = Readiness)))]
+pub(crate) async fn ready(state: web::Data<ApiState>) -> HttpResponse {
     let (kafka, postgres, redis) = tokio::join!(
         state.bus.ping(),
         async { sqlx::query("SELECT 1").execute(&state.db).await.is_ok() },

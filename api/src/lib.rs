@@ -7,6 +7,7 @@
 //! - [`accounts`]: register, login, profiles — start here;
 //! - [`auth`]: JWTs, passwords, the [`auth::Authenticated`] extractor;
 //! - [`context`]: request id, idempotency key, command envelopes;
+//! - [`docs`]: OpenAPI at `/openapi.json`, the reference page at `/docs`;
 //! - [`error`]: problem+json with a stable `code`;
 //! - [`middleware`]: request ids and `X-Min-Position` (read-your-writes);
 //! - [`validate`]: field rules.
@@ -17,6 +18,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod context;
+pub mod docs;
 pub mod error;
 pub mod health;
 pub mod middleware;
@@ -75,6 +77,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .configure(health::routes)
+        .configure(docs::routes)
         .configure(accounts::routes);
 }
 

@@ -31,7 +31,7 @@ pub struct AccountRow {
 }
 
 /// `GET /api/profile`: the owner's view.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
     pub id: Uuid,
     pub username: String,
@@ -45,8 +45,8 @@ pub struct Profile {
     pub posts_count: i64,
 }
 
-/// `GET /api/users/{id}`: what anyone signed in may see (no email).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `GET /api/users/{id}`: what anyone may see (no email).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublicProfile {
     pub id: Uuid,
     pub username: String,

@@ -20,6 +20,11 @@ use actix_web::web;
 
 pub use hub::Hub;
 
+/// The gateway's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(session::connect))]
+pub struct RealtimeDoc;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(session::connect));
 }

@@ -37,6 +37,13 @@ const UNAUTHORIZED: u16 = 4001;
 const TOO_SLOW: u16 = 4009;
 const PROTOCOL_ERROR: u16 = 4400;
 
+/// Opens a WebSocket: `welcome`, then live updates of the channels
+/// subscribed to (the own `user:{id}` from the start). Frames and topics:
+/// `/asyncapi.json`.
+#[utoipa::path(get, path = "/ws", tag = "realtime",
+    params(("token" = Option<String>, Query, description = "The JWT, for clients that cannot set `Authorization`")),
+    security(("bearer" = [])),
+    responses((status = 101, description = "Switching to the WebSocket protocol; an invalid token gets an `error` frame and close code 4001")))]
 pub async fn connect(
     req: HttpRequest,
     body: web::Payload,

@@ -33,6 +33,38 @@ pub const EVENTS: &[(&str, u32, &str)] = &[
     ),
 ];
 
+/// Every schema file, by its path under `schemas/json/` (served at
+/// `/schemas/<path>`).
+pub const FILES: &[(&str, &str)] = &[
+    ("event-envelope.v1.json", EVENT_ENVELOPE),
+    ("command-envelope.v1.json", COMMAND_ENVELOPE),
+    (
+        "command-result.v1.json",
+        include_str!("../json/command-result.v1.json"),
+    ),
+    ("update.v1.json", include_str!("../json/update.v1.json")),
+    (
+        "ws/server-frame.v1.json",
+        include_str!("../json/ws/server-frame.v1.json"),
+    ),
+    (
+        "ws/client-frame.v1.json",
+        include_str!("../json/ws/client-frame.v1.json"),
+    ),
+    ("events/account.registered.v1.json", EVENTS[0].2),
+    ("events/account.profile_updated.v1.json", EVENTS[1].2),
+    ("events/claim.claimed.v1.json", EVENTS[2].2),
+    ("events/claim.released.v1.json", EVENTS[3].2),
+];
+
+/// A schema file by its path under `schemas/json/`.
+pub fn file(path: &str) -> Option<&'static str> {
+    FILES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, schema)| *schema)
+}
+
 /// The schema of an event's `data`, by type and version.
 pub fn event_data(event_type: &str, version: u32) -> Option<&'static str> {
     EVENTS
@@ -46,11 +78,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_event_schema_is_served_as_a_file() {
+        for (event_type, version, schema) in EVENTS {
+            assert_eq!(
+                file(&format!("events/{event_type}.v{version}.json")),
+                Some(*schema)
+            );
+        }
+    }
+
+    #[test]
     fn every_embedded_schema_is_json_with_an_id() {
-        for schema in [EVENT_ENVELOPE, COMMAND_ENVELOPE]
-            .into_iter()
-            .chain(EVENTS.iter().map(|e| e.2))
-        {
+        for schema in FILES.iter().map(|f| f.1) {
             let value: serde_json::Value = serde_json::from_str(schema).expect("schema is JSON");
             assert!(value["$id"].is_string(), "schema without $id: {schema}");
         }

@@ -8,12 +8,14 @@
 //! - [`sequence`]: the one rule that decides whether an event applies;
 //! - [`position`]: the opaque "this far into the log" token;
 //! - [`kafka`]: topic names and client settings shared by every role;
+//! - [`asyncapi`]: the AsyncAPI 3 document of the WebSocket protocol and topics;
 //! - [`json`]: the JSON Schemas under `schemas/json/`, one per event type and
 //!   version, command and WebSocket frame.
 //!
 //! Depends only on `tidings-domain`.
 #![forbid(unsafe_code)]
 
+pub mod asyncapi;
 pub mod envelope;
 pub mod faults;
 pub mod json;

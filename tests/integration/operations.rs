@@ -136,3 +136,179 @@ async fn metrics_are_exported_and_move_with_traffic() {
     app.stop().await;
     world.clean_up().await;
 }
+
+/// Every `.route("<path>", web::<method>()…)` in the sources of the HTTP
+/// crates, as `(METHOD, path)`.
+fn mounted_routes() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut routes = Vec::new();
+    for dir in ["api/src", "realtime/src"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let source = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let code: Vec<&str> = source
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect();
+            let flat: String = code.join(" ").split_whitespace().collect();
+            for piece in flat.split(".route(\"").skip(1) {
+                let (path, rest) = piece.split_once('"').unwrap();
+                let method = rest
+                    .trim_start_matches(',')
+                    .strip_prefix("web::")
+                    .and_then(|m| m.split_once('('))
+                    .map(|(m, _)| m.to_uppercase())
+                    .unwrap_or_else(|| panic!("cannot read the method of route {path}"));
+                // `{name:regex}` in actix is `{name}` in OpenAPI.
+                let path: String = path
+                    .split('/')
+                    .map(|part| match part.split_once(':') {
+                        Some((name, _)) if part.starts_with('{') => format!("{name}}}"),
+                        _ => part.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/");
+                routes.push((method, path));
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn the_spec_describes_every_route_and_the_docs_page_is_self_contained() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let spec = client.send(client.get("/openapi.json")).await;
+    assert_eq!(spec.status, 200);
+    assert!(
+        spec.body["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        spec.body["openapi"]
+    );
+    assert!(spec.body["components"]["securitySchemes"]["bearer"].is_object());
+
+    let routes = mounted_routes();
+    assert!(
+        routes.len() >= 10,
+        "the route scan found too little: {routes:?}"
+    );
+    let missing: Vec<String> = routes
+        .iter()
+        .filter(|(method, path)| spec.body["paths"][path][method.to_lowercase()].is_null())
+        .map(|(method, path)| format!("{method} {path}"))
+        .collect();
+    assert!(missing.is_empty(), "routes the spec lacks: {missing:?}");
+    // Error answers are documented as problem+json.
+    let conflict = &spec.body["paths"]["/api/auth/register"]["post"]["responses"]["409"]["content"];
+    assert!(
+        conflict["application/problem+json"]["schema"].is_object(),
+        "{conflict}"
+    );
+
+    let page = client.send(client.get("/docs")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.body.as_str().unwrap().to_owned();
+    for (_, path) in &routes {
+        assert!(
+            html.contains(path.as_str()),
+            "the docs page does not show {path}"
+        );
+    }
+    let assets: Vec<&str> = ["href=\"", "src=\""]
+        .iter()
+        .flat_map(|attr| {
+            html.split(attr)
+                .skip(1)
+                .map(|rest| rest.split('"').next().unwrap())
+        })
+        .filter(|link| !link.starts_with('#'))
+        .collect();
+    assert!(assets.contains(&"/docs/style.css"), "{assets:?}");
+    for asset in assets {
+        assert!(
+            asset.starts_with('/'),
+            "the docs page loads {asset} from elsewhere"
+        );
+        let reply = client.send(client.get(asset)).await;
+        assert_eq!(reply.status, 200, "{asset}");
+    }
+    app.stop().await;
+    world.clean_up().await;
+}
+
+/// Every `$ref` in a JSON document.
+fn refs(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("$ref", serde_json::Value::String(target)) => found.push(target.clone()),
+                    _ => refs(inner, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| refs(i, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_asyncapi_document_covers_the_socket_and_topics_and_its_references_resolve() {
+    let world = World::new().await;
+    let app = world.start(&[tidings::Role::Api]).await;
+    let client = Client::new(&app.base);
+    let doc = client.send(client.get("/asyncapi.json")).await;
+    assert_eq!(doc.status, 200);
+    let doc = doc.body;
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    let addresses: Vec<&str> = doc["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["address"].as_str().unwrap())
+        .collect();
+    let topics = world.settings.kafka().topics();
+    for expected in ["/ws"].into_iter().chain(topics.all()) {
+        assert!(
+            addresses.contains(&expected),
+            "no channel {expected}: {addresses:?}"
+        );
+    }
+    for (event_type, version, _) in tidings_schemas::json::EVENTS {
+        let name = format!("{event_type}.v{version}");
+        assert!(
+            doc["channels"]["events"]["messages"][&name].is_object(),
+            "events topic lacks {name}"
+        );
+    }
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    let external: Vec<&String> = found
+        .iter()
+        .filter(|r| r.starts_with("/schemas/"))
+        .collect();
+    assert!(external.len() > 8, "{found:?}");
+    for target in found.iter() {
+        if let Some(pointer) = target.strip_prefix('#') {
+            assert!(doc.pointer(pointer).is_some(), "{target} points nowhere");
+        } else {
+            let schema = client.send(client.get(target)).await;
+            assert_eq!(schema.status, 200, "{target}");
+            assert!(
+                schema.body["$schema"].is_string(),
+                "{target} is not a JSON Schema"
+            );
+        }
+    }
+    assert_eq!(
+        client.send(client.get("/schemas/nope.json")).await.status,
+        404
+    );
+    app.stop().await;
+    world.clean_up().await;
+}

@@ -1,0 +1,288 @@
+//! The API's own description: OpenAPI 3.1 generated from the handlers
+//! (`GET /openapi.json`), and a reference page rendered from it
+//! (`GET /docs`). The page and its stylesheet are served by Tidings itself:
+//! no CDN, nothing fetched at build time.
+//!
+//! Convention: every route is mounted with `.route("<path>", web::<method>()…)`
+//! and its handler carries `#[utoipa::path]` listed in [`ApiDoc`]; a test
+//! reads the sources for `.route(` and fails on a route the spec lacks.
+
+use actix_web::{web, HttpResponse};
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::accounts;
+use crate::error::{FieldError, Problem};
+use crate::health;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tidings",
+        description = "Event-sourced CQRS backend for real-time social and messaging apps. Writes answer with a `position`; any GET accepts `X-Min-Position` to read its own writes. Errors are `application/problem+json` with a stable `code`. WebSocket protocol and Kafka topics: `/asyncapi.json`.",
+        license(name = "MIT")
+    ),
+    paths(
+        accounts::register,
+        accounts::login,
+        accounts::own_profile,
+        accounts::update_profile,
+        accounts::public_profile,
+        health::health,
+        health::ready,
+        health::metrics,
+        openapi_json,
+        docs_page,
+        docs_stylesheet,
+        asyncapi_json,
+        schema_file,
+    ),
+    components(schemas(Problem, FieldError)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "accounts", description = "Register, sign in, profiles"),
+        (name = "operations", description = "Health, readiness, metrics, documentation"),
+        (name = "realtime", description = "The WebSocket gateway"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The finished documents, serialized once, shared by the handlers.
+pub struct Spec {
+    pub json: String,
+    value: Value,
+    pub asyncapi: String,
+}
+
+impl Spec {
+    pub fn new(openapi: utoipa::openapi::OpenApi, asyncapi: &Value) -> Self {
+        let json = openapi.to_pretty_json().expect("the spec serializes");
+        let value = serde_json::from_str(&json).expect("the spec is JSON");
+        let asyncapi = serde_json::to_string_pretty(asyncapi).expect("the document serializes");
+        Spec {
+            json,
+            value,
+            asyncapi,
+        }
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/openapi.json", web::get().to(openapi_json))
+        .route("/docs", web::get().to(docs_page))
+        .route("/docs/style.css", web::get().to(docs_stylesheet))
+        .route("/asyncapi.json", web::get().to(asyncapi_json))
+        .route("/schemas/{path:.*}", web::get().to(schema_file));
+}
+
+/// The AsyncAPI 3 document of the WebSocket protocol and the Kafka topics.
+#[utoipa::path(get, path = "/asyncapi.json", tag = "operations", responses((status = 200, description = "AsyncAPI 3 document", content_type = "application/json")))]
+pub(crate) async fn asyncapi_json(spec: web::Data<Spec>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(spec.asyncapi.clone())
+}
+
+/// A JSON Schema of the log or the WebSocket protocol.
+#[utoipa::path(get, path = "/schemas/{path}", tag = "operations",
+    params(("path" = String, Path, description = "e.g. `events/account.registered.v1.json`")),
+    responses((status = 200, description = "JSON Schema", content_type = "application/schema+json"),
+        (status = 404, description = "no such schema", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn schema_file(path: web::Path<String>) -> HttpResponse {
+    match tidings_schemas::json::file(&path) {
+        Some(schema) => HttpResponse::Ok()
+            .content_type("application/schema+json")
+            .body(schema),
+        None => crate::error_response(crate::error::ApiError::not_found()),
+    }
+}
+
+/// The OpenAPI 3.1 description of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub(crate) async fn openapi_json(spec: web::Data<Spec>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(spec.json.clone())
+}
+
+/// The API reference page.
+#[utoipa::path(get, path = "/docs", tag = "operations", responses((status = 200, description = "HTML reference", content_type = "text/html")))]
+pub(crate) async fn docs_page(spec: web::Data<Spec>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(render(&spec.value))
+}
+
+/// The reference page's stylesheet.
+#[utoipa::path(get, path = "/docs/style.css", tag = "operations", responses((status = 200, description = "CSS", content_type = "text/css")))]
+pub(crate) async fn docs_stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .body(STYLESHEET)
+}
+
+const STYLESHEET: &str = "body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1d2433}\
+h1{margin-bottom:.2rem}h2{margin-top:2.5rem;border-bottom:1px solid #d8dce3}\
+.op{border:1px solid #d8dce3;border-radius:6px;margin:1rem 0;padding:.6rem 1rem}\
+.method{display:inline-block;min-width:4.5rem;font-weight:700;text-transform:uppercase}\
+.get{color:#0a7d45}.post{color:#1f5fbf}.patch{color:#a05a00}.put{color:#7a3fbf}.delete{color:#b3261e}\
+code,.path{font-family:ui-monospace,monospace}table{border-collapse:collapse}td,th{padding:.2rem .6rem;text-align:left;vertical-align:top}\
+.lock{color:#a05a00;font-size:.85em}";
+
+/// Escapes text for HTML.
+fn esc(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}
+
+/// The name of a `$ref`ed schema, or the schema's type.
+fn schema_name(schema: &Value) -> String {
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        return reference.rsplit('/').next().unwrap_or(reference).to_owned();
+    }
+    match schema.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(Value::Array(types)) => types.iter().map(text).collect::<Vec<_>>().join(" | "),
+        _ => String::new(),
+    }
+}
+
+/// Renders the reference page from the spec.
+fn render(spec: &Value) -> String {
+    let mut html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} API</title>\
+         <link rel=\"stylesheet\" href=\"/docs/style.css\"></head><body><h1>{} API</h1><p>{}</p>\
+         <p>Machine-readable: <a href=\"/openapi.json\">/openapi.json</a> · <a href=\"/asyncapi.json\">/asyncapi.json</a></p>",
+        esc(text(&spec["info"]["title"])),
+        esc(text(&spec["info"]["title"])),
+        esc(text(&spec["info"]["description"])),
+    );
+    let empty = serde_json::Map::new();
+    let tags: Vec<&Value> = spec["tags"]
+        .as_array()
+        .map(|t| t.iter().collect())
+        .unwrap_or_default();
+    let paths = spec["paths"].as_object().unwrap_or(&empty);
+    for tag in tags {
+        let name = text(&tag["name"]);
+        html += &format!(
+            "<h2 id=\"{0}\">{0}</h2><p>{1}</p>",
+            esc(name),
+            esc(text(&tag["description"]))
+        );
+        for (path, item) in paths {
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let Some(op) = item.get(method) else { continue };
+                let in_tag = op["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| text(x) == name));
+                if in_tag {
+                    html += &operation(method, path, op);
+                }
+            }
+        }
+    }
+    let schemas = spec["components"]["schemas"].as_object().unwrap_or(&empty);
+    html += "<h2 id=\"schemas\">schemas</h2>";
+    for (name, schema) in schemas {
+        html += &format!(
+            "<div class=\"op\" id=\"schema-{0}\"><strong>{0}</strong><table>",
+            esc(name)
+        );
+        let properties = schema["properties"].as_object().unwrap_or(&empty);
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().map(text).collect())
+            .unwrap_or_default();
+        for (field, definition) in properties {
+            let mark = if required.contains(&field.as_str()) {
+                ""
+            } else {
+                "?"
+            };
+            html += &format!(
+                "<tr><td><code>{}{mark}</code></td><td>{}</td><td>{}</td></tr>",
+                esc(field),
+                esc(&schema_name(definition)),
+                esc(text(&definition["description"]))
+            );
+        }
+        html += "</table></div>";
+    }
+    html + "</body></html>"
+}
+
+fn operation(method: &str, path: &str, op: &Value) -> String {
+    let secured = op
+        .get("security")
+        .is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty()));
+    let mut html = format!(
+        "<div class=\"op\"><span class=\"method {method}\">{method}</span> <span class=\"path\">{}</span>{}<p>{}</p>",
+        esc(path),
+        if secured { " <span class=\"lock\">bearer token</span>" } else { "" },
+        esc(op["description"].as_str().or(op["summary"].as_str()).unwrap_or_default()),
+    );
+    if let Some(parameters) = op["parameters"].as_array() {
+        html += "<table>";
+        for p in parameters {
+            html += &format!(
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                esc(text(&p["name"])),
+                esc(text(&p["in"])),
+                esc(text(&p["description"]))
+            );
+        }
+        html += "</table>";
+    }
+    if let Some(content) = op["requestBody"]["content"].as_object() {
+        for (kind, body) in content {
+            html += &format!(
+                "<p>body <code>{}</code>: {}</p>",
+                esc(kind),
+                esc(&schema_name(&body["schema"]))
+            );
+        }
+    }
+    html += "<table>";
+    if let Some(responses) = op["responses"].as_object() {
+        for (status, response) in responses {
+            let body = response["content"]
+                .as_object()
+                .and_then(|c| c.values().next())
+                .map(|c| schema_name(&c["schema"]))
+                .unwrap_or_default();
+            html += &format!(
+                "<tr><td><strong>{}</strong></td><td>{}</td><td>{}</td></tr>",
+                esc(status),
+                esc(text(&response["description"])),
+                esc(&body)
+            );
+        }
+    }
+    html + "</table></div>"
+}
