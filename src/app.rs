@@ -35,6 +35,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings, roles: &[Role]) -> anyhow::Result<Self> {
+        settings.check().map_err(anyhow::Error::msg)?;
         let roles: HashSet<Role> = roles.iter().copied().collect();
         crate::telemetry::install_metrics();
         if settings.jwt_secret == DEV_JWT_SECRET && roles.contains(&Role::Api) {

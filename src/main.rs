@@ -1,47 +1,92 @@
 //! The `tidings` binary: one program, a subcommand per job.
 
+use std::path::PathBuf;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tidings::{telemetry, Application, Role, Settings};
 
+/// Settings come from flags, then `TIDINGS_*` environment variables, then the
+/// settings file (`--config`), then defaults. `.env.example` lists them all.
 #[derive(Parser)]
 #[command(
     name = "tidings",
     version,
     about = "Event-sourced CQRS backend for real-time social and messaging apps"
 )]
+#[command(
+    after_help = "Examples:\n  tidings serve                              every role on 127.0.0.1:8080\n  tidings serve --roles api,realtime         the HTTP and WebSocket front only\n  tidings --config prod.env config           the effective settings, secrets masked\n  tidings migrate && tidings topics          prepare PostgreSQL and Kafka"
+)]
 struct Cli {
+    /// A settings file of `TIDINGS_*=value` lines (as printed by `tidings config`).
+    #[arg(long, global = true, env = "TIDINGS_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the roles asked for (all by default).
-    ///
-    /// Example: `tidings serve --roles api,realtime` on one host and
-    /// `tidings serve --roles deciders,projector` on another.
+    /// Runs the roles asked for (all by default) until SIGTERM or Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  tidings serve\n  tidings serve --roles api,realtime --http-addr 0.0.0.0:8080\n  tidings serve --roles deciders,projector"
+    )]
     Serve {
+        /// Comma-separated: api, deciders, projector, realtime.
         #[arg(long, value_delimiter = ',', default_values = ["api", "deciders", "projector", "realtime"])]
         roles: Vec<Role>,
         #[command(flatten)]
         settings: Settings,
     },
-    /// Applies the PostgreSQL migrations. Example: `tidings migrate`.
+    /// Applies the PostgreSQL migrations.
+    #[command(
+        after_help = "Example:\n  TIDINGS_DATABASE_URL=postgres://postgres@127.0.0.1/tidings tidings migrate"
+    )]
     Migrate {
         #[command(flatten)]
         settings: Settings,
     },
-    /// Creates the Kafka topics if missing. Example: `tidings topics`.
+    /// Creates the Kafka topics if they are missing.
+    #[command(after_help = "Example:\n  TIDINGS_TOPIC_PREFIX=staging tidings topics")]
     Topics {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Prints the effective settings, secrets masked, as a settings file.
+    #[command(
+        after_help = "Example:\n  tidings config > tidings.env && tidings --config tidings.env serve"
+    )]
+    Config {
         #[command(flatten)]
         settings: Settings,
     },
 }
 
+/// Loads the settings file into the environment before the flags are read;
+/// variables already set win over the file.
+fn load_settings_file() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args
+        .windows(2)
+        .find(|pair| pair[0] == "--config")
+        .map(|pair| pair[1].clone())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
+        })
+        .or_else(|| std::env::var("TIDINGS_CONFIG").ok());
+    if let Some(path) = path {
+        dotenvy::from_path(&path).with_context(|| format!("reading the settings file {path}"))?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    load_settings_file()?;
+    let cli = Cli::parse();
     telemetry::init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve { roles, settings } => {
             let app = Application::build(settings.clone(), &roles).await?;
             if let Some(port) = app.port() {
@@ -49,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
                     .http_addr
                     .rsplit_once(':')
                     .map_or("127.0.0.1", |(h, _)| h);
-                println!("Tidings is up: REST http://{host}:{port}/api  WebSocket ws://{host}:{port}/ws  health http://{host}:{port}/ready");
+                println!("Tidings is up: REST http://{host}:{port}/api  WebSocket ws://{host}:{port}/ws  docs http://{host}:{port}/docs  health http://{host}:{port}/ready");
             }
             let shutdown = app.shutdown_token();
             tokio::spawn(async move {
@@ -77,6 +122,10 @@ async fn main() -> anyhow::Result<()> {
             kafka.ensure_topics().await?;
             println!("topics ready: {}", kafka.topics().all().join(", "));
             Ok(())
+        }
+        Command::Config { settings } => {
+            print!("{}", settings.masked());
+            settings.check().map_err(anyhow::Error::msg)
         }
     }
 }

@@ -7,9 +7,17 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tidings_schemas::kafka::KafkaSettings;
 
-/// The development JWT secret; good for a laptop, refused nowhere yet but
-/// loudly warned about (see `Settings::warn_about_defaults`).
+/// The development JWT secret: fine on a laptop, refused in production.
 pub const DEV_JWT_SECRET: &str = "tidings-development-secret-change-me";
+/// The shortest JWT secret production accepts (HS256 wants 256 bits).
+const MIN_PRODUCTION_SECRET: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Development,
+    /// Refuses to start with the development JWT secret or a short one.
+    Production,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Role {
@@ -25,6 +33,14 @@ pub enum Role {
 
 #[derive(Clone, Args)]
 pub struct Settings {
+    /// `production` refuses unsafe defaults.
+    #[arg(
+        long = "env",
+        env = "TIDINGS_ENV",
+        value_enum,
+        default_value = "development"
+    )]
+    pub environment: Environment,
     /// Where the HTTP server (REST and WebSocket) listens.
     #[arg(long, env = "TIDINGS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
@@ -122,6 +138,10 @@ impl Settings {
     /// `tidings` process with the same configuration.
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
         vec![
+            (
+                "TIDINGS_ENV",
+                format!("{:?}", self.environment).to_lowercase(),
+            ),
             ("TIDINGS_HTTP_ADDR", self.http_addr.clone()),
             ("TIDINGS_HTTP_WORKERS", self.http_workers.to_string()),
             ("TIDINGS_DATABASE_URL", self.database_url.clone()),
@@ -149,6 +169,35 @@ impl Settings {
         ]
     }
 
+    /// The settings as `TIDINGS_*=value` lines with secrets masked: what
+    /// `tidings config` prints, readable back as a settings file.
+    pub fn masked(&self) -> String {
+        self.to_env()
+            .into_iter()
+            .map(|(key, value)| {
+                let shown = match key {
+                    "TIDINGS_JWT_SECRET" => "***".to_owned(),
+                    "TIDINGS_DATABASE_URL" | "TIDINGS_REDIS_URL" => mask_password(&value),
+                    _ => value,
+                };
+                format!("{key}={shown}\n")
+            })
+            .collect()
+    }
+
+    /// What production refuses.
+    pub fn check(&self) -> Result<(), String> {
+        if self.environment == Environment::Production {
+            if self.jwt_secret == DEV_JWT_SECRET {
+                return Err("TIDINGS_JWT_SECRET is the development default; production needs a secret of its own".into());
+            }
+            if self.jwt_secret.len() < MIN_PRODUCTION_SECRET {
+                return Err(format!("TIDINGS_JWT_SECRET must be at least {MIN_PRODUCTION_SECRET} bytes in production"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn kafka(&self) -> KafkaSettings {
         KafkaSettings {
             brokers: self.kafka_brokers.clone(),
@@ -174,6 +223,31 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn production_refuses_the_development_secret() {
+        let mut settings = Settings::from_env();
+        settings.environment = Environment::Production;
+        settings.jwt_secret = DEV_JWT_SECRET.into();
+        assert!(settings.check().is_err());
+        settings.jwt_secret = "short".into();
+        assert!(settings.check().is_err());
+        settings.jwt_secret = "x".repeat(32);
+        assert!(settings.check().is_ok());
+    }
+
+    #[test]
+    fn the_masked_settings_hide_secrets() {
+        let mut settings = Settings::from_env();
+        settings.jwt_secret = "hunter2hunter2".into();
+        settings.database_url = "postgres://u:pw@h/db".into();
+        let shown = settings.masked();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+        assert!(shown.contains("TIDINGS_JWT_SECRET=***"));
+    }
 
     #[test]
     fn passwords_in_urls_are_masked() {

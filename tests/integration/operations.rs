@@ -312,3 +312,103 @@ async fn the_asyncapi_document_covers_the_socket_and_topics_and_its_references_r
     app.stop().await;
     world.clean_up().await;
 }
+
+fn tidings(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+    command
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TIDINGS_")) {
+        command.env_remove(key);
+    }
+    command
+        .envs(env.iter().copied())
+        .output()
+        .expect("the tidings binary runs")
+}
+
+fn keys(settings: &str) -> Vec<String> {
+    let mut keys: Vec<String> = settings
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split('=').next().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn the_effective_settings_come_from_flags_env_and_file_with_secrets_masked() {
+    let file = std::env::temp_dir().join(format!("tidings-{}.env", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &file,
+        "TIDINGS_TOPIC_PREFIX=from_file\nTIDINGS_PARTITIONS=8\nTIDINGS_JWT_SECRET=file-secret-value\nTIDINGS_DATABASE_URL=postgres://app:pw@db:5432/t\n",
+    )
+    .unwrap();
+    let out = tidings(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "config",
+            "--partitions",
+            "6",
+        ],
+        &[("TIDINGS_TOPIC_PREFIX", "from_env")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.contains("TIDINGS_TOPIC_PREFIX=from_env\n"),
+        "env wins over the file: {shown}"
+    );
+    assert!(
+        shown.contains("TIDINGS_PARTITIONS=6\n"),
+        "a flag wins over the file: {shown}"
+    );
+    assert!(
+        shown.contains("TIDINGS_DATABASE_URL=postgres://app:***@db:5432/t\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("TIDINGS_JWT_SECRET=***\n"));
+    assert!(!shown.contains("file-secret-value") && !shown.contains(":pw@"));
+    std::fs::remove_file(file).unwrap();
+
+    // .env.example lists exactly the settings there are.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
+    let defaults = String::from_utf8(tidings(&["config"], &[]).stdout).unwrap();
+    assert_eq!(keys(&example), keys(&defaults));
+}
+
+#[test]
+fn production_refuses_to_start_with_the_default_secret() {
+    for args in [&["serve"][..], &["config"][..]] {
+        let out = tidings(args, &[("TIDINGS_ENV", "production")]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("TIDINGS_JWT_SECRET"), "{stderr}");
+    }
+    let out = tidings(
+        &["config"],
+        &[
+            ("TIDINGS_ENV", "production"),
+            ("TIDINGS_JWT_SECRET", &"s".repeat(40)),
+        ],
+    );
+    assert!(out.status.success());
+}
+
+#[test]
+fn every_subcommand_explains_itself_with_an_example() {
+    for command in ["serve", "migrate", "topics", "config"] {
+        let out = tidings(&[command, "--help"], &[]);
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(help.contains("Example"), "{command} --help has no example");
+    }
+}
