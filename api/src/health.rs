@@ -6,6 +6,17 @@ use serde::Serialize;
 
 use crate::ApiState;
 
+/// A check that answers within [`CHECK_TIMEOUT`]: a hung dependency is a
+/// down one.
+async fn bounded(check: impl std::future::Future<Output = bool>) -> bool {
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or(false)
+}
+
+/// How long `/ready` waits on one dependency before calling it down.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
@@ -52,9 +63,9 @@ fn word(up: bool) -> &'static str {
     (status = 503, description = "a dependency is down; `Retry-After`", body = Readiness)))]
 pub(crate) async fn ready(state: web::Data<ApiState>) -> HttpResponse {
     let (kafka, postgres, redis) = tokio::join!(
-        state.bus.ping(),
-        async { sqlx::query("SELECT 1").execute(&state.db).await.is_ok() },
-        state.cache.ping(),
+        bounded(state.bus.ping()),
+        bounded(async { sqlx::query("SELECT 1").execute(&state.db).await.is_ok() }),
+        bounded(state.cache.ping()),
     );
     // Redis down makes reads slower, not wrong: reported, not fatal.
     let ready = kafka && postgres;

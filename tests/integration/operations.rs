@@ -412,3 +412,127 @@ fn every_subcommand_explains_itself_with_an_example() {
         assert!(help.contains("Example"), "{command} --help has no example");
     }
 }
+
+/// A TCP proxy in front of a real server, which the test can cut.
+struct Proxy {
+    port: u16,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Proxy {
+    async fn to(target: &'static str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+}
+
+/// The tansu binary that `scripts/stack` installed.
+fn tansu() -> std::path::PathBuf {
+    let home = std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo/bin/tansu");
+    if home.exists() {
+        home
+    } else {
+        "tansu".into()
+    }
+}
+
+#[tokio::test]
+async fn readiness_reports_each_dependency_and_flips_when_one_is_gone() {
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    // A broker of this test's own, to stop.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("tcp://127.0.0.1:{port}");
+    let mut broker = std::process::Command::new(tansu())
+        .args([
+            "broker",
+            "--listener-url",
+            &address,
+            "--advertised-listener-url",
+            &address,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tansu runs");
+    settings.kafka_brokers = format!("127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(20),
+        "the test's broker takes topics",
+        || async { settings.kafka().ensure_topics().await.is_ok() },
+    )
+    .await;
+    let postgres = Proxy::to("127.0.0.1:5432").await;
+    settings.database_url = settings
+        .database_url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", postgres.port));
+    let app = world.start_with(settings, &[tidings::Role::Api]).await;
+    let client = Client::new(&app.base);
+
+    let ready = client.send(client.get("/ready")).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(
+        (
+            ready.body["kafka"].as_str(),
+            ready.body["postgres"].as_str()
+        ),
+        (Some("up"), Some("up"))
+    );
+
+    postgres.cut.cancel();
+    eventually(
+        Duration::from_secs(15),
+        "readiness sees PostgreSQL gone",
+        || async {
+            let reply = client.send(client.get("/ready")).await;
+            reply.status == 503 && reply.body["postgres"] == "down" && reply.body["kafka"] == "up"
+        },
+    )
+    .await;
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "readiness sees the broker gone",
+        || async {
+            let reply = client.send(client.get("/ready")).await;
+            reply.status == 503 && reply.body["kafka"] == "down"
+        },
+    )
+    .await;
+    assert_eq!(
+        client.send(client.get("/health")).await.status,
+        200,
+        "alive all the same"
+    );
+    app.stop().await;
+    world.clean_up().await;
+}
