@@ -44,7 +44,11 @@ impl Application {
             );
         }
         let kafka = settings.kafka();
+        // Shutdown runs in two steps: `shutdown` stops the HTTP server (which
+        // drains the requests in flight, whose commands must still be decided)
+        // and closes sockets with "going away"; then `roles` stops the rest.
         let shutdown = CancellationToken::new();
+        let roles_stop = CancellationToken::new();
         let db = db::connect(&settings.database_url, settings.database_pool)
             .await
             .context("connecting to PostgreSQL")?;
@@ -58,22 +62,27 @@ impl Application {
                 kafka: kafka.clone(),
                 snapshot_every: settings.snapshot_every,
             };
-            let run = decider::run(settings, db.clone(), shutdown.clone());
+            let run = decider::run(settings, db.clone(), roles_stop.clone());
             tasks.spawn(async move { ("deciders", run.await) });
         }
         if roles.contains(&Role::Projector) {
             let settings = ProjectorSettings {
                 kafka: kafka.clone(),
             };
-            let run = projector::run(settings, db.clone(), Some(cache.clone()), shutdown.clone());
+            let run = projector::run(
+                settings,
+                db.clone(),
+                Some(cache.clone()),
+                roles_stop.clone(),
+            );
             tasks.spawn(async move { ("projector", run.await) });
-            let relay = outbox::relay(db.clone(), kafka.clone(), shutdown.clone());
+            let relay = outbox::relay(db.clone(), kafka.clone(), roles_stop.clone());
             tasks.spawn(async move { ("outbox relay", relay.await) });
         }
 
-        let (mut port, mut server) = (None, None);
+        let (mut port, mut server, mut handle) = (None, None, None);
         if roles.contains(&Role::Api) || roles.contains(&Role::Realtime) {
-            let bus = CommandBus::connect(&kafka, settings.command_timeout(), shutdown.clone())
+            let bus = CommandBus::connect(&kafka, settings.command_timeout(), roles_stop.clone())
                 .await
                 .context("connecting the command bus")?;
             let state = web::Data::new(ApiState {
@@ -96,7 +105,7 @@ impl Application {
             let metrics = web::Data::new(tidings_api::health::Metrics(Box::new(
                 crate::telemetry::render_metrics,
             )));
-            let monitor = lag::monitor(kafka.clone(), db.clone(), shutdown.clone());
+            let monitor = lag::monitor(kafka.clone(), db.clone(), roles_stop.clone());
             tasks.spawn(async move { ("lag monitor", monitor.await) });
             let listener = TcpListener::bind(&settings.http_addr)
                 .with_context(|| format!("binding {}", settings.http_addr))?;
@@ -126,14 +135,17 @@ impl Application {
             .disable_signals()
             .listen(listener)?
             .run();
-            let handle = http.handle();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                handle.stop(true).await;
-            });
+            handle = Some(http.handle());
             server = Some(http);
         }
+        let (stop, then) = (shutdown.clone(), roles_stop);
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            if let Some(handle) = handle {
+                handle.stop(true).await;
+            }
+            then.cancel();
+        });
         Ok(Application {
             port,
             server,

@@ -377,3 +377,92 @@ async fn a_new_decider_resumes_from_the_snapshot_and_knows_what_was_decided() {
     front.stop().await;
     world.clean_up().await;
 }
+
+/// SIGTERM while registrations are in flight: the HTTP server stops taking
+/// connections and drains what it has (the deciders still answer), sockets
+/// are told to go away, and every registration that got its 201 is in the log
+/// and, once projected, in the read model.
+#[tokio::test]
+async fn a_graceful_shutdown_loses_no_acknowledged_command() {
+    use futures_util::StreamExt;
+    let world = World::new().await;
+    let tidings = world.spawn("api,deciders,projector,realtime", &[]);
+    let base = tidings.base_url();
+    let client = Client::new(&base);
+    let (_, token, _) = client.user("watcher").await;
+    let url = format!("{}/ws?token={token}", base.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+
+    let http = reqwest::Client::new();
+    let attempts: Vec<_> = (0..40)
+        .map(|i| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(15 * i)).await;
+                let reply = http
+                    .post(format!("{base}/api/auth/register"))
+                    .json(&json!({"username": format!("late{i}"), "email": format!("late{i}@example.com"), "password": "correct horse battery"}))
+                    .send()
+                    .await
+                    .ok()?;
+                let status = reply.status().as_u16();
+                Some((status, reply.json::<Value>().await.ok()?))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let status = tokio::task::spawn_blocking(move || tidings.terminate(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(status.success(), "tidings exited with {status}");
+
+    let mut acknowledged = Vec::new();
+    for attempt in attempts {
+        if let Some((201, body)) = attempt.await.unwrap() {
+            acknowledged.push(body);
+        }
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "nothing was acknowledged before the signal"
+    );
+    assert!(
+        acknowledged.len() < 40,
+        "the signal came after every request; the test proves nothing"
+    );
+
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the socket is closed")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                break frame.map(|f| u16::from(f.code))
+            }
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(closed, Some(1001), "sockets are told to go away");
+
+    let mut position = Position::default();
+    for body in &acknowledged {
+        position.merge(&body["position"].as_str().unwrap().parse().unwrap());
+    }
+    let projector = world.start(&[Role::Projector]).await;
+    let db = world.db().await;
+    let position = position.to_string();
+    eventually(
+        Duration::from_secs(60),
+        "the projector passes every acknowledged write",
+        || reached(&db, &position),
+    )
+    .await;
+    for body in &acknowledged {
+        let id: Uuid = body["user"]["id"].as_str().unwrap().parse().unwrap();
+        let account = tidings_projections::accounts::by_id(&db, id).await.unwrap();
+        assert!(account.is_some(), "acknowledged {id} is missing");
+    }
+    projector.stop().await;
+    world.clean_up().await;
+}
