@@ -132,8 +132,13 @@ impl Application {
             })
             .workers(settings.http_workers)
             .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-            .disable_signals()
-            .listen(listener)?
+            .disable_signals();
+            let http = match (&settings.tls_cert, &settings.tls_key) {
+                (Some(cert), Some(key)) => {
+                    http.listen_rustls_0_23(listener, tls_config(cert, key)?)?
+                }
+                _ => http.listen(listener)?,
+            }
             .run();
             handle = Some(http.handle());
             server = Some(http);
@@ -195,4 +200,25 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut spec = tidings_api::docs::ApiDoc::openapi();
     spec.merge(tidings_realtime::RealtimeDoc::openapi());
     spec
+}
+
+/// The TLS configuration of a certificate chain and key in PEM files, with
+/// the ring provider named explicitly (several may be linked in).
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?)
 }

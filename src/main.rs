@@ -94,7 +94,12 @@ async fn main() -> anyhow::Result<()> {
                     .http_addr
                     .rsplit_once(':')
                     .map_or("127.0.0.1", |(h, _)| h);
-                println!("Tidings is up: REST http://{host}:{port}/api  WebSocket ws://{host}:{port}/ws  docs http://{host}:{port}/docs  health http://{host}:{port}/ready");
+                let (http, ws) = if settings.tls_cert.is_some() {
+                    ("https", "wss")
+                } else {
+                    ("http", "ws")
+                };
+                println!("Tidings is up: REST {http}://{host}:{port}/api  WebSocket {ws}://{host}:{port}/ws  docs {http}://{host}:{port}/docs  health {http}://{host}:{port}/ready");
             }
             let shutdown = app.shutdown_token();
             tokio::spawn(async move {

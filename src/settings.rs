@@ -44,6 +44,12 @@ pub struct Settings {
     /// Where the HTTP server (REST and WebSocket) listens.
     #[arg(long, env = "TIDINGS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// A PEM certificate chain: with `--tls-key`, Tidings serves HTTPS and WSS.
+    #[arg(long, env = "TIDINGS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "TIDINGS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// HTTP worker threads.
     #[arg(long, env = "TIDINGS_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
@@ -109,6 +115,12 @@ impl fmt::Debug for Settings {
     }
 }
 
+fn path(path: &Option<std::path::PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 /// A URL with its password replaced by `***`.
 fn mask_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -144,6 +156,8 @@ impl Settings {
             ),
             ("TIDINGS_HTTP_ADDR", self.http_addr.clone()),
             ("TIDINGS_HTTP_WORKERS", self.http_workers.to_string()),
+            ("TIDINGS_TLS_CERT", path(&self.tls_cert)),
+            ("TIDINGS_TLS_KEY", path(&self.tls_key)),
             ("TIDINGS_DATABASE_URL", self.database_url.clone()),
             ("TIDINGS_DATABASE_POOL", self.database_pool.to_string()),
             ("TIDINGS_REDIS_URL", self.redis_url.clone()),

@@ -129,6 +129,30 @@ fn compose_runs_the_same_stack_as_the_stack_script() {
         .iter()
         .any(|p| p == "127.0.0.1:8080:8080"));
 
+    // TLS terminated by nginx in front of the API, WebSocket upgrade included.
+    let proxy = &services["proxy"];
+    assert!(
+        !proxy["depends_on"]["api"].is_null(),
+        "the proxy does not wait for the API"
+    );
+    let mount = strings(&proxy["volumes"])
+        .into_iter()
+        .find(|v| v.contains("nginx.conf"))
+        .expect("nginx.conf mounted");
+    let local = mount.split(':').next().unwrap();
+    let nginx =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(local))
+            .unwrap();
+    for needed in [
+        "listen 443 ssl",
+        "location /ws",
+        "proxy_set_header Upgrade $http_upgrade",
+        "$connection_upgrade",
+        "server api:8080",
+    ] {
+        assert!(nginx.contains(needed), "deploy/nginx.conf lacks {needed}");
+    }
+
     // Every TIDINGS_* variable compose sets is a real setting.
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();

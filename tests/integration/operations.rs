@@ -536,3 +536,64 @@ async fn readiness_reports_each_dependency_and_flips_when_one_is_gone() {
     app.stop().await;
     world.clean_up().await;
 }
+
+#[tokio::test]
+async fn tidings_serves_rest_and_websockets_over_tls() {
+    use futures_util::StreamExt;
+    let world = World::new().await;
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let dir = std::env::temp_dir().join(&world.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let mut settings = world.settings.clone();
+    settings.tls_cert = Some(cert);
+    settings.tls_key = Some(key);
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let base = app.base.replace("http://", "https://");
+
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let client = Client {
+        base: base.clone(),
+        http: trusting,
+    };
+    let (user, token, _) = client.user("tess").await;
+    assert_eq!(client.send(client.get("/ready")).await.status, 200);
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(reqwest::get(format!("{}/health", app.base)).await.is_err());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let url = format!("{}/ws?token={token}", base.replace("https://", "wss://"));
+    let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls));
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+            .await
+            .expect("WSS connects");
+    let welcome = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let welcome: serde_json::Value = serde_json::from_str(welcome.to_text().unwrap()).unwrap();
+    assert_eq!(
+        (welcome["type"].as_str(), welcome["user_id"].as_str()),
+        (Some("welcome"), Some(user.as_str()))
+    );
+    app.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+    world.clean_up().await;
+}
