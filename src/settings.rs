@@ -115,12 +115,6 @@ impl fmt::Debug for Settings {
     }
 }
 
-fn path(path: &Option<std::path::PathBuf>) -> String {
-    path.as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
-
 /// A URL with its password replaced by `***`.
 fn mask_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -149,15 +143,13 @@ impl Settings {
     /// The settings as `TIDINGS_*` variables, for starting another
     /// `tidings` process with the same configuration.
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut vars = vec![
             (
                 "TIDINGS_ENV",
                 format!("{:?}", self.environment).to_lowercase(),
             ),
             ("TIDINGS_HTTP_ADDR", self.http_addr.clone()),
             ("TIDINGS_HTTP_WORKERS", self.http_workers.to_string()),
-            ("TIDINGS_TLS_CERT", path(&self.tls_cert)),
-            ("TIDINGS_TLS_KEY", path(&self.tls_key)),
             ("TIDINGS_DATABASE_URL", self.database_url.clone()),
             ("TIDINGS_DATABASE_POOL", self.database_pool.to_string()),
             ("TIDINGS_REDIS_URL", self.redis_url.clone()),
@@ -180,7 +172,28 @@ impl Settings {
                 self.min_position_wait_ms.to_string(),
             ),
             ("TIDINGS_SNAPSHOT_EVERY", self.snapshot_every.to_string()),
+        ];
+        // Unset optional settings stay out: an empty variable is a value.
+        for (key, value) in [
+            ("TIDINGS_TLS_CERT", &self.tls_cert),
+            ("TIDINGS_TLS_KEY", &self.tls_key),
+        ] {
+            if let Some(path) = value {
+                vars.push((key, path.display().to_string()));
+            }
+        }
+        vars
+    }
+
+    /// Optional settings that are unset, shown commented out by `masked`.
+    fn unset(&self) -> Vec<&'static str> {
+        [
+            ("TIDINGS_TLS_CERT", self.tls_cert.is_none()),
+            ("TIDINGS_TLS_KEY", self.tls_key.is_none()),
         ]
+        .into_iter()
+        .filter_map(|(key, unset)| unset.then_some(key))
+        .collect()
     }
 
     /// The settings as `TIDINGS_*=value` lines with secrets masked: what
@@ -196,6 +209,7 @@ impl Settings {
                 };
                 format!("{key}={shown}\n")
             })
+            .chain(self.unset().into_iter().map(|key| format!("# {key}=\n")))
             .collect()
     }
 

@@ -254,6 +254,10 @@ impl Decider {
             .tail
             .fetch_watermarks(&self.topics.events, partition, ADMIN_TIMEOUT)
             .context("reading the end of the events partition")?;
+        // A broker may report the end short (tansu's memory engine counts a
+        // batch as one offset): then the last few events are folded later, by
+        // the reader of the partition, and a decision taken without them
+        // loses to them in the read-back below and is taken again.
         self.catch_up(partition, high).await?;
         let aggregates = self.partitions[&partition].aggregates.len();
         tracing::info!(partition, from, to = high, aggregates, elapsed = ?started.elapsed(), "partition rebuilt");

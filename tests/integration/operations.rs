@@ -331,7 +331,9 @@ fn tidings(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 fn keys(settings: &str) -> Vec<String> {
     let mut keys: Vec<String> = settings
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        // A setting left unset is listed commented out: `# TIDINGS_X=`.
+        .map(|l| l.trim_start_matches("# "))
+        .filter(|l| l.starts_with("TIDINGS_"))
         .map(|l| l.split('=').next().unwrap().to_owned())
         .collect();
     keys.sort();
@@ -595,5 +597,41 @@ async fn tidings_serves_rest_and_websockets_over_tls() {
     );
     app.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_request_id_becomes_the_correlation_id_of_its_commands_and_events() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let request_id = uuid::Uuid::new_v4();
+    let reply = client
+        .send(
+            client
+                .post("/api/auth/register")
+                .header("X-Request-Id", request_id.to_string())
+                .json(&json!({"username": "rid", "email": "rid@example.com", "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(
+        reply.headers["x-request-id"].to_str().unwrap(),
+        request_id.to_string()
+    );
+    let events = world.events();
+    assert_eq!(events.len(), 3, "two claims and the account: {events:?}");
+    assert!(events
+        .iter()
+        .all(|(_, _, e)| e.correlation_id == request_id));
+    // Without one, each request gets its own.
+    let other = client.send(client.get("/health")).await;
+    let generated: uuid::Uuid = other.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(generated, request_id);
+    app.stop().await;
     world.clean_up().await;
 }
