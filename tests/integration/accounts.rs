@@ -17,14 +17,7 @@ async fn an_account_is_registered_read_updated_and_logged_into() {
     assert_eq!(reply.body["user"]["email"], "alice@example.com");
 
     // Read-your-writes: the profile is there as soon as the position is.
-    let profile = client
-        .send(
-            client
-                .get("/api/profile")
-                .bearer_auth(&token)
-                .header("X-Min-Position", &position),
-        )
-        .await;
+    let profile = client.own_profile(&token, &position).await;
     assert_eq!(profile.status, 200, "{}", profile.body);
     assert_eq!(profile.body["username"], "alice");
     assert_eq!(profile.body["display_name"], "alice");
@@ -284,14 +277,7 @@ async fn with_redis_down_reads_still_answer() {
     let app = world.start_with(settings, &ALL_ROLES).await;
     let client = Client::new(&app.base);
     let (id, token, position) = client.user("frank").await;
-    let reply = client
-        .send(
-            client
-                .get("/api/profile")
-                .bearer_auth(&token)
-                .header("X-Min-Position", &position),
-        )
-        .await;
+    let reply = client.own_profile(&token, &position).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let public = client.send(client.get(&format!("/api/users/{id}"))).await;
     assert_eq!(public.status, 200);

@@ -30,14 +30,7 @@ async fn metrics_are_exported_and_move_with_traffic() {
     let app = world.start(&ALL_ROLES).await;
     let client = Client::new(&app.base);
     let (_, token, position) = client.user("mia").await;
-    let profile = client
-        .send(
-            client
-                .get("/api/profile")
-                .bearer_auth(&token)
-                .header("X-Min-Position", &position),
-        )
-        .await;
+    let profile = client.own_profile(&token, &position).await;
     assert_eq!(profile.status, 200);
     let first = metrics(&client).await;
     let registered = sample(

@@ -394,6 +394,17 @@ impl Client {
         .await
     }
 
+    /// `GET /api/profile` as the token's user, once the read model has
+    /// reached `position`.
+    pub async fn own_profile(&self, token: &str, position: &str) -> Reply {
+        self.send(
+            self.get("/api/profile")
+                .bearer_auth(token)
+                .header("X-Min-Position", position),
+        )
+        .await
+    }
+
     /// Registers and returns `(user id, token, position)`; panics unless 201.
     pub async fn user(&self, username: &str) -> (String, String, String) {
         let reply = self
