@@ -3,7 +3,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tidings::Role;
 
-use crate::support::{assert_events_match_schemas, Client, World};
+use crate::support::{Client, World};
 
 /// 100 registrations with the same email, across two API processes: the
 /// claim aggregate's single writer lets exactly one through.
@@ -62,7 +62,6 @@ async fn one_email_racing_across_two_api_processes_registers_once() {
         .await;
     assert_eq!(reply.status, 201, "{}", reply.body);
 
-    assert_events_match_schemas(&world);
     drop((first, second));
     backend.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
