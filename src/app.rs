@@ -80,11 +80,24 @@ impl Application {
             tasks.spawn(async move { ("outbox relay", relay.await) });
         }
 
-        let (mut port, mut server, mut handle) = (None, None, None);
-        if roles.contains(&Role::Api) || roles.contains(&Role::Realtime) {
+        let serves_http = roles.contains(&Role::Api) || roles.contains(&Role::Realtime);
+        let bus = if serves_http || roles.contains(&Role::Deciders) {
             let bus = CommandBus::connect(&kafka, settings.command_timeout(), roles_stop.clone())
                 .await
                 .context("connecting the command bus")?;
+            Some(bus)
+        } else {
+            None
+        };
+        if let (true, Some(bus)) = (roles.contains(&Role::Deciders), &bus) {
+            let older_than = std::time::Duration::from_secs(settings.registration_timeout_secs);
+            let sweep =
+                crate::sweeper::run(bus.clone(), db.clone(), older_than, roles_stop.clone());
+            tasks.spawn(async move { ("registration sweeper", sweep.await) });
+        }
+
+        let (mut port, mut server, mut handle) = (None, None, None);
+        if let (true, Some(bus)) = (serves_http, bus) {
             let state = web::Data::new(ApiState {
                 db: db.clone(),
                 cache: cache.clone(),

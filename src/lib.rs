@@ -12,13 +12,15 @@
 //! | `api/` | the REST API (actix-web) |
 //! | `realtime/` | the WebSocket gateway (actix-ws) |
 //!
-//! Here: [`settings`] (typed configuration) and [`app::Application`], which
-//! starts the roles asked for against the services given. Read
+//! Here: [`settings`] (typed configuration), [`app::Application`], which
+//! starts the roles asked for against the services given, and [`sweeper`],
+//! which unwinds registrations that died midway. Read
 //! `../shared/DESIGN.md` for why the pieces are shaped as they are.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod settings;
+pub mod sweeper;
 pub mod telemetry;
 
 pub use app::Application;

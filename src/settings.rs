@@ -95,6 +95,10 @@ pub struct Settings {
     /// How long a read waits for `X-Min-Position`.
     #[arg(long, env = "TIDINGS_MIN_POSITION_WAIT_MS", default_value_t = 5_000)]
     pub min_position_wait_ms: u64,
+    /// How long a registration may stay unfinished before the sweeper
+    /// abandons it and frees its email and username.
+    #[arg(long, env = "TIDINGS_REGISTRATION_TIMEOUT_SECS", default_value_t = 300)]
+    pub registration_timeout_secs: u64,
     /// Events folded on a partition between two decider snapshots.
     #[arg(long, env = "TIDINGS_SNAPSHOT_EVERY", default_value_t = 1_000)]
     pub snapshot_every: u64,
@@ -172,6 +176,10 @@ impl Settings {
                 self.min_position_wait_ms.to_string(),
             ),
             ("TIDINGS_SNAPSHOT_EVERY", self.snapshot_every.to_string()),
+            (
+                "TIDINGS_REGISTRATION_TIMEOUT_SECS",
+                self.registration_timeout_secs.to_string(),
+            ),
         ];
         // Unset optional settings stay out: an empty variable is a value.
         for (key, value) in [

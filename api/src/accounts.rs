@@ -9,6 +9,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use tidings_commands::registration::{unwind, Saga, Unwound};
 use tidings_commands::{AnyCommand, Outcome};
 use tidings_domain::{account, claim};
 use tidings_projections::accounts::{Profile, PublicProfile};
@@ -97,92 +98,54 @@ pub(crate) async fn register(
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let input = Registration::try_from(body.into_inner())?;
-    let base = ctx.command_id(None);
-    let user_id = step_id(base, "user");
-    let claim_on = |kind: claim::Kind, value: &str, step: &str, command: claim::Command| {
-        ctx.envelope(
-            step_id(base, step),
-            Some(user_id),
-            AggregateRef::claim(kind, &value.to_lowercase()),
-            AnyCommand::Claim(command),
-        )
+    let user_id = step_id(ctx.command_id(None), "user");
+    let saga = Saga {
+        user_id,
+        email: input.email.clone(),
+        username: input.username.clone(),
+        correlation_id: ctx.request_id,
+        issued_at: ctx.issued_at,
+        idempotency_key: ctx.idempotency_key.clone(),
     };
-    let email_claim = claim_on(
-        claim::Kind::Email,
-        &input.email,
-        "claim-email",
-        claim::Command::Claim {
-            kind: claim::Kind::Email,
-            owner: user_id,
-        },
-    );
-    let username_claim = claim_on(
-        claim::Kind::Username,
-        &input.username,
-        "claim-username",
-        claim::Command::Claim {
-            kind: claim::Kind::Username,
-            owner: user_id,
-        },
-    );
     let password_hash = hash_password(input.password.clone()).await?;
+    // Opened first: from here on, a registration that dies midway leaves a
+    // pending account for the sweeper to abandon, and its claims with it.
+    let opened = saga.open(account::Register {
+        user_id,
+        username: input.username.clone(),
+        email: input.email.clone(),
+        password_hash,
+        display_name: input.display_name.clone(),
+        at: ctx.issued_at,
+    });
+    let mut position = accepted(state.bus.send(&opened).await?)?;
+    let (email_claim, username_claim) = (
+        saga.claim(claim::Kind::Email),
+        saga.claim(claim::Kind::Username),
+    );
     let (by_email, by_username) = tokio::join!(
         state.bus.send(&email_claim),
         state.bus.send(&username_claim)
     );
-    let (by_email, by_username) = (by_email?, by_username?);
-    let mut position = Position::default();
-    let lost = match (&by_email, &by_username) {
+    let lost = match (by_email?, by_username?) {
         (Outcome::Accepted { position: e }, Outcome::Accepted { position: u }) => {
-            position.merge(e);
-            position.merge(u);
+            position.merge(&e);
+            position.merge(&u);
             None
         }
-        (Outcome::Rejected { .. }, _) => Some(by_email.clone()),
-        (_, Outcome::Rejected { .. }) => Some(by_username.clone()),
+        (lost @ Outcome::Rejected { .. }, _) | (_, lost @ Outcome::Rejected { .. }) => Some(lost),
     };
     if let Some(lost) = lost {
         // Give back whichever claim was won, so the value is free again.
-        for (won, kind, value, step) in [
-            (&by_email, claim::Kind::Email, &input.email, "release-email"),
-            (
-                &by_username,
-                claim::Kind::Username,
-                &input.username,
-                "release-username",
-            ),
-        ] {
-            if matches!(won, Outcome::Accepted { .. }) {
-                let release = claim_on(
-                    kind,
-                    value,
-                    step,
-                    claim::Command::Release {
-                        kind,
-                        owner: user_id,
-                    },
-                );
-                if let Err(error) = state.bus.send(&release).await {
-                    tracing::warn!(%error, ?kind, "releasing a claim after a lost registration");
-                }
+        match unwind(&state.bus, &saga).await {
+            Ok(Unwound::Released) => {}
+            outcome => {
+                tracing::warn!(?outcome, %user_id, "unwinding a lost registration; the sweeper will retry")
             }
         }
         return Err(accepted(lost).expect_err("a rejection"));
     }
-    let register = ctx.envelope(
-        step_id(base, "register"),
-        Some(user_id),
-        AggregateRef::account(user_id),
-        AnyCommand::Account(account::Command::Register(account::Register {
-            user_id,
-            username: input.username.clone(),
-            email: input.email.clone(),
-            password_hash,
-            display_name: input.display_name.clone(),
-            at: ctx.issued_at,
-        })),
-    );
-    position.merge(&accepted(state.bus.send(&register).await?)?);
+    position.merge(&accepted(state.bus.send(&saga.activate()).await?)?);
     let user = Profile {
         id: user_id,
         username: input.username,

@@ -32,7 +32,9 @@ impl AnyCommand {
     /// The command's `type`, as on the wire.
     pub fn type_name(&self) -> &'static str {
         match self {
-            AnyCommand::Account(account::Command::Register(_)) => "account.register",
+            AnyCommand::Account(account::Command::Open(_)) => "account.open",
+            AnyCommand::Account(account::Command::Activate { .. }) => "account.activate",
+            AnyCommand::Account(account::Command::Abandon { .. }) => "account.abandon",
             AnyCommand::Account(account::Command::UpdateProfile(_)) => "account.update_profile",
             AnyCommand::Claim(claim::Command::Claim { .. }) => "claim.claim",
             AnyCommand::Claim(claim::Command::Release { .. }) => "claim.release",

@@ -7,6 +7,7 @@
 //!   consumer group, state rebuilt from `tidings.events` (with snapshots), the
 //!   pure `decide`, events written with an idempotent producer and read back
 //!   before the outcome is published;
+//! - [`registration`]: the registration saga over account and claims, and its unwinding;
 //! - [`aggregate`]: the dispatch from an aggregate type to its domain decider.
 //!
 //! Depends on `tidings-schemas` and `tidings-domain`. Start reading at
@@ -17,6 +18,7 @@ pub mod aggregate;
 pub mod bus;
 pub mod decider;
 pub mod envelope;
+pub mod registration;
 
 pub use bus::{BusError, CommandBus};
 pub use envelope::{AnyCommand, CommandEnvelope, CommandResult, Outcome};

@@ -1,8 +1,14 @@
 //! An account: who a user is, and the profile others see.
 //!
-//! Uniqueness of the email and the username is not decided here (an account
-//! sees only itself): the [`crate::claim`] aggregates, keyed by the normalized
-//! value, hold it. The API claims both before it registers the account.
+//! Registration is a small saga over three aggregates, and the account is
+//! opened first, as *pending*: then the email and the username are claimed on
+//! their [`crate::claim`] aggregates (an account sees only itself, so it
+//! cannot decide uniqueness), then the account is activated. A pending
+//! account that is never activated (its registration died midway) is
+//! abandoned by a sweeper, and only then are its claims released: abandoning
+//! and activating are decided by the same single writer, so a late
+//! activation after an abandon is refused and no claim is ever freed under a
+//! live account.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,8 +19,15 @@ use crate::{ErrorKind, Rejection};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum Command {
-    #[serde(rename = "account.register")]
-    Register(Register),
+    /// Opens a pending account, before its email and username are claimed.
+    #[serde(rename = "account.open")]
+    Open(Register),
+    /// Activates a pending account once both claims are held.
+    #[serde(rename = "account.activate")]
+    Activate { at: DateTime<Utc> },
+    /// Gives up a pending account whose registration did not finish.
+    #[serde(rename = "account.abandon")]
+    Abandon { at: DateTime<Utc> },
     #[serde(rename = "account.update_profile")]
     UpdateProfile(UpdateProfile),
 }
@@ -64,12 +77,28 @@ where
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum Event {
+    #[serde(rename = "account.opened")]
+    Opened(Opened),
     #[serde(rename = "account.registered")]
     Registered(Registered),
+    #[serde(rename = "account.abandoned")]
+    Abandoned { abandoned_at: DateTime<Utc> },
     #[serde(rename = "account.profile_updated")]
     ProfileUpdated(ProfileUpdated),
 }
 
+/// A pending account: what the registration asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opened {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub display_name: String,
+    pub opened_at: DateTime<Utc>,
+}
+
+/// The account is live: everything a projection needs to show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registered {
     pub user_id: Uuid,
@@ -94,7 +123,9 @@ pub struct ProfileUpdated {
 pub enum State {
     #[default]
     Unregistered,
+    Pending(Opened),
     Active(Account),
+    Abandoned,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,12 +140,19 @@ pub struct Account {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// 409 `account_exists`: the id is already registered.
+    /// 409 `account_exists`: the id is already taken by an account.
     #[error("this account is already registered")]
     AlreadyRegistered,
     /// 404 `account_not_found`.
     #[error("no such account")]
     NotRegistered,
+    /// 409 `registration_expired`: the registration took too long and was
+    /// abandoned; start again.
+    #[error("this registration took too long and was abandoned; register again")]
+    Expired,
+    /// 409 `account_active`: an active account is not abandoned.
+    #[error("this account is active")]
+    Active,
 }
 
 impl Rejection for Error {
@@ -122,29 +160,50 @@ impl Rejection for Error {
         match self {
             Error::AlreadyRegistered => "account_exists",
             Error::NotRegistered => "account_not_found",
+            Error::Expired => "registration_expired",
+            Error::Active => "account_active",
         }
     }
 
     fn kind(&self) -> ErrorKind {
         match self {
-            Error::AlreadyRegistered => ErrorKind::Conflict,
             Error::NotRegistered => ErrorKind::NotFound,
+            Error::AlreadyRegistered | Error::Expired | Error::Active => ErrorKind::Conflict,
         }
     }
 }
 
 pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
     match (command, state) {
-        (Command::Register(r), State::Unregistered) => Ok(vec![Event::Registered(Registered {
+        (Command::Open(r), State::Unregistered) => Ok(vec![Event::Opened(Opened {
             user_id: r.user_id,
             username: r.username.clone(),
             email: r.email.clone(),
             password_hash: r.password_hash.clone(),
             display_name: r.display_name.clone(),
-            registered_at: r.at,
+            opened_at: r.at,
         })]),
-        (Command::Register(_), State::Active(_)) => Err(Error::AlreadyRegistered),
-        (Command::UpdateProfile(_), State::Unregistered) => Err(Error::NotRegistered),
+        (Command::Open(_), _) => Err(Error::AlreadyRegistered),
+
+        (Command::Activate { at }, State::Pending(o)) => Ok(vec![Event::Registered(Registered {
+            user_id: o.user_id,
+            username: o.username.clone(),
+            email: o.email.clone(),
+            password_hash: o.password_hash.clone(),
+            display_name: o.display_name.clone(),
+            registered_at: *at,
+        })]),
+        (Command::Activate { .. }, State::Active(_)) => Ok(vec![]),
+        (Command::Activate { .. }, State::Abandoned) => Err(Error::Expired),
+        (Command::Activate { .. }, State::Unregistered) => Err(Error::NotRegistered),
+
+        (Command::Abandon { at }, State::Pending(_)) => {
+            Ok(vec![Event::Abandoned { abandoned_at: *at }])
+        }
+        (Command::Abandon { .. }, State::Abandoned) => Ok(vec![]),
+        (Command::Abandon { .. }, State::Active(_)) => Err(Error::Active),
+        (Command::Abandon { .. }, State::Unregistered) => Err(Error::NotRegistered),
+
         (Command::UpdateProfile(u), State::Active(account)) => {
             let updated = ProfileUpdated {
                 display_name: u
@@ -169,12 +228,14 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
                 vec![Event::ProfileUpdated(updated)]
             })
         }
+        (Command::UpdateProfile(_), _) => Err(Error::NotRegistered),
     }
 }
 
 pub fn evolve(state: State, event: &Event) -> State {
     match (state, event) {
-        (State::Unregistered, Event::Registered(r)) => State::Active(Account {
+        (State::Unregistered, Event::Opened(o)) => State::Pending(o.clone()),
+        (State::Pending(_), Event::Registered(r)) => State::Active(Account {
             user_id: r.user_id,
             username: r.username.clone(),
             email: r.email.clone(),
@@ -182,6 +243,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             bio: None,
             avatar_url: None,
         }),
+        (State::Pending(_), Event::Abandoned { .. }) => State::Abandoned,
         (State::Active(account), Event::ProfileUpdated(u)) => State::Active(Account {
             display_name: u.display_name.clone(),
             bio: u.bio.clone(),
@@ -212,8 +274,8 @@ mod tests {
         testing::given(events, evolve)
     }
 
-    fn register() -> Command {
-        Command::Register(Register {
+    fn open() -> Command {
+        Command::Open(Register {
             user_id: alice(),
             username: "alice".into(),
             email: "alice@example.com".into(),
@@ -223,7 +285,18 @@ mod tests {
         })
     }
 
-    fn registered() -> Event {
+    fn opened() -> Event {
+        Event::Opened(Opened {
+            user_id: alice(),
+            username: "alice".into(),
+            email: "alice@example.com".into(),
+            password_hash: "$argon2id$hash".into(),
+            display_name: "Alice".into(),
+            opened_at: at(),
+        })
+    }
+
+    fn activated() -> Event {
         Event::Registered(Registered {
             user_id: alice(),
             username: "alice".into(),
@@ -234,16 +307,77 @@ mod tests {
         })
     }
 
-    #[test]
-    fn registering_a_new_account_records_it() {
-        given([]).when(register(), decide).then([registered()]);
+    fn abandoned() -> Event {
+        Event::Abandoned { abandoned_at: at() }
+    }
+
+    fn activate() -> Command {
+        Command::Activate { at: at() }
+    }
+
+    fn abandon() -> Command {
+        Command::Abandon { at: at() }
     }
 
     #[test]
-    fn registering_twice_is_rejected() {
-        given([registered()])
-            .when(register(), decide)
+    fn a_registration_opens_a_pending_account() {
+        given([]).when(open(), decide).then([opened()]);
+    }
+
+    #[test]
+    fn activating_a_pending_account_registers_it_with_what_was_opened() {
+        given([opened()])
+            .when(activate(), decide)
+            .then([activated()]);
+    }
+
+    #[test]
+    fn opening_twice_is_rejected() {
+        given([opened()])
+            .when(open(), decide)
             .then_err(Error::AlreadyRegistered);
+        given([opened(), activated()])
+            .when(open(), decide)
+            .then_err(Error::AlreadyRegistered);
+    }
+
+    #[test]
+    fn activating_again_appends_nothing() {
+        given([opened(), activated()])
+            .when(activate(), decide)
+            .then([]);
+    }
+
+    #[test]
+    fn a_pending_account_can_be_abandoned_and_then_never_activated() {
+        given([opened()])
+            .when(abandon(), decide)
+            .then([abandoned()]);
+        given([opened(), abandoned()])
+            .when(activate(), decide)
+            .then_err(Error::Expired);
+        given([opened(), abandoned()])
+            .when(abandon(), decide)
+            .then([]);
+    }
+
+    #[test]
+    fn an_active_account_is_not_abandoned() {
+        given([opened(), activated()])
+            .when(abandon(), decide)
+            .then_err(Error::Active);
+    }
+
+    #[test]
+    fn a_pending_account_has_no_profile_to_update() {
+        let update = Command::UpdateProfile(UpdateProfile {
+            bio: Some(Some("hello".into())),
+            at: at(),
+            ..Default::default()
+        });
+        given([opened()])
+            .when(update, decide)
+            .then_err(Error::NotRegistered);
     }
 
     #[test]
@@ -253,7 +387,7 @@ mod tests {
             at: at(),
             ..Default::default()
         });
-        given([registered()])
+        given([opened(), activated()])
             .when(update, decide)
             .then([Event::ProfileUpdated(ProfileUpdated {
                 display_name: "Alice".into(),
@@ -276,7 +410,7 @@ mod tests {
             at: at(),
             ..Default::default()
         });
-        given([registered(), set])
+        given([opened(), activated(), set])
             .when(clear, decide)
             .then([Event::ProfileUpdated(ProfileUpdated {
                 display_name: "Alice".into(),
@@ -293,7 +427,7 @@ mod tests {
             at: at(),
             ..Default::default()
         });
-        given([registered()]).when(same, decide).then([]);
+        given([opened(), activated()]).when(same, decide).then([]);
     }
 
     #[test]

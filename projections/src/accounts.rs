@@ -91,8 +91,10 @@ impl AccountRow {
 }
 
 /// What an applied account event asks for after the transaction commits.
+#[derive(Default)]
 pub struct Changed {
-    pub account: AccountRow,
+    /// The account row as it now is, if the event changed one.
+    pub account: Option<AccountRow>,
     pub updates: Vec<ChannelUpdate>,
 }
 
@@ -109,7 +111,25 @@ pub async fn apply(
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let version = envelope.sequence as i64;
     match event {
+        Event::Opened(o) => {
+            sqlx::query(
+                "INSERT INTO pending_registrations (user_id, email, username, opened_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(&o.email)
+            .bind(&o.username)
+            .bind(o.opened_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok(Changed::default())
+        }
+        Event::Abandoned { .. } => {
+            finish_pending(tx, id).await?;
+            Ok(Changed::default())
+        }
         Event::Registered(r) => {
+            finish_pending(tx, id).await?;
             let account = sqlx::query_as::<_, AccountRow>(
                 "INSERT INTO accounts (id, username, email, password_hash, display_name, created_at, updated_at, version)
                  VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
@@ -125,7 +145,7 @@ pub async fn apply(
             .fetch_one(&mut **tx)
             .await?;
             Ok(Changed {
-                account,
+                account: Some(account),
                 updates: vec![],
             })
         }
@@ -149,11 +169,37 @@ pub async fn apply(
                 serde_json::to_value(account.profile()).expect("profiles serialize"),
             );
             Ok(Changed {
-                account,
+                account: Some(account),
                 updates: vec![update],
             })
         }
     }
+}
+
+/// A registration that ended, either way, is no longer pending.
+async fn finish_pending(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM pending_registrations WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Registrations opened before `before` and still pending: `(user id,
+/// email, username)`.
+pub async fn pending_before(
+    db: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, email, username FROM pending_registrations
+         WHERE opened_at < $1 ORDER BY opened_at LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 pub async fn by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<AccountRow>, sqlx::Error> {

@@ -207,8 +207,10 @@ async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<Acco
         match &event {
             DomainEvent::Account(event) => {
                 let applied = accounts::apply(&mut tx, &envelope, event).await?;
-                changed.retain(|a| a.id != applied.account.id);
-                changed.push(applied.account);
+                if let Some(account) = applied.account {
+                    changed.retain(|a| a.id != account.id);
+                    changed.push(account);
+                }
                 updates.extend(applied.updates);
             }
             // Claims guard uniqueness for the deciders; no read model shows them.

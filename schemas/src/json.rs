@@ -12,6 +12,16 @@ pub const COMMAND_ENVELOPE: &str = include_str!("../json/command-envelope.v1.jso
 /// `(type, version, schema)` of every event's `data`.
 pub const EVENTS: &[(&str, u32, &str)] = &[
     (
+        "account.opened",
+        1,
+        include_str!("../json/events/account.opened.v1.json"),
+    ),
+    (
+        "account.abandoned",
+        1,
+        include_str!("../json/events/account.abandoned.v1.json"),
+    ),
+    (
         "account.registered",
         1,
         include_str!("../json/events/account.registered.v1.json"),
@@ -51,10 +61,12 @@ pub const FILES: &[(&str, &str)] = &[
         "ws/client-frame.v1.json",
         include_str!("../json/ws/client-frame.v1.json"),
     ),
-    ("events/account.registered.v1.json", EVENTS[0].2),
-    ("events/account.profile_updated.v1.json", EVENTS[1].2),
-    ("events/claim.claimed.v1.json", EVENTS[2].2),
-    ("events/claim.released.v1.json", EVENTS[3].2),
+    ("events/account.opened.v1.json", EVENTS[0].2),
+    ("events/account.abandoned.v1.json", EVENTS[1].2),
+    ("events/account.registered.v1.json", EVENTS[2].2),
+    ("events/account.profile_updated.v1.json", EVENTS[3].2),
+    ("events/claim.claimed.v1.json", EVENTS[4].2),
+    ("events/claim.released.v1.json", EVENTS[5].2),
 ];
 
 /// A schema file by its path under `schemas/json/`.

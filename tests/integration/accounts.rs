@@ -284,3 +284,87 @@ async fn with_redis_down_reads_still_answer() {
     app.stop().await;
     world.clean_up().await;
 }
+
+/// A registration that died after claiming (its API process crashed, the
+/// client never retried) leaves a pending account; the sweeper abandons it and
+/// frees its email and username. One that was activated keeps them.
+#[tokio::test]
+async fn an_unfinished_registration_is_swept_and_a_finished_one_kept() {
+    use tidings_commands::registration::Saga;
+    use tidings_commands::{CommandBus, Outcome};
+    use tidings_domain::{account, claim};
+
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.registration_timeout_secs = 1;
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let bus = CommandBus::connect(
+        &world.settings.kafka(),
+        std::time::Duration::from_secs(15),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let saga = |name: &str| Saga {
+        user_id: uuid::Uuid::new_v4(),
+        email: format!("{name}@example.com"),
+        username: name.to_owned(),
+        correlation_id: uuid::Uuid::new_v4(),
+        issued_at: chrono::Utc::now(),
+        idempotency_key: None,
+    };
+    let accepted =
+        |outcome: Outcome| assert!(matches!(outcome, Outcome::Accepted { .. }), "{outcome:?}");
+    // What the API does, up to where each registration stops.
+    let (dead, live) = (saga("dead"), saga("live"));
+    for s in [&dead, &live] {
+        let register = account::Register {
+            user_id: s.user_id,
+            username: s.username.clone(),
+            email: s.email.clone(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+            display_name: s.username.clone(),
+            at: s.issued_at,
+        };
+        accepted(bus.send(&s.open(register)).await.unwrap());
+        accepted(bus.send(&s.claim(claim::Kind::Email)).await.unwrap());
+        accepted(bus.send(&s.claim(claim::Kind::Username)).await.unwrap());
+    }
+    accepted(bus.send(&live.activate()).await.unwrap());
+
+    // Taken at first; free once the sweeper has abandoned the dead one.
+    let reply = client.register("dead", "other@example.com").await;
+    assert_eq!(reply.body["code"], "username_taken");
+    crate::support::eventually(
+        std::time::Duration::from_secs(30),
+        "the dead registration's claims are freed",
+        || async { client.register("dead", "dead@example.com").await.status == 201 },
+    )
+    .await;
+    // The dead registration can no longer be finished.
+    match bus.send(&dead.activate()).await.unwrap() {
+        Outcome::Rejected { code, .. } => assert_eq!(code, "registration_expired"),
+        other => panic!("a late activation went through: {other:?}"),
+    }
+    // The live one, older than the timeout too, kept its email.
+    let reply = client.register("live2", "live@example.com").await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (409, Some("email_taken"))
+    );
+    // Every lost registration is abandoned too (by the API's own unwinding);
+    // of these two, only the dead one.
+    let abandoned = |id: uuid::Uuid| {
+        world
+            .events()
+            .iter()
+            .filter(|(_, _, e)| {
+                e.event_type == "account.abandoned" && e.aggregate.id == id.to_string()
+            })
+            .count()
+    };
+    assert_eq!((abandoned(dead.user_id), abandoned(live.user_id)), (1, 0));
+    app.stop().await;
+    world.clean_up().await;
+}

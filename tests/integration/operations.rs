@@ -613,7 +613,11 @@ async fn a_request_id_becomes_the_correlation_id_of_its_commands_and_events() {
         request_id.to_string()
     );
     let events = world.events();
-    assert_eq!(events.len(), 3, "two claims and the account: {events:?}");
+    assert_eq!(
+        events.len(),
+        4,
+        "the account opened, two claims, the account registered: {events:?}"
+    );
     assert!(events
         .iter()
         .all(|(_, _, e)| e.correlation_id == request_id));
