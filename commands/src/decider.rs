@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use futures_util::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -169,14 +169,25 @@ impl Decider {
                 None => by_partition.push((message.partition(), vec![message])),
             }
         }
+        // Every partition of the batch is decided and written at once, and
+        // read back in one wait: a round trip to the broker per batch, not
+        // per partition.
+        let mut groups: Vec<(i32, Vec<CommandEnvelope>)> = Vec::with_capacity(by_partition.len());
+        let mut commit = TopicPartitionList::new();
+        let mut results = Vec::new();
+        let mut types: HashMap<Uuid, &'static str> = HashMap::new();
         for (partition, messages) in by_partition {
             self.ensure_loaded(partition).await?;
             let last_offset = messages
                 .last()
                 .map(|m| m.offset())
                 .expect("non-empty group");
+            commit.add_partition_offset(
+                &self.topics.commands,
+                partition,
+                Offset::Offset(last_offset + 1),
+            )?;
             let mut commands = Vec::with_capacity(messages.len());
-            let mut results = Vec::new();
             for message in &messages {
                 match serde_json::from_slice::<CommandEnvelope>(
                     message.payload().unwrap_or_default(),
@@ -185,35 +196,34 @@ impl Decider {
                     Err(error) => results.extend(malformed(message, error)),
                 }
             }
-            let types: HashMap<Uuid, &'static str> = commands
-                .iter()
-                .map(|c| (c.command_id, c.command.type_name()))
-                .collect();
-            results.extend(self.process(partition, commands).await?);
-            self.publish(&results).await?;
-            for result in &results {
-                let kind = types
-                    .get(&result.command_id)
-                    .copied()
-                    .unwrap_or("malformed");
-                let outcome = match &result.outcome {
-                    Outcome::Accepted { .. } => "accepted".to_owned(),
-                    Outcome::Rejected { code, .. } => code.clone(),
-                };
-                metrics::counter!("tidings_commands_total", "type" => kind, "outcome" => outcome)
-                    .increment(1);
-            }
-            let mut commit = TopicPartitionList::new();
-            commit.add_partition_offset(
-                &self.topics.commands,
-                partition,
-                Offset::Offset(last_offset + 1),
-            )?;
-            if let Err(error) = self.commands.commit(&commit, CommitMode::Async) {
-                // Not fatal: the commands are answered again, from the
-                // handled ones, after a rebalance.
-                tracing::warn!(%error, partition, "committing command offsets");
-            }
+            types.extend(
+                commands
+                    .iter()
+                    .map(|c| (c.command_id, c.command.type_name())),
+            );
+            groups.push((partition, commands));
+        }
+        results.extend(self.process(groups).await?);
+        self.publish(&results).await?;
+        for result in &results {
+            let kind = types
+                .get(&result.command_id)
+                .copied()
+                .unwrap_or("malformed");
+            let outcome = match &result.outcome {
+                Outcome::Accepted { .. } => "accepted".to_owned(),
+                Outcome::Rejected { code, .. } => code.clone(),
+            };
+            metrics::counter!("tidings_commands_total", "type" => kind, "outcome" => outcome)
+                .increment(1);
+        }
+        if let Err(error) = self.commands.commit(&commit, CommitMode::Async) {
+            // Not fatal: the commands are answered again, from the handled
+            // ones, after a rebalance.
+            tracing::warn!(%error, "committing command offsets");
+        }
+        let partitions: Vec<i32> = commit.elements().iter().map(|e| e.partition()).collect();
+        for partition in partitions {
             self.maybe_snapshot(partition).await;
         }
         Ok(())
@@ -330,69 +340,95 @@ impl Decider {
         }
     }
 
-    /// Decides, writes and reads back a batch of one partition's commands.
+    /// Decides, writes and reads back a batch of commands, partition by
+    /// partition at once.
     async fn process(
         &mut self,
-        partition: i32,
-        commands: Vec<CommandEnvelope>,
+        groups: Vec<(i32, Vec<CommandEnvelope>)>,
     ) -> anyhow::Result<Vec<CommandResult>> {
-        let mut results = Vec::with_capacity(commands.len());
-        let mut pending = commands;
+        let mut results = Vec::new();
+        let mut pending = groups;
         for attempt in 1..=MAX_ATTEMPTS {
-            let written = self
-                .decide_and_write(partition, pending, &mut results)
-                .await?;
-            let Some(end) = written.iter().map(|w| w.last_offset + 1).max() else {
+            let this = &*self;
+            let writes = join_all(pending.into_iter().map(|(partition, commands)| async move {
+                (partition, this.decide_and_write(partition, commands).await)
+            }))
+            .await;
+            let mut targets = Vec::new();
+            let mut written_by_partition = Vec::new();
+            for (partition, write) in writes {
+                let (decided, written) = write?;
+                results.extend(decided);
+                if let Some(end) = written.iter().map(|w| w.last_offset + 1).max() {
+                    targets.push((partition, end));
+                }
+                written_by_partition.push((partition, written));
+            }
+            if targets.is_empty() {
                 return Ok(results);
-            };
+            }
             faults::pause_at("decider.after_events");
-            self.catch_up(partition, end).await?;
+            for (partition, end) in targets {
+                self.catch_up(partition, end).await?;
+            }
             pending = Vec::new();
-            let state = &self.partitions[&partition];
-            for Written { command, .. } in written {
-                let handled = state
-                    .aggregates
-                    .get(&command.aggregate.key())
-                    .and_then(|a| a.handled(command.command_id));
-                match handled {
-                    Some(position) => results.push(CommandResult {
-                        command_id: command.command_id,
-                        outcome: Outcome::Accepted {
-                            position: position.clone(),
-                        },
-                    }),
-                    None => pending.push(command),
+            for (partition, written) in written_by_partition {
+                let state = &self.partitions[&partition];
+                let mut lost = Vec::new();
+                for Written { command, .. } in written {
+                    let handled = state
+                        .aggregates
+                        .get(&command.aggregate.key())
+                        .and_then(|a| a.handled(command.command_id));
+                    match handled {
+                        Some(position) => results.push(CommandResult {
+                            command_id: command.command_id,
+                            outcome: Outcome::Accepted {
+                                position: position.clone(),
+                            },
+                        }),
+                        None => lost.push(command),
+                    }
+                }
+                if !lost.is_empty() {
+                    tracing::warn!(
+                        partition,
+                        attempt,
+                        lost = lost.len(),
+                        "commands lost to another writer; deciding again"
+                    );
+                    pending.push((partition, lost));
                 }
             }
             if pending.is_empty() {
                 return Ok(results);
             }
-            tracing::warn!(
-                partition,
-                attempt,
-                lost = pending.len(),
-                "commands lost to another writer; deciding again"
-            );
         }
-        results.extend(pending.into_iter().map(|command| CommandResult {
-            command_id: command.command_id,
-            outcome: Outcome::Rejected {
-                code: "write_conflict".into(),
-                kind: ErrorKind::Conflict,
-                message: "another writer changed this at the same time; retry".into(),
-            },
-        }));
+        results.extend(
+            pending
+                .into_iter()
+                .flat_map(|(_, lost)| lost)
+                .map(|command| CommandResult {
+                    command_id: command.command_id,
+                    outcome: Outcome::Rejected {
+                        code: "write_conflict".into(),
+                        kind: ErrorKind::Conflict,
+                        message: "another writer changed this at the same time; retry".into(),
+                    },
+                }),
+        );
         Ok(results)
     }
 
     /// Decides every command on a working copy of the state and writes the
-    /// events. Commands answered without writing go straight to `results`.
+    /// events. Returns the outcomes of the commands answered without writing,
+    /// and the commands written.
     async fn decide_and_write(
         &self,
         partition: i32,
         commands: Vec<CommandEnvelope>,
-        results: &mut Vec<CommandResult>,
-    ) -> anyhow::Result<Vec<Written>> {
+    ) -> anyhow::Result<(Vec<CommandResult>, Vec<Written>)> {
+        let mut results = Vec::new();
         let state = &self.partitions[&partition];
         let mut working: HashMap<String, Aggregate> = HashMap::new();
         let mut events: Vec<EventEnvelope> = Vec::new();
@@ -457,7 +493,7 @@ impl Decider {
             }
         }
         let offsets = self.write_events(partition, &events).await?;
-        Ok(written
+        let written = written
             .into_iter()
             .map(|(command, range)| Written {
                 // A command handled earlier in this batch has no events of
@@ -469,7 +505,8 @@ impl Decider {
                 },
                 command,
             })
-            .collect())
+            .collect();
+        Ok((results, written))
     }
 
     async fn write_events(
