@@ -1,9 +1,10 @@
 //! Register → 201 latency under a small load, against the real stack, with
 //! the limits it is made of measured in the same run:
 //!
-//! - the raw broker round trip (produce one message, consume it back), which
-//!   a registration pays three times (two claims in parallel, then the
-//!   account);
+//! - the raw broker round trip (produce one message, consume it back); a
+//!   registration makes three command round trips (open the account, both
+//!   claims at once, activate), each three broker hops (command, events read
+//!   back, result);
 //! - one argon2id hash, which it pays once.
 //!
 //! Run: `scripts/stack up && scripts/stack test-broker-up && cargo bench --bench register`
@@ -133,7 +134,7 @@ async fn main() {
     let (raw_line, raw_p50) = summary("broker round trip (produce+consume)", raw);
     let (hash_line, hash_p50) = summary("argon2id hash", hashes);
     let report = format!(
-        "Tidings register latency ({users} users, concurrency {concurrency}, broker {})\n{register_line}\n{raw_line}\n{hash_line}\nthroughput: {:.1} registrations/s\nregister p50 / broker round trip p50 = {:.1}x (a registration makes 2 sequential command round trips, each at least one produce+consume of command, events and result)\nregister p50 - argon2 p50 = {:.2} ms\n",
+        "Tidings register latency ({users} users, concurrency {concurrency}, broker {})\n{register_line}\n{raw_line}\n{hash_line}\nthroughput: {:.1} registrations/s\nregister p50 / broker round trip p50 = {:.1}x (a registration makes 3 sequential command round trips: open, both claims at once, activate; each is at least a produce+consume of the command, its events and its result)\nregister p50 - argon2 p50 = {:.2} ms\n",
         world.settings.kafka_brokers,
         users as f64 / wall.as_secs_f64(),
         register_p50.as_secs_f64() / raw_p50.as_secs_f64(),
