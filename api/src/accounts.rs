@@ -9,7 +9,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use tidings_commands::registration::{unwind, Saga, Unwound};
+use tidings_commands::registration::{self, unwind, Saga, Unwound};
 use tidings_commands::{AnyCommand, Outcome};
 use tidings_domain::{account, claim};
 use tidings_projections::accounts::{Profile, PublicProfile};
@@ -18,7 +18,7 @@ use tidings_schemas::{AggregateRef, Position};
 use uuid::Uuid;
 
 use crate::auth::{hash_password, verify_password, Authenticated};
-use crate::context::{step_id, RequestContext};
+use crate::context::RequestContext;
 use crate::error::{accepted, ApiError, Problem};
 use crate::validate::{self, Fields};
 use crate::ApiState;
@@ -98,7 +98,7 @@ pub(crate) async fn register(
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let input = Registration::try_from(body.into_inner())?;
-    let user_id = step_id(ctx.command_id(None), "user");
+    let user_id = registration::user_id(ctx.command_id(None));
     let saga = Saga {
         user_id,
         email: input.email.clone(),
@@ -327,7 +327,6 @@ pub(crate) async fn update_profile(
             .insert_header(("X-Position", position.to_string()))
             .json(Accepted { position }));
     };
-    state.cache.put_account(&account).await;
     Ok(HttpResponse::Ok()
         .insert_header(("X-Position", position.to_string()))
         .json(UpdatedProfile {

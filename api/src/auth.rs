@@ -117,6 +117,8 @@ pub struct Authenticated {
     /// The account as the read model has it; `None` for an account registered
     /// an instant ago and not projected yet.
     pub account: Option<AccountRow>,
+    /// When the token expires (Unix seconds): a socket closes then.
+    pub expires_at: i64,
 }
 
 /// The bearer token of a request, if it has one.
@@ -149,6 +151,7 @@ pub async fn authenticate(state: &ApiState, token: &str) -> Result<Authenticated
         _ => Ok(Authenticated {
             user_id: claims.sub,
             account,
+            expires_at: claims.exp,
         }),
     }
 }

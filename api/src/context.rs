@@ -103,9 +103,3 @@ impl RequestContext {
         }
     }
 }
-
-/// The id of one step of a multi-command request, derived from the
-/// request's command id so that a retry repeats every step identically.
-pub fn step_id(command_id: Uuid, step: &str) -> Uuid {
-    Uuid::new_v5(&command_id, step.as_bytes())
-}

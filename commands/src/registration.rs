@@ -15,6 +15,17 @@ use uuid::Uuid;
 use crate::bus::{BusError, CommandBus};
 use crate::envelope::{AnyCommand, CommandEnvelope, Outcome};
 
+/// The id of the account a registration request creates, derived from the
+/// request's command id: a retry with the same `Idempotency-Key` is the same
+/// account, and so the same steps.
+pub fn user_id(command_id: Uuid) -> Uuid {
+    step(command_id, "user")
+}
+
+fn step(of: Uuid, name: &str) -> Uuid {
+    Uuid::new_v5(&of, name.as_bytes())
+}
+
 /// One registration: who it is for and the context its commands carry.
 #[derive(Debug, Clone)]
 pub struct Saga {
@@ -35,7 +46,7 @@ impl Saga {
         command: AnyCommand,
     ) -> CommandEnvelope {
         CommandEnvelope {
-            command_id: Uuid::new_v5(&self.user_id, step.as_bytes()),
+            command_id: self::step(self.user_id, step),
             idempotency_key: self.idempotency_key.clone(),
             actor: Some(self.user_id),
             issued_at: self.issued_at,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use tidings_api::auth::{authenticate, bearer};
+use tidings_api::error::ApiError;
 use tidings_api::ApiState;
 use tidings_projections::outbox::{self, Update};
 use tokio::sync::mpsc;
@@ -95,16 +96,16 @@ async fn serve(
 ) {
     let who = match &token {
         Some(token) => check(&api, token).await,
-        None => Err((
+        None => Err(ApiError::unauthorized(
             "unauthenticated",
             "sign in: Authorization: Bearer <token> or ?token=",
         )),
     };
     let (user_id, expires_at) = match who {
         Ok(who) => who,
-        Err((code, message)) => {
+        Err(error) => {
             let _ = ws
-                .text(ServerFrame::error(code, message, None).to_json())
+                .text(ServerFrame::error(&error.code, error.detail, None).to_json())
                 .await;
             metrics::counter!("tidings_ws_closes_total", "code" => UNAUTHORIZED.to_string())
                 .increment(1);
@@ -141,21 +142,11 @@ async fn serve(
 }
 
 /// Authenticates a token; on success, who it is and when it expires.
-async fn check(
-    api: &ApiState,
-    token: &str,
-) -> Result<(Uuid, Instant), (&'static str, &'static str)> {
-    let claims = api
-        .jwt
-        .verify(token)
-        .map_err(|_| ("invalid_token", "the token is not valid or has expired"))?;
-    let who = authenticate(api, token).await.map_err(|_| {
-        (
-            "invalid_token",
-            "the token is not valid or has been revoked",
-        )
-    })?;
-    let left = (claims.exp - chrono::Utc::now().timestamp()).max(0) as u64;
+/// Authenticates a token the way the REST API does; on success, who it is
+/// and when it expires.
+async fn check(api: &ApiState, token: &str) -> Result<(Uuid, Instant), ApiError> {
+    let who = authenticate(api, token).await?;
+    let left = (who.expires_at - chrono::Utc::now().timestamp()).max(0) as u64;
     Ok((who.user_id, Instant::now() + Duration::from_secs(left)))
 }
 
@@ -293,7 +284,10 @@ impl Session {
                         .await;
                     Err(End::Close(UNAUTHORIZED, "token of another user"))
                 }
-                Err((code, message)) => self.send(&ServerFrame::error(code, message, None)).await,
+                Err(error) => {
+                    self.send(&ServerFrame::error(&error.code, error.detail, None))
+                        .await
+                }
             },
         }
     }
