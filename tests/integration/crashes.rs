@@ -11,7 +11,7 @@ use tidings::Role;
 use tidings_schemas::{AggregateRef, EventEnvelope, Position};
 use uuid::Uuid;
 
-use crate::support::{eventually, Client, World, ALL_ROLES};
+use crate::support::{eventually, Client, Socket, World, ALL_ROLES};
 
 const PAUSED_PROJECTOR: (&str, &str) = ("TIDINGS_PAUSE_AT", "projector.before_commit");
 const PAUSED_DECIDER: (&str, &str) = ("TIDINGS_PAUSE_AT", "decider.after_events");
@@ -382,14 +382,12 @@ async fn a_new_decider_resumes_from_the_snapshot_and_knows_what_was_decided() {
 /// and, once projected, in the read model.
 #[tokio::test]
 async fn a_graceful_shutdown_loses_no_acknowledged_command() {
-    use futures_util::StreamExt;
     let world = World::new().await;
     let tidings = world.spawn("api,deciders,projector,realtime", &[]);
     let base = tidings.base_url();
     let client = Client::new(&base);
     let (_, token, _) = client.user("watcher").await;
-    let url = format!("{}/ws?token={token}", base.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut socket = Socket::connect(&base, &token).await;
 
     let http = reqwest::Client::new();
     let attempts: Vec<_> = (0..40)
@@ -429,19 +427,8 @@ async fn a_graceful_shutdown_loses_no_acknowledged_command() {
         "the signal came after every request; the test proves nothing"
     );
 
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("the socket is closed")
-        {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
-                break frame.map(|f| u16::from(f.code))
-            }
-            Some(Ok(_)) => continue,
-            _ => break None,
-        }
-    };
-    assert_eq!(closed, Some(1001), "sockets are told to go away");
+    let closed = socket.expect("closed").await;
+    assert_eq!(closed["code"], 1001, "sockets are told to go away");
 
     let mut position = Position::default();
     for body in &acknowledged {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{eventually, Client, World, ALL_ROLES};
+use crate::support::{eventually, Client, Socket, World, ALL_ROLES};
 
 /// The value of the sample of `name` whose labels include every pair.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -68,8 +68,7 @@ async fn metrics_are_exported_and_move_with_traffic() {
     );
 
     // More traffic moves the counters; a socket shows up and gets a delivery.
-    let url = format!("{}/ws?token={token}", app.base.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut socket = Socket::connect(&app.base, &token).await;
     assert_eq!(client.user("ned").await.0.len(), 36);
     let reply = client
         .send(
@@ -80,19 +79,8 @@ async fn metrics_are_exported_and_move_with_traffic() {
         )
         .await;
     assert_eq!(reply.status, 200);
-    use futures_util::StreamExt;
-    while let Some(Ok(message)) = tokio::time::timeout(Duration::from_secs(10), socket.next())
-        .await
-        .unwrap()
-    {
-        if message
-            .to_text()
-            .unwrap_or_default()
-            .contains("profile.updated")
-        {
-            break;
-        }
-    }
+    let event = socket.expect("event").await;
+    assert_eq!(event["event"], "profile.updated");
     let second = metrics(&client).await;
     assert_eq!(
         sample(
@@ -534,7 +522,6 @@ async fn readiness_reports_each_dependency_and_flips_when_one_is_gone() {
 
 #[tokio::test]
 async fn tidings_serves_rest_and_websockets_over_tls() {
-    use futures_util::StreamExt;
     let world = World::new().await;
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
@@ -572,22 +559,10 @@ async fn tidings_serves_rest_and_websockets_over_tls() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let url = format!("{}/ws?token={token}", base.replace("https://", "wss://"));
     let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls));
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
-            .await
-            .expect("WSS connects");
-    let welcome = tokio::time::timeout(Duration::from_secs(10), socket.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let welcome: serde_json::Value = serde_json::from_str(welcome.to_text().unwrap()).unwrap();
-    assert_eq!(
-        (welcome["type"].as_str(), welcome["user_id"].as_str()),
-        (Some("welcome"), Some(user.as_str()))
-    );
+    let mut socket = Socket::connect_tls(&base, &token, connector).await;
+    let welcome = socket.expect("welcome").await;
+    assert_eq!(welcome["user_id"], user.as_str());
     app.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
     world.clean_up().await;

@@ -223,6 +223,18 @@ impl World {
     /// topic under a consumer that is still closing breaks tansu 0.6.
     pub async fn clean_up(self) {
         assert_events_match_schemas(&self.events());
+        let topics = self.settings.kafka().topics();
+        for (topic, schema) in [
+            (&topics.commands, "command-envelope.v1.json"),
+            (&topics.results, "command-result.v1.json"),
+            (&topics.updates, "update.v1.json"),
+        ] {
+            let schema = tidings_schemas::json::file(schema).unwrap();
+            for (_, _, payload) in self.read_topic(topic) {
+                let value: Value = serde_json::from_slice(&payload).expect("records are JSON");
+                assert_matches(schema, &value, topic);
+            }
+        }
         let admin = tidings_projections::db::connect(ADMIN_DB, 1).await.unwrap();
         for db in [self.name.clone(), format!("{}_b", self.name)] {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
@@ -419,6 +431,127 @@ impl Client {
             reply.body["position"].as_str().unwrap().to_owned(),
         )
     }
+}
+
+/// A WebSocket client of the gateway. Every text frame it receives is
+/// checked against `schemas/json/ws/server-frame.v1.json`.
+pub struct Socket {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    frames: jsonschema::Validator,
+}
+
+impl Socket {
+    fn url(base: &str, token: &str) -> String {
+        let base = base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        format!("{base}/ws?token={token}")
+    }
+
+    fn wrap(
+        stream: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Socket {
+        let schema = tidings_schemas::json::file("ws/server-frame.v1.json").unwrap();
+        let frames = jsonschema::validator_for(&serde_json::from_str(schema).unwrap()).unwrap();
+        Socket { stream, frames }
+    }
+
+    pub async fn connect(base: &str, token: &str) -> Socket {
+        let (stream, _) = tokio_tungstenite::connect_async(Self::url(base, token))
+            .await
+            .expect("WebSocket connects");
+        Self::wrap(stream)
+    }
+
+    pub async fn connect_tls(
+        base: &str,
+        token: &str,
+        connector: tokio_tungstenite::Connector,
+    ) -> Socket {
+        let (stream, _) = tokio_tungstenite::connect_async_tls_with_config(
+            Self::url(base, token),
+            None,
+            false,
+            Some(connector),
+        )
+        .await
+        .expect("WSS connects");
+        Self::wrap(stream)
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// The next frame, or `None` if none comes within `within`. The end of
+    /// the socket reads as `{"type": "closed", "code": <close code>}`.
+    pub async fn next_frame(&mut self, within: Duration) -> Option<Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(&text).expect("a frame is JSON");
+                    let errors: Vec<String> = self
+                        .frames
+                        .iter_errors(&frame)
+                        .map(|e| e.to_string())
+                        .collect();
+                    assert!(
+                        errors.is_empty(),
+                        "{frame} breaks the frame schema: {errors:?}"
+                    );
+                    return Some(frame);
+                }
+                Ok(Some(Ok(Message::Close(close)))) => {
+                    return Some(
+                        json!({"type": "closed", "code": close.map(|c| u16::from(c.code))}),
+                    )
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return Some(json!({"type": "closed"})),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads frames until one of type `kind` arrives.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self
+                .next_frame(Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| panic!("no {kind} frame"));
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+}
+
+/// Checks `value` against a JSON Schema of `schemas/json/`.
+fn assert_matches(schema: &str, value: &Value, what: &str) {
+    let validator = jsonschema::validator_for(&serde_json::from_str(schema).unwrap()).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} breaks its schema: {errors:?}\n{value}"
+    );
 }
 
 /// Validates events against the JSON Schemas under `schemas/json/`: the
