@@ -27,17 +27,6 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u32,
 }
 
-impl Default for KafkaSettings {
-    fn default() -> Self {
-        KafkaSettings {
-            brokers: "127.0.0.1:9092".into(),
-            topic_prefix: "tidings".into(),
-            partitions: 4,
-            session_timeout_ms: 10_000,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     pub commands: String,

@@ -21,12 +21,6 @@ pub struct Position(BTreeMap<i32, i64>);
 pub struct InvalidPosition;
 
 impl Position {
-    pub fn at(partition: i32, offset: i64) -> Self {
-        let mut position = Position::default();
-        position.include(partition, offset);
-        position
-    }
-
     /// Extends the position to cover an event at `offset` on `partition`.
     pub fn include(&mut self, partition: i32, offset: i64) {
         let entry = self.0.entry(partition).or_insert(offset);
@@ -104,7 +98,8 @@ mod tests {
 
     #[test]
     fn a_position_round_trips_through_its_token() {
-        let mut position = Position::at(3, 41);
+        let mut position = Position::default();
+        position.include(3, 41);
         position.include(0, 7);
         position.include(3, 12);
         let token = position.to_string();
@@ -120,7 +115,8 @@ mod tests {
 
     #[test]
     fn a_reader_reaches_a_position_once_past_every_offset() {
-        let mut position = Position::at(0, 5);
+        let mut position = Position::default();
+        position.include(0, 5);
         position.include(1, 9);
         assert!(!position.reached_by(|p| Some(if p == 0 { 6 } else { 9 })));
         assert!(position.reached_by(|_| Some(10)));
