@@ -1,19 +1,12 @@
 //! What a decider keeps per aggregate, and the dispatch from an aggregate
 //! type to its domain decider.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 use tidings_domain::{account, claim, ErrorKind};
-use tidings_schemas::{AggregateType, Cursor, DomainEvent, EventEnvelope, Position};
-use uuid::Uuid;
+use tidings_schemas::envelope::DecodeError;
+use tidings_schemas::{AggregateType, Cursor, DomainEvent, EventEnvelope};
 
 use crate::envelope::{AnyCommand, Outcome};
-
-/// How many handled commands an aggregate remembers with their positions: a
-/// retry or redelivery of any of them gets its first outcome back. A retry
-/// that comes after more later commands than this is decided again.
-const HANDLED_KEPT: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AnyState {
@@ -62,13 +55,12 @@ impl AnyState {
     }
 }
 
-/// One aggregate as a decider holds it.
+/// One aggregate as a decider holds it: its state and where it stands in
+/// the sequence rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {
     pub cursor: Cursor,
     pub state: AnyState,
-    /// The most recent commands whose events applied, with where they are.
-    pub handled: VecDeque<(Uuid, Position)>,
 }
 
 /// Whether an event changed the aggregate.
@@ -77,8 +69,6 @@ pub enum Applied {
     Yes,
     /// Skipped by the sequence rule: a duplicate or a zombie's write.
     Skipped,
-    /// Not readable by this build (a newer version, or not a known event).
-    Unreadable,
 }
 
 impl Aggregate {
@@ -86,46 +76,19 @@ impl Aggregate {
         Aggregate {
             cursor: Cursor::default(),
             state: AnyState::initial(kind),
-            handled: VecDeque::new(),
         }
-    }
-
-    pub fn handled(&self, command_id: Uuid) -> Option<&Position> {
-        self.handled
-            .iter()
-            .find(|(id, _)| *id == command_id)
-            .map(|(_, p)| p)
     }
 
     /// Folds one event of the log into the aggregate under the sequence rule.
-    /// `at` is its place in the log, unknown for a speculative apply.
-    pub fn apply(&mut self, envelope: &EventEnvelope, at: Option<(i32, i64)>) -> Applied {
-        let event = match DomainEvent::decode(envelope) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::error!(%error, event_id = %envelope.event_id, "unreadable event skipped");
-                return Applied::Unreadable;
-            }
-        };
-        if !self.cursor.admit(envelope.sequence, envelope.command_id) {
-            return Applied::Skipped;
+    /// An event this build cannot read is an error, never skipped: the state
+    /// would silently miss it.
+    pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<Applied, DecodeError> {
+        let event = DomainEvent::decode(envelope)?;
+        if !envelope.admit(&mut self.cursor) {
+            return Ok(Applied::Skipped);
         }
         let state = std::mem::replace(&mut self.state, AnyState::initial(envelope.aggregate.kind));
         self.state = state.evolve(&event);
-        let position = match self.handled.back_mut() {
-            Some((id, position)) if *id == envelope.command_id => position,
-            _ => {
-                if self.handled.len() == HANDLED_KEPT {
-                    self.handled.pop_front();
-                }
-                self.handled
-                    .push_back((envelope.command_id, Position::default()));
-                &mut self.handled.back_mut().expect("just pushed").1
-            }
-        };
-        if let Some((partition, offset)) = at {
-            position.include(partition, offset);
-        }
-        Applied::Yes
+        Ok(Applied::Yes)
     }
 }

@@ -6,26 +6,44 @@
 //! PostgreSQL, then to the end of the log) before it decides anything there.
 //!
 //! For a batch of commands of one partition it:
-//! 1. decides each command on the state (commands already handled — a retry
-//!    or a redelivery — get their first outcome back, deciding nothing);
-//! 2. writes the events to the same partition of `tidings.events` with an
+//! 1. answers the commands it handled before (a retry or a redelivery) with
+//!    their first outcome, deciding nothing. It knows *every* command whose
+//!    events are in the log: those folded since the last snapshot in memory,
+//!    the older ones in `decider_commands` (written with the snapshot). A
+//!    command older than that table keeps ([`HANDLED_KEPT_HOURS`]) is refused
+//!    as `command_expired` rather than risk deciding it twice;
+//! 2. decides the others in order on a working copy of the state — a command
+//!    on top of the earlier ones of the batch — each event naming the event
+//!    it follows (`previous`, the chain of the sequence rule);
+//! 3. writes the events to the same partition of `tidings.events` with an
 //!    idempotent producer;
-//! 3. reads the partition back up to its own writes, folding them under the
-//!    sequence rule like every other reader. A command whose events did not
-//!    apply lost to another writer (a zombie owner) and is decided again on
-//!    the state that won;
-//! 4. publishes the outcomes to `tidings.command-results`;
-//! 5. commits the commands' offsets.
+//! 4. reads the partition back up to its own writes (and, where a command was
+//!    rejected or changed nothing, up to the end of the partition), folding
+//!    under the sequence rule like every other reader. A command stands only
+//!    if the history it was decided on is the one in the log: its events
+//!    applied, or — for a rejection or a no-op — no other event came before
+//!    the point it was decided at. The others lost to another writer (a
+//!    zombie owner) and are decided again on the state that won; past
+//!    [`MAX_ATTEMPTS`] they are answered `write_conflict`, and a retry is
+//!    decided afresh;
+//! 5. publishes the outcomes to `tidings.command-results`;
+//! 6. commits the commands' offsets.
 //!
 //! A crash anywhere leaves the commands uncommitted: the next owner rebuilds
 //! from the log, finds the commands whose events are already there among the
 //! handled ones, and answers them without writing again.
+//!
+//! An event this build cannot read halts its partition (error log, the
+//! `tidings_reader_halted` gauge, no more commands decided or committed
+//! there) instead of being skipped: deciding on a state that misses an event
+//! would break the aggregate's rules silently.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use futures_util::future::{join_all, try_join_all};
 use futures_util::FutureExt;
 use rdkafka::consumer::{
@@ -34,11 +52,12 @@ use rdkafka::consumer::{
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tidings_domain::ErrorKind;
 use tidings_schemas::envelope::{event_id, CURRENT_VERSION};
 use tidings_schemas::kafka::{KafkaSettings, Topics, ADMIN_TIMEOUT};
-use tidings_schemas::{faults, EventEnvelope};
+use tidings_schemas::{faults, EventEnvelope, Position};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -53,6 +72,15 @@ const MAX_ATTEMPTS: usize = 3;
 /// How long reading back one's own writes may take before the decider gives
 /// up its state and rebuilds.
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long handled commands are remembered in `decider_commands`. Longer
+/// than an `Idempotency-Key` lives (24 h), with an hour to spare for clocks.
+pub const HANDLED_KEPT_HOURS: i64 = 25;
+/// A command issued longer ago than this is refused: whether it was handled
+/// may already be forgotten.
+const COMMAND_EXPIRES_HOURS: i64 = 24;
+/// The snapshot layout this build writes; an older one is ignored and the
+/// partition rebuilt from the log.
+const SNAPSHOT_LAYOUT: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct DeciderSettings {
@@ -79,18 +107,233 @@ impl ConsumerContext for Ownership {
     }
 }
 
+/// A command whose events applied: where they are, and when it was issued
+/// (to forget it once it can no longer come back).
+#[derive(Debug, Clone)]
+struct Handled {
+    position: Position,
+    issued_at: DateTime<Utc>,
+}
+
 /// One owned partition: its aggregates and how far into the events it read.
 #[derive(Default)]
 struct Partition {
     aggregates: HashMap<String, Aggregate>,
     next_offset: i64,
     since_snapshot: u64,
+    /// Every command whose events were folded since the snapshot; the ones
+    /// before it are in `decider_commands`.
+    handled: HashMap<Uuid, Handled>,
+    /// Whether a snapshot exists, so older handled commands may be stored.
+    snapshotted: bool,
+    /// Why the partition stopped: an event this build cannot read.
+    halted: Option<String>,
+}
+
+impl Partition {
+    /// Answers the commands folded since the snapshot with their first
+    /// outcome; returns those answers and the other commands, each once, in
+    /// order. A copy of a command earlier in the batch (a retry sent while
+    /// the first was in flight) is dropped: the first one's result answers
+    /// both, as results are keyed by command id.
+    fn recall(&self, commands: Vec<CommandEnvelope>) -> (Vec<CommandResult>, Vec<CommandEnvelope>) {
+        let mut seen = HashSet::new();
+        let mut answered = Vec::new();
+        let mut unknown = Vec::new();
+        for command in commands {
+            if !seen.insert(command.command_id) {
+                continue;
+            }
+            match self.handled.get(&command.command_id) {
+                Some(handled) => answered.push(accepted(command.command_id, &handled.position)),
+                None => unknown.push(command),
+            }
+        }
+        (answered, unknown)
+    }
+
+    /// Folds one record of the partition's events under the sequence rule;
+    /// an unreadable one halts the partition.
+    fn fold(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+        if offset < self.next_offset || self.halted.is_some() {
+            return;
+        }
+        let envelope = match EventEnvelope::from_json(payload) {
+            Ok(envelope) => envelope,
+            Err(error) => return self.halt(partition, offset, error.to_string()),
+        };
+        let aggregate = self
+            .aggregates
+            .entry(envelope.aggregate.key())
+            .or_insert_with(|| Aggregate::new(envelope.aggregate.kind));
+        match aggregate.apply(&envelope) {
+            Ok(Applied::Yes) => {
+                self.handled
+                    .entry(envelope.command_id)
+                    .or_insert_with(|| Handled {
+                        position: Position::default(),
+                        issued_at: envelope.occurred_at,
+                    })
+                    .position
+                    .include(partition, offset);
+            }
+            Ok(Applied::Skipped) => {
+                metrics::counter!("tidings_events_skipped_total", "reader" => "decider")
+                    .increment(1);
+                tracing::warn!(
+                    event_id = %envelope.event_id,
+                    aggregate = %envelope.aggregate.key(),
+                    sequence = envelope.sequence,
+                    version = aggregate.cursor.version,
+                    "event skipped by the sequence rule"
+                );
+            }
+            Err(error) => return self.halt(partition, offset, error.to_string()),
+        }
+        self.next_offset = offset + 1;
+        self.since_snapshot += 1;
+    }
+
+    /// Decides every command on a working copy of the state, each on top of
+    /// the ones before it, and builds their events.
+    fn decide(&self, partition: i32, commands: Vec<CommandEnvelope>) -> Decided {
+        let mut working: HashMap<String, Aggregate> = HashMap::new();
+        let mut events: Vec<EventEnvelope> = Vec::new();
+        let mut decisions = Vec::with_capacity(commands.len());
+        for command in commands {
+            let key = command.aggregate.key();
+            let aggregate = working.entry(key.clone()).or_insert_with(|| {
+                self.aggregates
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Aggregate::new(command.aggregate.kind))
+            });
+            let answer = match aggregate.state.decide(&command.command) {
+                Err(outcome) => Some(outcome),
+                Ok(decided) if decided.is_empty() => Some(Outcome::Accepted {
+                    position: Position::default(),
+                }),
+                Ok(decided) => {
+                    for (index, event) in decided.into_iter().enumerate() {
+                        let (event_type, data) = event.encode();
+                        let envelope = EventEnvelope {
+                            event_id: event_id(command.command_id, index),
+                            event_type,
+                            version: CURRENT_VERSION,
+                            aggregate: command.aggregate.clone(),
+                            sequence: aggregate.cursor.version + 1,
+                            previous: aggregate.cursor.last_event,
+                            occurred_at: command.issued_at,
+                            actor: command.actor,
+                            command_id: command.command_id,
+                            correlation_id: command.correlation_id,
+                            data,
+                        };
+                        aggregate
+                            .apply(&envelope)
+                            .expect("an event this build just encoded reads back");
+                        events.push(envelope);
+                    }
+                    None
+                }
+            };
+            decisions.push(Decision {
+                version_after: aggregate.cursor.version,
+                command,
+                key,
+                answer,
+            });
+        }
+        Decided {
+            partition,
+            decisions,
+            events,
+        }
+    }
+
+    /// Sorts a partition's decisions, once read back, into those that stand
+    /// (with their outcomes) and those to decide again.
+    ///
+    /// Per aggregate, in order: a command that wrote stands if its events
+    /// applied (it is handled now); the first one that did not breaks the
+    /// chain, and every later decision on that aggregate was taken on a
+    /// history that lost. A rejection or no-op stands when a later write of
+    /// the batch applied after it, or — after the last write — when the
+    /// aggregate's version in the log is still the one it was decided at.
+    fn check(&self, decisions: Vec<Decision>) -> (Vec<CommandResult>, Vec<CommandEnvelope>) {
+        if self.halted.is_some() {
+            return (Vec::new(), Vec::new());
+        }
+        let mut stood = Vec::new();
+        let mut lost = Vec::new();
+        let mut broken: HashSet<String> = HashSet::new();
+        // Per aggregate, the rejections and no-ops since its last write.
+        let mut waiting: HashMap<String, Vec<Decision>> = HashMap::new();
+        for decision in decisions {
+            if broken.contains(&decision.key) {
+                lost.push(decision.command);
+                continue;
+            }
+            if decision.answer.is_some() {
+                waiting
+                    .entry(decision.key.clone())
+                    .or_default()
+                    .push(decision);
+                continue;
+            }
+            let before = waiting.remove(&decision.key).unwrap_or_default();
+            match self.handled.get(&decision.command.command_id) {
+                Some(handled) => {
+                    stood.extend(before.into_iter().map(answer));
+                    stood.push(accepted(decision.command.command_id, &handled.position));
+                }
+                None => {
+                    broken.insert(decision.key.clone());
+                    lost.extend(before.into_iter().map(|d| d.command));
+                    lost.push(decision.command);
+                }
+            }
+        }
+        for (key, trailing) in waiting {
+            let version = self.aggregates.get(&key).map_or(0, |a| a.cursor.version);
+            for decision in trailing {
+                if decision.version_after == version {
+                    stood.push(answer(decision));
+                } else {
+                    lost.push(decision.command);
+                }
+            }
+        }
+        (stood, lost)
+    }
+
+    fn halt(&mut self, partition: i32, offset: i64, reason: String) {
+        tracing::error!(
+            partition,
+            offset,
+            %reason,
+            "an event this build cannot read: the partition is halted until a build that reads it runs"
+        );
+        metrics::gauge!("tidings_reader_halted", "reader" => "decider", "partition" => partition.to_string())
+            .set(1.0);
+        self.halted = Some(reason);
+    }
+}
+
+/// The layout of a snapshot in `decider_snapshots.aggregates`.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    layout: u32,
+    aggregates: HashMap<String, Aggregate>,
 }
 
 pub struct Decider {
     topics: Topics,
     commands: StreamConsumer<Ownership>,
     tail: StreamConsumer,
+    /// For the ends of partitions: metadata calls block, so they run on the
+    /// blocking pool with this client.
+    meta: Arc<BaseConsumer>,
     producer: FutureProducer,
     db: PgPool,
     partitions: HashMap<i32, Partition>,
@@ -113,6 +356,7 @@ pub async fn run(
     commands.subscribe(&[&topics.commands])?;
     let mut decider = Decider {
         tail: settings.kafka.consumer(None).create()?,
+        meta: Arc::new(settings.kafka.consumer(None).create()?),
         producer: settings.kafka.producer().create()?,
         topics,
         commands,
@@ -146,6 +390,25 @@ pub async fn run(
     Ok(())
 }
 
+/// One command's decision in a batch, held until the read-back says whether
+/// the history it was decided on is the one in the log.
+struct Decision {
+    command: CommandEnvelope,
+    key: String,
+    /// The outcome of a command that wrote nothing (a rejection or a no-op);
+    /// `None` for one that wrote events.
+    answer: Option<Outcome>,
+    /// The aggregate's version right after this decision, as decided.
+    version_after: u64,
+}
+
+/// What one partition of a batch decided and wrote.
+struct Decided {
+    partition: i32,
+    decisions: Vec<Decision>,
+    events: Vec<EventEnvelope>,
+}
+
 impl Decider {
     async fn handle(&mut self, batch: Vec<OwnedMessage>) -> anyhow::Result<()> {
         self.drop_revoked();
@@ -173,20 +436,21 @@ impl Decider {
         // read back in one wait: a round trip to the broker per batch, not
         // per partition.
         let mut groups: Vec<(i32, Vec<CommandEnvelope>)> = Vec::with_capacity(by_partition.len());
-        let mut commit = TopicPartitionList::new();
+        let mut ends: Vec<(i32, i64)> = Vec::new();
         let mut results = Vec::new();
         let mut types: HashMap<Uuid, &'static str> = HashMap::new();
         for (partition, messages) in by_partition {
             self.ensure_loaded(partition).await?;
+            if self.is_halted(partition) {
+                // Neither decided nor committed: they wait for a build that
+                // reads the partition (their senders time out and may retry).
+                continue;
+            }
             let last_offset = messages
                 .last()
                 .map(|m| m.offset())
                 .expect("non-empty group");
-            commit.add_partition_offset(
-                &self.topics.commands,
-                partition,
-                Offset::Offset(last_offset + 1),
-            )?;
+            ends.push((partition, last_offset + 1));
             let mut commands = Vec::with_capacity(messages.len());
             for message in &messages {
                 match serde_json::from_slice::<CommandEnvelope>(
@@ -217,16 +481,34 @@ impl Decider {
             metrics::counter!("tidings_commands_total", "type" => kind, "outcome" => outcome)
                 .increment(1);
         }
-        if let Err(error) = self.commands.commit(&commit, CommitMode::Async) {
-            // Not fatal: the commands are answered again, from the handled
-            // ones, after a rebalance.
-            tracing::warn!(%error, "committing command offsets");
+        let mut commit = TopicPartitionList::new();
+        for &(partition, end) in &ends {
+            // A partition that halted while reading back answered nothing.
+            if !self.is_halted(partition) {
+                commit.add_partition_offset(
+                    &self.topics.commands,
+                    partition,
+                    Offset::Offset(end),
+                )?;
+            }
         }
-        let partitions: Vec<i32> = commit.elements().iter().map(|e| e.partition()).collect();
-        for partition in partitions {
+        if commit.count() > 0 {
+            if let Err(error) = self.commands.commit(&commit, CommitMode::Async) {
+                // Not fatal: the commands are answered again, from the handled
+                // ones, after a rebalance.
+                tracing::warn!(%error, "committing command offsets");
+            }
+        }
+        for (partition, _) in ends {
             self.maybe_snapshot(partition).await;
         }
         Ok(())
+    }
+
+    fn is_halted(&self, partition: i32) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|p| p.halted.is_some())
     }
 
     fn drop_revoked(&mut self) {
@@ -243,11 +525,26 @@ impl Decider {
         }
         for partition in &revoked {
             self.partitions.remove(partition);
+            metrics::gauge!("tidings_reader_halted", "reader" => "decider", "partition" => partition.to_string())
+                .set(0.0);
         }
         tracing::info!(?revoked, "partitions revoked; their state is dropped");
         if let Err(error) = self.assign_tail() {
             tracing::warn!(%error, "reassigning the events reader");
         }
+    }
+
+    /// The end of a partition of the events, read on the blocking pool.
+    async fn end_of(&self, partition: i32) -> anyhow::Result<i64> {
+        let meta = self.meta.clone();
+        let topic = self.topics.events.clone();
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            meta.fetch_watermarks(&topic, partition, ADMIN_TIMEOUT)
+        })
+        .await
+        .context("reading the end of the events partition")?
+        .context("reading the end of the events partition")?;
+        Ok(high)
     }
 
     /// Rebuilds a newly owned partition: snapshot, then the log to its end.
@@ -260,10 +557,7 @@ impl Decider {
         let from = loaded.next_offset;
         self.partitions.insert(partition, loaded);
         self.assign_tail()?;
-        let (_, high) = self
-            .tail
-            .fetch_watermarks(&self.topics.events, partition, ADMIN_TIMEOUT)
-            .context("reading the end of the events partition")?;
+        let high = self.end_of(partition).await?;
         // A broker may report the end short (tansu's memory engine counts a
         // batch as one offset): then the last few events are folded later, by
         // the reader of the partition, and a decision taken without them
@@ -290,12 +584,12 @@ impl Decider {
     }
 
     /// Folds events of owned partitions until `partition` has read up to
-    /// (not including) `target`.
+    /// (not including) `target`, or halted.
     async fn catch_up(&mut self, partition: i32, target: i64) -> anyhow::Result<()> {
         while self
             .partitions
             .get(&partition)
-            .is_some_and(|p| p.next_offset < target)
+            .is_some_and(|p| p.next_offset < target && p.halted.is_none())
         {
             let message = tokio::time::timeout(READ_BACK_TIMEOUT, self.tail.recv())
                 .await
@@ -307,35 +601,11 @@ impl Decider {
     }
 
     fn fold(&mut self, message: &OwnedMessage) {
-        let Some(state) = self.partitions.get_mut(&message.partition()) else {
-            return;
-        };
-        if message.offset() < state.next_offset {
-            return;
-        }
-        state.next_offset = message.offset() + 1;
-        state.since_snapshot += 1;
-        let envelope = match EventEnvelope::from_json(message.payload().unwrap_or_default()) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                tracing::error!(%error, partition = message.partition(), offset = message.offset(), "not an event envelope; skipped");
-                return;
-            }
-        };
-        let aggregate = state
-            .aggregates
-            .entry(envelope.aggregate.key())
-            .or_insert_with(|| Aggregate::new(envelope.aggregate.kind));
-        if aggregate.apply(&envelope, Some((message.partition(), message.offset())))
-            == Applied::Skipped
-        {
-            metrics::counter!("tidings_events_skipped_total", "reader" => "decider").increment(1);
-            tracing::warn!(
-                event_id = %envelope.event_id,
-                aggregate = %envelope.aggregate.key(),
-                sequence = envelope.sequence,
-                version = aggregate.cursor.version,
-                "event skipped by the sequence rule"
+        if let Some(state) = self.partitions.get_mut(&message.partition()) {
+            state.fold(
+                message.partition(),
+                message.offset(),
+                message.payload().unwrap_or_default(),
             );
         }
     }
@@ -349,55 +619,48 @@ impl Decider {
         let mut results = Vec::new();
         let mut pending = groups;
         for attempt in 1..=MAX_ATTEMPTS {
+            let mut batches = Vec::with_capacity(pending.len());
+            for (partition, commands) in pending {
+                let (answered, fresh) = self.answer_handled(partition, commands).await?;
+                results.extend(answered);
+                batches.push(self.partitions[&partition].decide(partition, fresh));
+            }
             let this = &*self;
-            let writes = join_all(pending.into_iter().map(|(partition, commands)| async move {
-                (partition, this.decide_and_write(partition, commands).await)
-            }))
+            let writes = join_all(
+                batches
+                    .iter()
+                    .map(|batch| this.write_events(batch.partition, &batch.events)),
+            )
             .await;
-            let mut targets = Vec::new();
-            let mut written_by_partition = Vec::new();
-            for (partition, write) in writes {
-                let (decided, written) = write?;
-                results.extend(decided);
-                if let Some(end) = written.iter().map(|w| w.last_offset + 1).max() {
-                    targets.push((partition, end));
+            let mut targets = Vec::with_capacity(batches.len());
+            for (batch, written) in batches.iter().zip(writes) {
+                let mut end = written?.into_iter().max().map_or(0, |last| last + 1);
+                // A rejection or a no-op was decided on what this decider had
+                // read: it stands only if nothing else was written before it,
+                // so read to the end of the partition, not just to our writes.
+                if batch.decisions.iter().any(|d| d.answer.is_some()) {
+                    end = end.max(self.end_of(batch.partition).await?);
                 }
-                written_by_partition.push((partition, written));
+                targets.push((batch.partition, end));
             }
-            if targets.is_empty() {
-                return Ok(results);
+            if batches.iter().any(|b| !b.events.is_empty()) {
+                faults::pause_at("decider.after_events");
             }
-            faults::pause_at("decider.after_events");
             for (partition, end) in targets {
                 self.catch_up(partition, end).await?;
             }
             pending = Vec::new();
-            for (partition, written) in written_by_partition {
-                let state = &self.partitions[&partition];
-                let mut lost = Vec::new();
-                for Written { command, .. } in written {
-                    let handled = state
-                        .aggregates
-                        .get(&command.aggregate.key())
-                        .and_then(|a| a.handled(command.command_id));
-                    match handled {
-                        Some(position) => results.push(CommandResult {
-                            command_id: command.command_id,
-                            outcome: Outcome::Accepted {
-                                position: position.clone(),
-                            },
-                        }),
-                        None => lost.push(command),
-                    }
-                }
+            for batch in batches {
+                let (stood, lost) = self.partitions[&batch.partition].check(batch.decisions);
+                results.extend(stood);
                 if !lost.is_empty() {
                     tracing::warn!(
-                        partition,
+                        partition = batch.partition,
                         attempt,
                         lost = lost.len(),
-                        "commands lost to another writer; deciding again"
+                        "commands decided on a history that lost to another writer; deciding again"
                     );
-                    pending.push((partition, lost));
+                    pending.push((batch.partition, lost));
                 }
             }
             if pending.is_empty() {
@@ -420,93 +683,43 @@ impl Decider {
         Ok(results)
     }
 
-    /// Decides every command on a working copy of the state and writes the
-    /// events. Returns the outcomes of the commands answered without writing,
-    /// and the commands written.
-    async fn decide_and_write(
+    /// Answers the commands handled before (from memory, then from
+    /// `decider_commands`) and the expired ones; returns the outcomes and the
+    /// commands left to decide, each once, in order.
+    async fn answer_handled(
         &self,
         partition: i32,
         commands: Vec<CommandEnvelope>,
-    ) -> anyhow::Result<(Vec<CommandResult>, Vec<Written>)> {
-        let mut results = Vec::new();
+    ) -> anyhow::Result<(Vec<CommandResult>, Vec<CommandEnvelope>)> {
         let state = &self.partitions[&partition];
-        let mut working: HashMap<String, Aggregate> = HashMap::new();
-        let mut events: Vec<EventEnvelope> = Vec::new();
-        let mut written: Vec<(CommandEnvelope, std::ops::Range<usize>)> = Vec::new();
-        for command in commands {
-            let key = command.aggregate.key();
-            let aggregate = working.entry(key.clone()).or_insert_with(|| {
-                state
-                    .aggregates
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| Aggregate::new(command.aggregate.kind))
-            });
-            if let Some(position) = aggregate.handled(command.command_id) {
-                // Handled before (a retry or a redelivery), or earlier in this
-                // very batch: its first outcome stands.
-                if !position.is_empty() {
-                    results.push(CommandResult {
-                        command_id: command.command_id,
-                        outcome: Outcome::Accepted {
-                            position: position.clone(),
-                        },
-                    });
-                } else {
-                    written.push((command, 0..0));
-                }
-                continue;
-            }
-            match aggregate.state.decide(&command.command) {
-                Err(outcome) => results.push(CommandResult {
+        let (mut answered, unknown) = state.recall(commands);
+        let stored = if state.snapshotted && !unknown.is_empty() {
+            let ids: Vec<Uuid> = unknown.iter().map(|c| c.command_id).collect();
+            stored_handled(&self.db, partition, &ids).await?
+        } else {
+            HashMap::new()
+        };
+        let expired_before = Utc::now() - chrono::Duration::hours(COMMAND_EXPIRES_HOURS);
+        let mut fresh = Vec::with_capacity(unknown.len());
+        for command in unknown {
+            if let Some(position) = stored.get(&command.command_id) {
+                answered.push(accepted(command.command_id, position));
+            } else if command.issued_at < expired_before {
+                answered.push(CommandResult {
                     command_id: command.command_id,
-                    outcome,
-                }),
-                Ok(decided) if decided.is_empty() => results.push(CommandResult {
-                    command_id: command.command_id,
-                    outcome: Outcome::Accepted {
-                        position: Default::default(),
+                    outcome: Outcome::Rejected {
+                        code: "command_expired".into(),
+                        kind: ErrorKind::Invalid,
+                        message: format!(
+                            "the command was issued more than {COMMAND_EXPIRES_HOURS} hours ago"
+                        ),
                     },
-                }),
-                Ok(decided) => {
-                    let start = events.len();
-                    for (index, event) in decided.into_iter().enumerate() {
-                        let (event_type, data) = event.encode();
-                        let envelope = EventEnvelope {
-                            event_id: event_id(command.command_id, index),
-                            event_type,
-                            version: CURRENT_VERSION,
-                            aggregate: command.aggregate.clone(),
-                            sequence: aggregate.cursor.version + 1,
-                            occurred_at: command.issued_at,
-                            actor: command.actor,
-                            command_id: command.command_id,
-                            correlation_id: command.correlation_id,
-                            data,
-                        };
-                        aggregate.apply(&envelope, None);
-                        events.push(envelope);
-                    }
-                    let end = events.len();
-                    written.push((command, start..end));
-                }
+                });
+            } else {
+                fresh.push(command);
             }
         }
-        let offsets = self.write_events(partition, &events).await?;
-        let written = written
-            .into_iter()
-            .map(|(command, range)| Written {
-                // A command handled earlier in this batch has no events of
-                // its own: reading back the whole batch covers it.
-                last_offset: if range.is_empty() {
-                    offsets.iter().copied().max().unwrap_or(-1)
-                } else {
-                    offsets[range.end - 1]
-                },
-                command,
-            })
-            .collect();
-        Ok((results, written))
+        Ok((answered, fresh))
     }
 
     async fn write_events(
@@ -561,42 +774,98 @@ impl Decider {
         Ok(())
     }
 
+    /// Saves the partition's state, and the commands handled since the last
+    /// snapshot, in one transaction; prunes commands past their time.
     async fn maybe_snapshot(&mut self, partition: i32) {
         let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
-        if state.since_snapshot < self.snapshot_every {
+        if state.since_snapshot < self.snapshot_every || state.halted.is_some() {
             return;
         }
-        let aggregates =
-            serde_json::to_value(&state.aggregates).expect("aggregates serialize to JSON");
-        let next_offset = state.next_offset;
-        let saved = sqlx::query(
-            "INSERT INTO decider_snapshots (partition, next_offset, aggregates, taken_at)
-             VALUES ($1, $2, $3, now())
-             ON CONFLICT (partition) DO UPDATE
-               SET next_offset = EXCLUDED.next_offset, aggregates = EXCLUDED.aggregates, taken_at = now()
-             WHERE decider_snapshots.next_offset < EXCLUDED.next_offset",
-        )
-        .bind(partition)
-        .bind(next_offset)
-        .bind(aggregates)
-        .execute(&self.db)
-        .await;
-        match saved {
-            Ok(_) => {
+        match save_snapshot(&self.db, partition, state).await {
+            Ok(()) => {
                 state.since_snapshot = 0;
-                tracing::debug!(partition, next_offset, "snapshot saved");
+                state.handled.clear();
+                state.snapshotted = true;
+                tracing::debug!(partition, next_offset = state.next_offset, "snapshot saved");
             }
-            // A missing snapshot only makes the next rebuild longer.
-            Err(error) => tracing::warn!(%error, partition, "saving a snapshot"),
+            // A missing snapshot only makes the next rebuild longer; the
+            // handled commands stay in memory until one is saved.
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), partition, "saving a snapshot")
+            }
         }
     }
 }
 
-struct Written {
-    command: CommandEnvelope,
-    last_offset: i64,
+fn accepted(command_id: Uuid, position: &Position) -> CommandResult {
+    CommandResult {
+        command_id,
+        outcome: Outcome::Accepted {
+            position: position.clone(),
+        },
+    }
+}
+
+/// The result of a decision that wrote nothing.
+fn answer(decision: Decision) -> CommandResult {
+    CommandResult {
+        command_id: decision.command.command_id,
+        outcome: decision.answer.expect("a decision that wrote nothing"),
+    }
+}
+
+async fn save_snapshot(db: &PgPool, partition: i32, state: &Partition) -> anyhow::Result<()> {
+    let snapshot = serde_json::json!({
+        "layout": SNAPSHOT_LAYOUT,
+        "aggregates": &state.aggregates,
+    });
+    let mut ids = Vec::with_capacity(state.handled.len());
+    let mut positions = Vec::with_capacity(state.handled.len());
+    let mut issued = Vec::with_capacity(state.handled.len());
+    for (id, handled) in &state.handled {
+        ids.push(*id);
+        positions.push(handled.position.to_string());
+        issued.push(handled.issued_at);
+    }
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO decider_commands (command_id, partition, position, issued_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::integer[], $3::text[], $4::timestamptz[])
+         ON CONFLICT (command_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(vec![partition; ids.len()])
+    .bind(&positions)
+    .bind(&issued)
+    .execute(&mut *tx)
+    .await
+    .context("storing handled commands")?;
+    sqlx::query(
+        "INSERT INTO decider_snapshots (partition, next_offset, aggregates, taken_at)
+         VALUES ($1, $2, $3, now())
+         ON CONFLICT (partition) DO UPDATE
+           SET next_offset = EXCLUDED.next_offset, aggregates = EXCLUDED.aggregates, taken_at = now()
+         WHERE decider_snapshots.next_offset < EXCLUDED.next_offset",
+    )
+    .bind(partition)
+    .bind(state.next_offset)
+    .bind(snapshot)
+    .execute(&mut *tx)
+    .await
+    .context("storing the snapshot")?;
+    sqlx::query(
+        "DELETE FROM decider_commands
+         WHERE partition = $1 AND issued_at < now() - make_interval(hours => $2)",
+    )
+    .bind(partition)
+    .bind(HANDLED_KEPT_HOURS as i32)
+    .execute(&mut *tx)
+    .await
+    .context("pruning handled commands")?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn load_snapshot(db: &PgPool, partition: i32) -> anyhow::Result<Partition> {
@@ -607,21 +876,52 @@ async fn load_snapshot(db: &PgPool, partition: i32) -> anyhow::Result<Partition>
     .fetch_optional(db)
     .await
     .context("loading a decider snapshot")?;
-    let Some((next_offset, aggregates)) = row else {
+    let Some((next_offset, snapshot)) = row else {
         return Ok(Partition::default());
     };
-    match serde_json::from_value(aggregates) {
-        Ok(aggregates) => Ok(Partition {
-            aggregates,
+    match serde_json::from_value::<Snapshot>(snapshot) {
+        Ok(snapshot) if snapshot.layout == SNAPSHOT_LAYOUT => Ok(Partition {
+            aggregates: snapshot.aggregates,
             next_offset,
-            since_snapshot: 0,
+            snapshotted: true,
+            ..Partition::default()
         }),
-        Err(error) => {
-            // A snapshot from an older layout: the log is the truth.
-            tracing::warn!(%error, partition, "snapshot unreadable; rebuilding from the start of the log");
-            Ok(Partition::default())
+        outcome => {
+            // A snapshot from another layout: the log is the truth. The
+            // handled commands stored with it still count.
+            let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+            tracing::warn!(%error, partition, "snapshot of another layout; rebuilding from the start of the log");
+            Ok(Partition {
+                snapshotted: true,
+                ..Partition::default()
+            })
         }
     }
+}
+
+/// The commands of `ids` handled before the partition's snapshot.
+async fn stored_handled(
+    db: &PgPool,
+    partition: i32,
+    ids: &[Uuid],
+) -> anyhow::Result<HashMap<Uuid, Position>> {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT command_id, position FROM decider_commands
+         WHERE partition = $1 AND command_id = ANY($2)",
+    )
+    .bind(partition)
+    .bind(ids)
+    .fetch_all(db)
+    .await
+    .context("looking up handled commands")?;
+    rows.into_iter()
+        .map(|(id, position)| {
+            let position = position
+                .parse()
+                .map_err(|_| anyhow::anyhow!("stored position of {id} is not a position"))?;
+            Ok((id, position))
+        })
+        .collect()
 }
 
 /// The rejection of a command that is not a readable envelope, if it has a
@@ -638,4 +938,227 @@ fn malformed(message: &OwnedMessage, error: serde_json::Error) -> Option<Command
             message: error.to_string(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decider's core without a broker: decide a batch on a partition's
+    //! state, fold what the log then holds, and check which decisions stand.
+
+    use tidings_domain::account;
+    use tidings_schemas::AggregateRef;
+
+    use super::*;
+    use crate::envelope::AnyCommand;
+
+    const PARTITION: i32 = 0;
+
+    fn user() -> Uuid {
+        Uuid::from_u128(42)
+    }
+
+    fn command(id: u128, command: account::Command) -> CommandEnvelope {
+        CommandEnvelope {
+            command_id: Uuid::from_u128(id),
+            idempotency_key: None,
+            actor: Some(user()),
+            issued_at: Utc::now(),
+            correlation_id: Uuid::from_u128(id),
+            aggregate: AggregateRef::account(user()),
+            command: AnyCommand::Account(command),
+        }
+    }
+
+    fn open(id: u128) -> CommandEnvelope {
+        command(
+            id,
+            account::Command::Open(account::Register {
+                user_id: user(),
+                username: "ada".into(),
+                email: "ada@example.com".into(),
+                password_hash: "$argon2id$stand-in".into(),
+                display_name: "Ada".into(),
+                at: Utc::now(),
+            }),
+        )
+    }
+
+    fn activate(id: u128) -> CommandEnvelope {
+        command(id, account::Command::Activate { at: Utc::now() })
+    }
+
+    fn rename(id: u128, name: &str) -> CommandEnvelope {
+        command(
+            id,
+            account::Command::UpdateProfile(account::UpdateProfile {
+                display_name: Some(name.into()),
+                ..Default::default()
+            }),
+        )
+    }
+
+    /// A partition with its log: what is appended is folded in order.
+    #[derive(Default)]
+    struct Log {
+        state: Partition,
+        next: i64,
+    }
+
+    impl Log {
+        fn append(&mut self, events: &[EventEnvelope]) {
+            for event in events {
+                self.state.fold(PARTITION, self.next, &event.to_json());
+                self.next += 1;
+            }
+        }
+
+        /// Decides `commands`, appends what they wrote, folds and checks.
+        fn run(&mut self, commands: Vec<CommandEnvelope>) -> (Vec<CommandResult>, Vec<Uuid>) {
+            let (mut answered, fresh) = self.state.recall(commands);
+            let decided = self.state.decide(PARTITION, fresh);
+            self.append(&decided.events);
+            let (stood, lost) = self.state.check(decided.decisions);
+            answered.extend(stood);
+            (answered, ids(&lost))
+        }
+
+        fn version(&self) -> u64 {
+            self.state.aggregates[&AggregateRef::account(user()).key()]
+                .cursor
+                .version
+        }
+    }
+
+    fn ids(commands: &[CommandEnvelope]) -> Vec<Uuid> {
+        commands.iter().map(|c| c.command_id).collect()
+    }
+
+    fn accepted_ids(results: &[CommandResult]) -> Vec<Uuid> {
+        results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Accepted { .. }))
+            .map(|r| r.command_id)
+            .collect()
+    }
+
+    /// What a zombie owner, deciding on the same state, wrote first.
+    fn zombie(log: &Log) -> Vec<EventEnvelope> {
+        log.state
+            .decide(PARTITION, vec![rename(99, "zombie")])
+            .events
+    }
+
+    fn active_account() -> Log {
+        let mut log = Log::default();
+        let (stood, lost) = log.run(vec![open(1), activate(2)]);
+        assert_eq!((stood.len(), lost.len()), (2, 0));
+        log
+    }
+
+    #[test]
+    fn a_batch_larger_than_any_horizon_is_remembered_whole() {
+        let mut log = active_account();
+        let renames: Vec<CommandEnvelope> = (0..600)
+            .map(|n| rename(1000 + n, &format!("name {n}")))
+            .collect();
+        let (stood, lost) = log.run(renames.clone());
+        assert_eq!((accepted_ids(&stood).len(), lost.len()), (600, 0));
+        assert_eq!(log.version(), 602);
+        // Redelivered, every one of them gets its first outcome and nothing
+        // is decided again.
+        let (answered, lost) = log.run(renames);
+        assert_eq!((accepted_ids(&answered).len(), lost.len()), (600, 0));
+        assert_eq!(log.version(), 602);
+    }
+
+    #[test]
+    fn a_command_decided_on_top_of_one_that_lost_loses_too() {
+        let mut log = active_account();
+        let decided = log
+            .state
+            .decide(PARTITION, vec![rename(10, "mine"), rename(11, "mine too")]);
+        assert_eq!(decided.events.len(), 2);
+        // A zombie took the next sequence before our writes landed.
+        log.append(&zombie(&log));
+        log.append(&decided.events);
+        let (stood, lost) = log.state.check(decided.decisions);
+        assert!(stood.is_empty(), "{stood:?}");
+        assert_eq!(ids(&lost), [Uuid::from_u128(10), Uuid::from_u128(11)]);
+        assert_eq!(log.version(), 3, "only the zombie's event applied");
+        // Decided again, on the state that won, both stand.
+        let (stood, lost) = log.run(vec![rename(10, "mine"), rename(11, "mine too")]);
+        assert_eq!((stood.len(), lost.len()), (2, 0));
+        assert_eq!(log.version(), 5);
+    }
+
+    #[test]
+    fn a_rejection_from_a_stale_view_is_decided_again() {
+        let mut log = Log::default();
+        // Decided on an empty state: there is no account to update.
+        let decided = log.state.decide(PARTITION, vec![rename(10, "early")]);
+        assert!(decided.events.is_empty());
+        // Meanwhile another writer had opened it.
+        let elsewhere = Log::default().state.decide(PARTITION, vec![open(1)]);
+        log.append(&elsewhere.events);
+        let (stood, lost) = log.state.check(decided.decisions);
+        assert!(stood.is_empty(), "{stood:?}");
+        assert_eq!(ids(&lost), [Uuid::from_u128(10)]);
+    }
+
+    #[test]
+    fn a_rejection_after_the_batchs_own_write_stands() {
+        let mut log = Log::default();
+        let (stood, lost) = log.run(vec![open(1), open(2)]);
+        assert!(lost.is_empty());
+        assert_eq!(stood.len(), 2);
+        let second = stood.iter().find(|r| r.command_id == Uuid::from_u128(2));
+        assert!(
+            matches!(&second.unwrap().outcome, Outcome::Rejected { code, .. } if code == "account_exists"),
+            "{second:?}"
+        );
+    }
+
+    #[test]
+    fn a_retry_of_a_command_that_lost_is_decided_afresh() {
+        let mut log = active_account();
+        let decided = log.state.decide(PARTITION, vec![rename(10, "mine")]);
+        log.append(&zombie(&log));
+        log.append(&decided.events);
+        let (_, lost) = log.state.check(decided.decisions);
+        assert_eq!(ids(&lost), [Uuid::from_u128(10)]);
+        assert!(!log.state.handled.contains_key(&Uuid::from_u128(10)));
+        let (stood, lost) = log.run(vec![rename(10, "mine")]);
+        assert_eq!(
+            (accepted_ids(&stood), lost),
+            (vec![Uuid::from_u128(10)], vec![])
+        );
+    }
+
+    #[test]
+    fn a_copy_of_a_command_in_the_same_batch_is_decided_once() {
+        let mut log = active_account();
+        let (stood, lost) = log.run(vec![rename(10, "once"), rename(10, "once")]);
+        assert_eq!(
+            (accepted_ids(&stood), lost),
+            (vec![Uuid::from_u128(10)], vec![])
+        );
+        assert_eq!(log.version(), 3);
+    }
+
+    #[test]
+    fn an_unreadable_event_halts_the_partition_where_it_stands() {
+        let mut log = active_account();
+        let mut unknown = log.state.decide(PARTITION, vec![rename(10, "x")]).events[0].clone();
+        unknown.event_type = "account.teleported".into();
+        log.append(&[unknown]);
+        assert!(log.state.halted.is_some());
+        assert_eq!(
+            log.state.next_offset, 2,
+            "the offset stays on the unreadable event"
+        );
+        let later = log.state.decide(PARTITION, vec![rename(11, "y")]).events;
+        log.append(&later);
+        assert_eq!(log.state.next_offset, 2, "nothing after it is folded");
+        assert_eq!(log.version(), 2);
+    }
 }

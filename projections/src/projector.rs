@@ -96,15 +96,43 @@ pub async fn run(
                 None => break,
             }
         }
-        let changed = project(&db, &batch).await?;
+        let projected = project(&db, &batch).await?;
+        for (partition, offset, reason) in &projected.halted {
+            halt(&consumer, &topic, *partition, *offset, reason);
+        }
         if let Some(cache) = &cache {
-            for account in &changed {
+            for account in &projected.changed {
                 cache.put_account(account).await;
             }
         }
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Stops reading a partition at an event this build cannot read, loudly:
+/// its lag grows, the error is logged and `tidings_reader_halted` says so.
+/// A restart (with a build that reads the event) resumes from that event.
+fn halt(
+    consumer: &StreamConsumer<Assignments>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    reason: &str,
+) {
+    tracing::error!(
+        partition,
+        offset,
+        %reason,
+        "an event this build cannot read: the partition is halted until a build that reads it runs"
+    );
+    metrics::gauge!("tidings_reader_halted", "reader" => "projector", "partition" => partition.to_string())
+        .set(1.0);
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    if let Err(error) = consumer.pause(&list) {
+        tracing::warn!(%error, partition, "pausing a halted partition");
+    }
 }
 
 /// Seeks newly assigned partitions to the offsets stored with the read
@@ -147,9 +175,23 @@ async fn seek_assigned(consumer: &StreamConsumer<Assignments>, topic: &str, db: 
     }
 }
 
-/// Projects one batch in one transaction; returns the accounts to refresh in
-/// the cache once it committed.
-async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<AccountRow>> {
+/// What one batch did, once committed.
+#[derive(Default)]
+pub struct Projected {
+    /// The accounts to refresh in the cache.
+    pub changed: Vec<AccountRow>,
+    /// Partitions stopped at an event this build cannot read: `(partition,
+    /// offset, why)`. Their offsets stay at that event.
+    pub halted: Vec<(i32, i64, String)>,
+}
+
+/// Projects one batch in one transaction.
+///
+/// An event this build cannot read (an unknown type or version, or not an
+/// envelope at all) is never skipped: its partition stops there — nothing
+/// after it is applied and its offset stays on it — and the caller pauses the
+/// partition. Skipping would leave the read models silently wrong.
+pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Projected> {
     let mut tx = db.begin().await?;
     let mut partitions: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
     partitions.sort_unstable();
@@ -163,29 +205,30 @@ async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<Acco
     .into_iter()
     .collect();
     let mut cursors: HashMap<(String, String), Cursor> = HashMap::new();
-    let mut changed: Vec<AccountRow> = Vec::new();
+    let mut projected = Projected::default();
     let mut updates: Vec<ChannelUpdate> = Vec::new();
     let mut last_event_at: HashMap<i32, chrono::DateTime<chrono::Utc>> = HashMap::new();
     for message in batch {
-        let next = offsets.entry(message.partition()).or_insert(0);
-        if message.offset() < *next {
+        let (partition, offset) = (message.partition(), message.offset());
+        if projected.halted.iter().any(|(p, _, _)| *p == partition) {
             continue;
         }
-        *next = message.offset() + 1;
-        let envelope = match EventEnvelope::from_json(message.payload().unwrap_or_default()) {
-            Ok(envelope) => envelope,
+        let next = offsets.entry(partition).or_insert(0);
+        if offset < *next {
+            continue;
+        }
+        let decoded = EventEnvelope::from_json(message.payload().unwrap_or_default())
+            .and_then(|envelope| DomainEvent::decode(&envelope).map(|event| (envelope, event)));
+        let (envelope, event) = match decoded {
+            Ok(decoded) => decoded,
             Err(error) => {
-                tracing::error!(%error, partition = message.partition(), offset = message.offset(), "not an event envelope; skipped");
+                projected
+                    .halted
+                    .push((partition, offset, error.to_string()));
                 continue;
             }
         };
-        let event = match DomainEvent::decode(&envelope) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::error!(%error, event_id = %envelope.event_id, "unreadable event skipped");
-                continue;
-            }
-        };
+        *next = offset + 1;
         let key = (
             envelope.aggregate.kind.as_str().to_owned(),
             envelope.aggregate.id.clone(),
@@ -197,9 +240,9 @@ async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<Acco
                 entry.insert(cursor)
             }
         };
-        last_event_at.insert(message.partition(), envelope.occurred_at);
+        last_event_at.insert(partition, envelope.occurred_at);
         metrics::counter!("tidings_projector_events_total").increment(1);
-        if !cursor.admit(envelope.sequence, envelope.command_id) {
+        if !envelope.admit(cursor) {
             metrics::counter!("tidings_events_skipped_total", "reader" => "projector").increment(1);
             tracing::warn!(event_id = %envelope.event_id, aggregate = %envelope.aggregate.key(), sequence = envelope.sequence, "event skipped by the sequence rule");
             continue;
@@ -208,8 +251,8 @@ async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<Acco
             DomainEvent::Account(event) => {
                 let applied = accounts::apply(&mut tx, &envelope, event).await?;
                 if let Some(account) = applied.account {
-                    changed.retain(|a| a.id != account.id);
-                    changed.push(account);
+                    projected.changed.retain(|a| a.id != account.id);
+                    projected.changed.push(account);
                 }
                 updates.extend(applied.updates);
             }
@@ -235,7 +278,7 @@ async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Vec<Acco
     }
     faults::pause_at("projector.before_commit");
     tx.commit().await?;
-    Ok(changed)
+    Ok(projected)
 }
 
 async fn load_cursor(
@@ -243,8 +286,8 @@ async fn load_cursor(
     kind: &str,
     id: &str,
 ) -> Result<Cursor, sqlx::Error> {
-    let row: Option<(i64, Option<Uuid>, Vec<Uuid>)> = sqlx::query_as(
-        "SELECT version, last_command, lost_commands FROM projected_aggregates
+    let row: Option<(i64, Option<Uuid>)> = sqlx::query_as(
+        "SELECT version, last_event FROM projected_aggregates
          WHERE aggregate_type = $1 AND aggregate_id = $2 FOR UPDATE",
     )
     .bind(kind)
@@ -252,12 +295,9 @@ async fn load_cursor(
     .fetch_optional(&mut **tx)
     .await?;
     Ok(
-        row.map_or_else(Cursor::default, |(version, last_command, lost_commands)| {
-            Cursor {
-                version: version as u64,
-                last_command,
-                lost_commands,
-            }
+        row.map_or_else(Cursor::default, |(version, last_event)| Cursor {
+            version: version as u64,
+            last_event,
         }),
     )
 }
@@ -269,16 +309,15 @@ async fn save_cursor(
     cursor: &Cursor,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO projected_aggregates (aggregate_type, aggregate_id, version, last_command, lost_commands)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO projected_aggregates (aggregate_type, aggregate_id, version, last_event)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-           SET version = EXCLUDED.version, last_command = EXCLUDED.last_command, lost_commands = EXCLUDED.lost_commands",
+           SET version = EXCLUDED.version, last_event = EXCLUDED.last_event",
     )
     .bind(kind)
     .bind(id)
     .bind(cursor.version as i64)
-    .bind(cursor.last_command)
-    .bind(&cursor.lost_commands)
+    .bind(cursor.last_event)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -23,6 +23,10 @@ pub struct EventEnvelope {
     pub aggregate: AggregateRef,
     /// Position of this event in its aggregate's history, from 1.
     pub sequence: u64,
+    /// The event this one was decided after in its aggregate's history (none
+    /// for the first): the chain of the sequence rule (`sequence.rs`).
+    #[serde(default)]
+    pub previous: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
     pub actor: Option<Uuid>,
     pub command_id: Uuid,
@@ -171,6 +175,11 @@ pub fn event_id(command_id: Uuid, index: usize) -> Uuid {
 }
 
 impl EventEnvelope {
+    /// Holds this event to the sequence rule at `cursor`: whether it applies.
+    pub fn admit(&self, cursor: &mut crate::Cursor) -> bool {
+        cursor.admit(self.sequence, self.event_id, self.previous)
+    }
+
     pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
         serde_json::from_slice(bytes).map_err(DecodeError::Envelope)
     }
@@ -198,6 +207,7 @@ mod tests {
             version: CURRENT_VERSION,
             aggregate: AggregateRef::claim(claim::Kind::Email, "a@example.com"),
             sequence: 1,
+            previous: None,
             occurred_at: Utc::now(),
             actor: None,
             command_id: Uuid::from_u128(1),

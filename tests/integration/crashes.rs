@@ -23,7 +23,7 @@ async fn read_models(db: &PgPool) -> Value {
         ("accounts", "SELECT id, username, email, password_hash, display_name, bio, avatar_url, token_version, created_at, updated_at, version FROM accounts ORDER BY id"),
         ("outbox", "SELECT channel, seq, epoch, event, data FROM channel_outbox ORDER BY channel, seq"),
         ("channels", "SELECT channel, seq, epoch FROM channels ORDER BY channel"),
-        ("aggregates", "SELECT aggregate_type, aggregate_id, version, last_command, lost_commands FROM projected_aggregates ORDER BY 1, 2"),
+        ("aggregates", "SELECT aggregate_type, aggregate_id, version, last_event FROM projected_aggregates ORDER BY 1, 2"),
         ("offsets", "SELECT partition, next_offset FROM projector_offsets ORDER BY partition"),
     ] {
         let rows: Value = sqlx::query_scalar(&format!("SELECT coalesce(json_agg(t), '[]'::json) FROM ({query}) t"))
@@ -212,6 +212,7 @@ async fn a_zombie_writers_events_are_skipped_by_every_reader() {
     let zombie_command = Uuid::new_v4();
     let producer: FutureProducer = world.settings.kafka().producer().create().unwrap();
     let events_topic = world.settings.kafka().topics().events;
+    let mut previous = registered.event_id;
     for (index, name) in ["Zombie", "Zombie Again"].into_iter().enumerate() {
         let envelope = EventEnvelope {
             event_id: tidings_schemas::envelope::event_id(zombie_command, index),
@@ -219,12 +220,14 @@ async fn a_zombie_writers_events_are_skipped_by_every_reader() {
             version: 1,
             aggregate: AggregateRef::account(user_id),
             sequence: registered.sequence + 1 + index as u64,
+            previous: Some(previous),
             occurred_at: chrono::Utc::now(),
             actor: Some(user_id),
             command_id: zombie_command,
             correlation_id: Uuid::new_v4(),
             data: json!({"display_name": name, "bio": null, "avatar_url": null, "updated_at": registered.occurred_at}),
         };
+        previous = envelope.event_id;
         let payload = envelope.to_json();
         let key = envelope.aggregate.key();
         let record = FutureRecord::to(&events_topic)

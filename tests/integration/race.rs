@@ -1,9 +1,96 @@
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use futures_util::StreamExt;
+use serde_json::json;
 use tidings::Role;
 
-use crate::support::{Client, World};
+use crate::support::{Client, World, ALL_ROLES};
+
+/// 300 concurrent `PATCH /api/profile` on one account, 64 at a time — a
+/// decider batch far larger than any memory of recent commands: every
+/// accepted command's event is in the log exactly once, and the account's
+/// history is one unbroken chain that every reader applies whole.
+#[tokio::test]
+async fn concurrent_writes_on_one_aggregate_apply_each_command_once() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (id, token, _) = client.user("hot").await;
+
+    let replies: Vec<_> = futures_util::stream::iter(0..300)
+        .map(|n| {
+            let request = client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"display_name": format!("name {n}")}));
+            client.send(request)
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let others: Vec<String> = replies
+        .iter()
+        .filter(|r| r.status != 200 && r.status != 202)
+        .map(|r| format!("{} {}", r.status, r.body))
+        .collect();
+    assert!(others.is_empty(), "unexpected answers: {others:?}");
+
+    let events: Vec<_> = world
+        .events()
+        .into_iter()
+        .map(|(_, _, e)| e)
+        .filter(|e| e.aggregate.id == id)
+        .collect();
+    let updates = events
+        .iter()
+        .filter(|e| e.event_type == "account.profile_updated")
+        .count();
+    let event_ids: HashSet<_> = events.iter().map(|e| e.event_id).collect();
+    let commands: HashSet<_> = events.iter().map(|e| e.command_id).collect();
+    assert_eq!(
+        (updates, event_ids.len(), commands.len(), events.len()),
+        (300, 302, 302, 302),
+        "each command's event once, nothing written twice"
+    );
+    let mut previous = None;
+    for (expected, event) in (1..).zip(&events) {
+        assert_eq!((event.sequence, event.previous), (expected, previous));
+        previous = Some(event.event_id);
+    }
+
+    let last = replies.iter().find(|r| r.status == 200).unwrap();
+    let position = last.body["position"].as_str().unwrap();
+    let profile = client.own_profile(&token, position).await;
+    assert_eq!(profile.status, 200, "{}", profile.body);
+    let db = world.db().await;
+    let version: i64 = sqlx::query_scalar("SELECT version FROM accounts WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    // The projector is behind the last event at most until it catches up.
+    crate::support::eventually(
+        Duration::from_secs(30),
+        "the projector applies all 302 events",
+        || {
+            let db = db.clone();
+            let id = id.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT version FROM accounts WHERE id = $1::uuid")
+                    .bind(&id)
+                    .fetch_one(&db)
+                    .await
+                    .is_ok_and(|v| v == 302)
+            }
+        },
+    )
+    .await;
+    assert!(version <= 302);
+    app.stop().await;
+    world.clean_up().await;
+}
 
 /// 100 registrations with the same email, across two API processes: the
 /// claim aggregate's single writer lets exactly one through.
