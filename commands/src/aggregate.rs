@@ -1,59 +1,10 @@
-//! What a decider keeps per aggregate, and the dispatch from an aggregate
-//! type to its domain decider.
+//! What a decider keeps per aggregate: its state (of any decider in the
+//! registry, `tidings_schemas::registry`) and where it stands in the
+//! sequence rule.
 
 use serde::{Deserialize, Serialize};
-use tidings_domain::{account, claim, ErrorKind};
 use tidings_schemas::envelope::DecodeError;
-use tidings_schemas::{AggregateType, Cursor, DomainEvent, EventEnvelope};
-
-use crate::envelope::{AnyCommand, Outcome};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum AnyState {
-    Account(account::State),
-    Claim(claim::State),
-}
-
-impl AnyState {
-    pub fn initial(kind: AggregateType) -> Self {
-        match kind {
-            AggregateType::Account => AnyState::Account(Default::default()),
-            AggregateType::Email | AggregateType::Username => AnyState::Claim(Default::default()),
-        }
-    }
-
-    pub fn decide(&self, command: &AnyCommand) -> Result<Vec<DomainEvent>, Outcome> {
-        match (self, command) {
-            (AnyState::Account(state), AnyCommand::Account(command)) => {
-                account::decide(command, state)
-                    .map(|events| events.into_iter().map(DomainEvent::Account).collect())
-                    .map_err(|e| Outcome::rejected(&e))
-            }
-            (AnyState::Claim(state), AnyCommand::Claim(command)) => claim::decide(command, state)
-                .map(|events| events.into_iter().map(DomainEvent::Claim).collect())
-                .map_err(|e| Outcome::rejected(&e)),
-            _ => Err(Outcome::Rejected {
-                code: "wrong_aggregate".into(),
-                kind: ErrorKind::Invalid,
-                message: "this command does not belong to this aggregate".into(),
-            }),
-        }
-    }
-
-    pub fn evolve(self, event: &DomainEvent) -> Self {
-        match (self, event) {
-            (AnyState::Account(state), DomainEvent::Account(event)) => {
-                AnyState::Account(account::evolve(state, event))
-            }
-            (AnyState::Claim(state), DomainEvent::Claim(event)) => {
-                AnyState::Claim(claim::evolve(state, event))
-            }
-            // An event of another aggregate type cannot carry this key; keep
-            // the state rather than guess.
-            (state, _) => state,
-        }
-    }
-}
+use tidings_schemas::{AggregateType, AnyState, Cursor, DomainEvent, EventEnvelope};
 
 /// One aggregate as a decider holds it: its state and where it stands in
 /// the sequence rule.

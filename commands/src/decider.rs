@@ -209,7 +209,7 @@ impl Partition {
                     .unwrap_or_else(|| Aggregate::new(command.aggregate.kind))
             });
             let answer = match aggregate.state.decide(&command.command) {
-                Err(outcome) => Some(outcome),
+                Err(rejected) => Some(rejected.into()),
                 Ok(decided) if decided.is_empty() => Some(Outcome::Accepted {
                     position: Position::default(),
                 }),

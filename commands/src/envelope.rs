@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tidings_domain::{account, claim, ErrorKind, Rejection};
+use tidings_domain::ErrorKind;
+use tidings_schemas::registry::Rejected;
+pub use tidings_schemas::AnyCommand;
 use tidings_schemas::{AggregateRef, Position};
 use uuid::Uuid;
 
@@ -19,29 +21,6 @@ pub struct CommandEnvelope {
     pub command: AnyCommand,
 }
 
-/// A command of any aggregate. Each domain's commands carry their own
-/// `type` tag (`account.register`, `claim.claim`…), so they never overlap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum AnyCommand {
-    Account(account::Command),
-    Claim(claim::Command),
-}
-
-impl AnyCommand {
-    /// The command's `type`, as on the wire.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            AnyCommand::Account(account::Command::Open(_)) => "account.open",
-            AnyCommand::Account(account::Command::Activate { .. }) => "account.activate",
-            AnyCommand::Account(account::Command::Abandon { .. }) => "account.abandon",
-            AnyCommand::Account(account::Command::UpdateProfile(_)) => "account.update_profile",
-            AnyCommand::Claim(claim::Command::Claim { .. }) => "claim.claim",
-            AnyCommand::Claim(claim::Command::Release { .. }) => "claim.release",
-        }
-    }
-}
-
 impl CommandEnvelope {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("command envelopes serialize to JSON")
@@ -50,6 +29,8 @@ impl CommandEnvelope {
 
 #[cfg(test)]
 mod tests {
+    use tidings_domain::{account, claim};
+
     use super::*;
 
     #[test]
@@ -92,12 +73,12 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
-    pub fn rejected(error: &impl Rejection) -> Self {
+impl From<Rejected> for Outcome {
+    fn from(rejected: Rejected) -> Self {
         Outcome::Rejected {
-            code: error.code().to_owned(),
-            kind: error.kind(),
-            message: error.to_string(),
+            code: rejected.code.to_owned(),
+            kind: rejected.kind,
+            message: rejected.message,
         }
     }
 }

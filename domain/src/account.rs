@@ -256,6 +256,40 @@ pub fn evolve(state: State, event: &Event) -> State {
     }
 }
 
+/// The account decider, for the runtime.
+pub struct AccountDecider;
+
+impl crate::Decider for AccountDecider {
+    type Command = Command;
+    type Event = Event;
+    type State = State;
+    type Error = Error;
+
+    const EVENT_TYPES: &'static [&'static str] = &[
+        "account.opened",
+        "account.registered",
+        "account.abandoned",
+        "account.profile_updated",
+    ];
+
+    fn command_type(command: &Command) -> &'static str {
+        match command {
+            Command::Open(_) => "account.open",
+            Command::Activate { .. } => "account.activate",
+            Command::Abandon { .. } => "account.abandon",
+            Command::UpdateProfile(_) => "account.update_profile",
+        }
+    }
+
+    fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
+        decide(command, state)
+    }
+
+    fn evolve(state: State, event: &Event) -> State {
+        evolve(state, event)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,33 @@ pub fn evolve(_state: State, event: &Event) -> State {
     }
 }
 
+/// The claim decider, for the runtime.
+pub struct ClaimDecider;
+
+impl crate::Decider for ClaimDecider {
+    type Command = Command;
+    type Event = Event;
+    type State = State;
+    type Error = Error;
+
+    const EVENT_TYPES: &'static [&'static str] = &["claim.claimed", "claim.released"];
+
+    fn command_type(command: &Command) -> &'static str {
+        match command {
+            Command::Claim { .. } => "claim.claim",
+            Command::Release { .. } => "claim.release",
+        }
+    }
+
+    fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
+        decide(command, state)
+    }
+
+    fn evolve(state: State, event: &Event) -> State {
+        evolve(state, event)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use tidings_domain::account::Event;
-use tidings_schemas::EventEnvelope;
+use tidings_schemas::{Channel, EventEnvelope};
 use uuid::Uuid;
 
 use crate::outbox::ChannelUpdate;
+use crate::projection::{Effects, Projection};
 
 /// One row of `accounts`, as the API and the cache use it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
@@ -90,20 +91,28 @@ impl AccountRow {
     }
 }
 
-/// What an applied account event asks for after the transaction commits.
-#[derive(Default)]
-pub struct Changed {
-    /// The account row as it now is, if the event changed one.
-    pub account: Option<AccountRow>,
-    pub updates: Vec<ChannelUpdate>,
+/// The account read model, as a projection of account events.
+pub struct Accounts;
+
+impl Projection for Accounts {
+    type Event = Event;
+    const TABLES: &'static [&'static str] = &["accounts", "pending_registrations"];
+
+    async fn apply(
+        tx: &mut Transaction<'_, Postgres>,
+        envelope: &EventEnvelope,
+        event: &Event,
+    ) -> Result<Effects, sqlx::Error> {
+        apply(tx, envelope, event).await
+    }
 }
 
 /// Applies one admitted account event inside the projector's transaction.
-pub async fn apply(
+async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     envelope: &EventEnvelope,
     event: &Event,
-) -> Result<Changed, sqlx::Error> {
+) -> Result<Effects, sqlx::Error> {
     let id: Uuid = envelope
         .aggregate
         .id
@@ -122,11 +131,11 @@ pub async fn apply(
             .bind(o.opened_at)
             .execute(&mut **tx)
             .await?;
-            Ok(Changed::default())
+            Ok(Effects::default())
         }
         Event::Abandoned { .. } => {
             finish_pending(tx, id).await?;
-            Ok(Changed::default())
+            Ok(Effects::default())
         }
         Event::Registered(r) => {
             finish_pending(tx, id).await?;
@@ -144,8 +153,8 @@ pub async fn apply(
             .bind(version)
             .fetch_one(&mut **tx)
             .await?;
-            Ok(Changed {
-                account: Some(account),
+            Ok(Effects {
+                accounts: vec![account],
                 updates: vec![],
             })
         }
@@ -164,12 +173,12 @@ pub async fn apply(
             .fetch_one(&mut **tx)
             .await?;
             let update = ChannelUpdate::new(
-                format!("user:{id}"),
+                Channel::User(id),
                 "profile.updated",
                 serde_json::to_value(account.profile()).expect("profiles serialize"),
             );
-            Ok(Changed {
-                account: Some(account),
+            Ok(Effects {
+                accounts: vec![account],
                 updates: vec![update],
             })
         }

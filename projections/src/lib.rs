@@ -3,6 +3,8 @@
 //! - [`projector`]: consumes `tidings.events` in batches and, in ONE
 //!   PostgreSQL transaction per batch, writes the read models, its own
 //!   offsets and the channel outbox; then refreshes the Redis caches;
+//! - [`projection`]: the `Projection` trait and the routing of each event to
+//!   the projection of its decider;
 //! - [`accounts`]: the account read model — how events change it and the
 //!   queries the API reads it with;
 //! - [`outbox`]: what each realtime channel receives, and the relay that
@@ -21,6 +23,7 @@ pub mod cache;
 pub mod db;
 pub mod lag;
 pub mod outbox;
+pub mod projection;
 pub mod projector;
 
 pub use cache::Cache;

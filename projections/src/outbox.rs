@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use tidings_schemas::kafka::KafkaSettings;
+use tidings_schemas::Channel;
 use tokio_util::sync::CancellationToken;
 
 /// The PostgreSQL notification the projector raises when it appended rows.
@@ -32,9 +33,9 @@ pub struct ChannelUpdate {
 }
 
 impl ChannelUpdate {
-    pub fn new(channel: String, event: &str, data: serde_json::Value) -> Self {
+    pub fn new(channel: Channel, event: &str, data: serde_json::Value) -> Self {
         ChannelUpdate {
-            channel,
+            channel: channel.to_string(),
             event: event.to_owned(),
             data,
         }

@@ -23,9 +23,9 @@ use tidings_schemas::{faults, Cursor, DomainEvent, EventEnvelope};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::accounts::{self, AccountRow};
 use crate::cache::Cache;
-use crate::outbox::{self, ChannelUpdate};
+use crate::outbox;
+use crate::projection::{self, Effects};
 
 /// Events per transaction, at most.
 const MAX_BATCH: usize = 500;
@@ -101,7 +101,7 @@ pub async fn run(
             halt(&consumer, &topic, *partition, *offset, reason);
         }
         if let Some(cache) = &cache {
-            for account in &projected.changed {
+            for account in &projected.effects.accounts {
                 cache.put_account(account).await;
             }
         }
@@ -178,8 +178,9 @@ async fn seek_assigned(consumer: &StreamConsumer<Assignments>, topic: &str, db: 
 /// What one batch did, once committed.
 #[derive(Default)]
 pub struct Projected {
-    /// The accounts to refresh in the cache.
-    pub changed: Vec<AccountRow>,
+    /// What the batch's events ask for beyond their rows (the outbox part
+    /// is already written).
+    pub effects: Effects,
     /// Partitions stopped at an event this build cannot read: `(partition,
     /// offset, why)`. Their offsets stay at that event.
     pub halted: Vec<(i32, i64, String)>,
@@ -206,7 +207,6 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
     .collect();
     let mut cursors: HashMap<(String, String), Cursor> = HashMap::new();
     let mut projected = Projected::default();
-    let mut updates: Vec<ChannelUpdate> = Vec::new();
     let mut last_event_at: HashMap<i32, chrono::DateTime<chrono::Utc>> = HashMap::new();
     for message in batch {
         let (partition, offset) = (message.partition(), message.offset());
@@ -247,20 +247,11 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
             tracing::warn!(event_id = %envelope.event_id, aggregate = %envelope.aggregate.key(), sequence = envelope.sequence, "event skipped by the sequence rule");
             continue;
         }
-        match &event {
-            DomainEvent::Account(event) => {
-                let applied = accounts::apply(&mut tx, &envelope, event).await?;
-                if let Some(account) = applied.account {
-                    projected.changed.retain(|a| a.id != account.id);
-                    projected.changed.push(account);
-                }
-                updates.extend(applied.updates);
-            }
-            // Claims guard uniqueness for the deciders; no read model shows them.
-            DomainEvent::Claim(_) => {}
-        }
+        projected
+            .effects
+            .extend(projection::apply(&mut tx, &envelope, &event).await?);
     }
-    outbox::append(&mut tx, &updates).await?;
+    outbox::append(&mut tx, &projected.effects.updates).await?;
     for ((kind, id), cursor) in &cursors {
         save_cursor(&mut tx, kind, id, cursor).await?;
     }

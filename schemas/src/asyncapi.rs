@@ -1,7 +1,7 @@
 //! The AsyncAPI 3 description of what Tidings says outside HTTP: the
 //! WebSocket protocol and the four Kafka topics. Messages refer to the JSON
 //! Schemas of this crate, served at `/schemas/<path>`; every event type and
-//! version in [`crate::json::EVENTS`] appears as a message of the events
+//! version in [`crate::json::events`] appears as a message of the events
 //! topic, so a new one is described as soon as its schema exists.
 
 use serde_json::{json, Map, Value};
@@ -21,7 +21,7 @@ pub fn document(kafka: &KafkaSettings, version: &str) -> Value {
     let topics = kafka.topics();
     let mut messages = Map::new();
     let mut event_messages = Map::new();
-    for (event_type, event_version, _) in crate::json::EVENTS {
+    for (event_type, event_version, _) in crate::json::events() {
         let name = format!("{event_type}.v{event_version}");
         messages.insert(
             name.clone(),

@@ -7,8 +7,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tidings_domain::{account, claim};
+use tidings_domain::claim;
 use uuid::Uuid;
+
+pub use crate::registry::{AggregateType, DomainEvent};
 
 /// The version every event type is written at today. When a type changes
 /// shape, its new version is written and [`upcast`] lifts the old ones.
@@ -42,6 +44,13 @@ pub struct AggregateRef {
 }
 
 impl AggregateRef {
+    pub fn new(kind: AggregateType, id: impl Into<String>) -> Self {
+        AggregateRef {
+            kind,
+            id: id.into(),
+        }
+    }
+
     pub fn account(id: Uuid) -> Self {
         AggregateRef {
             kind: AggregateType::Account,
@@ -69,31 +78,6 @@ impl AggregateRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AggregateType {
-    Account,
-    Email,
-    Username,
-}
-
-impl AggregateType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AggregateType::Account => "account",
-            AggregateType::Email => "email",
-            AggregateType::Username => "username",
-        }
-    }
-}
-
-/// A domain event of any aggregate, typed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DomainEvent {
-    Account(account::Event),
-    Claim(claim::Event),
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("event is not a JSON envelope: {0}")]
@@ -113,12 +97,7 @@ pub enum DecodeError {
 impl DomainEvent {
     /// Splits the event into its envelope `type` and `data`.
     pub fn encode(&self) -> (String, Value) {
-        let tagged = match self {
-            DomainEvent::Account(e) => serde_json::to_value(e),
-            DomainEvent::Claim(e) => serde_json::to_value(e),
-        }
-        .expect("domain events serialize to JSON");
-        match tagged {
+        match self.to_tagged() {
             Value::Object(mut map) => {
                 let event_type = match map.remove("type") {
                     Some(Value::String(t)) => t,
@@ -146,13 +125,7 @@ impl DomainEvent {
         );
         let tagged = json!({ "type": envelope.event_type, "data": data });
         let kind = envelope.aggregate.kind;
-        let decoded = match kind {
-            AggregateType::Account => serde_json::from_value(tagged).map(DomainEvent::Account),
-            AggregateType::Email | AggregateType::Username => {
-                serde_json::from_value(tagged).map(DomainEvent::Claim)
-            }
-        };
-        decoded.map_err(|source| DecodeError::Payload {
+        DomainEvent::from_tagged(kind.decider(), tagged).map_err(|source| DecodeError::Payload {
             event_type: envelope.event_type.clone(),
             version: envelope.version,
             aggregate: kind.as_str(),

@@ -9,65 +9,17 @@ pub const EVENT_ENVELOPE: &str = include_str!("../json/event-envelope.v1.json");
 /// The schema of the command envelope on `tidings.commands`.
 pub const COMMAND_ENVELOPE: &str = include_str!("../json/command-envelope.v1.json");
 
-/// `(type, version, schema)` of every event's `data`.
-pub const EVENTS: &[(&str, u32, &str)] = &[
-    (
-        "account.opened",
-        1,
-        include_str!("../json/events/account.opened.v1.json"),
-    ),
-    (
-        "account.abandoned",
-        1,
-        include_str!("../json/events/account.abandoned.v1.json"),
-    ),
-    (
-        "account.registered",
-        1,
-        include_str!("../json/events/account.registered.v1.json"),
-    ),
-    (
-        "account.profile_updated",
-        1,
-        include_str!("../json/events/account.profile_updated.v1.json"),
-    ),
-    (
-        "claim.claimed",
-        1,
-        include_str!("../json/events/claim.claimed.v1.json"),
-    ),
-    (
-        "claim.released",
-        1,
-        include_str!("../json/events/claim.released.v1.json"),
-    ),
-];
+include!(concat!(env!("OUT_DIR"), "/schema_files.rs"));
 
-/// Every schema file, by its path under `schemas/json/` (served at
-/// `/schemas/<path>`).
-pub const FILES: &[(&str, &str)] = &[
-    ("event-envelope.v1.json", EVENT_ENVELOPE),
-    ("command-envelope.v1.json", COMMAND_ENVELOPE),
-    (
-        "command-result.v1.json",
-        include_str!("../json/command-result.v1.json"),
-    ),
-    ("update.v1.json", include_str!("../json/update.v1.json")),
-    (
-        "ws/server-frame.v1.json",
-        include_str!("../json/ws/server-frame.v1.json"),
-    ),
-    (
-        "ws/client-frame.v1.json",
-        include_str!("../json/ws/client-frame.v1.json"),
-    ),
-    ("events/account.opened.v1.json", EVENTS[0].2),
-    ("events/account.abandoned.v1.json", EVENTS[1].2),
-    ("events/account.registered.v1.json", EVENTS[2].2),
-    ("events/account.profile_updated.v1.json", EVENTS[3].2),
-    ("events/claim.claimed.v1.json", EVENTS[4].2),
-    ("events/claim.released.v1.json", EVENTS[5].2),
-];
+/// `(type, version, schema)` of every event's `data`: the files named
+/// `events/<type>.v<version>.json`.
+pub fn events() -> impl Iterator<Item = (&'static str, u32, &'static str)> {
+    FILES.iter().filter_map(|(path, schema)| {
+        let name = path.strip_prefix("events/")?.strip_suffix(".json")?;
+        let (event_type, version) = name.rsplit_once(".v")?;
+        Some((event_type, version.parse().ok()?, *schema))
+    })
+}
 
 /// A schema file by its path under `schemas/json/`.
 pub fn file(path: &str) -> Option<&'static str> {
@@ -79,10 +31,9 @@ pub fn file(path: &str) -> Option<&'static str> {
 
 /// The schema of an event's `data`, by type and version.
 pub fn event_data(event_type: &str, version: u32) -> Option<&'static str> {
-    EVENTS
-        .iter()
+    events()
         .find(|(t, v, _)| *t == event_type && *v == version)
-        .map(|(_, _, schema)| *schema)
+        .map(|(_, _, schema)| schema)
 }
 
 #[cfg(test)]
@@ -90,13 +41,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_event_schema_is_served_as_a_file() {
-        for (event_type, version, schema) in EVENTS {
-            assert_eq!(
-                file(&format!("events/{event_type}.v{version}.json")),
-                Some(*schema)
-            );
-        }
+    fn the_envelopes_and_every_event_are_embedded() {
+        assert_eq!(file("event-envelope.v1.json"), Some(EVENT_ENVELOPE));
+        assert_eq!(file("command-envelope.v1.json"), Some(COMMAND_ENVELOPE));
+        assert!(events().any(|(t, v, _)| t == "account.registered" && v == 1));
     }
 
     #[test]

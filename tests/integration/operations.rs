@@ -260,7 +260,7 @@ async fn the_asyncapi_document_covers_the_socket_and_topics_and_its_references_r
             "no channel {expected}: {addresses:?}"
         );
     }
-    for (event_type, version, _) in tidings_schemas::json::EVENTS {
+    for (event_type, version, _) in tidings_schemas::json::events() {
         let name = format!("{event_type}.v{version}");
         assert!(
             doc["channels"]["events"]["messages"][&name].is_object(),

@@ -1,0 +1,68 @@
+//! The [`Projection`] trait: how the events of one decider change read
+//! models, and the one routing of events to projections that the generic
+//! projector (`projector.rs`) runs.
+//!
+//! A projection applies one admitted event inside the projector's
+//! transaction and says what else it asks for once that transaction
+//! commits ([`Effects`]). The projector owns everything around it: batches,
+//! offsets, the sequence rule, the outbox, the caches.
+//!
+//! To project a new aggregate: a module with a type implementing
+//! [`Projection`] and its migration; the match in [`apply`] is exhaustive
+//! over the registry's events, so the compiler points at the one line to add.
+
+use sqlx::{Postgres, Transaction};
+use tidings_schemas::{DomainEvent, EventEnvelope};
+
+use crate::accounts::{AccountRow, Accounts};
+use crate::outbox::ChannelUpdate;
+
+/// What applying events asks for beyond their rows.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Accounts whose cache entry is to be refreshed.
+    pub accounts: Vec<AccountRow>,
+    /// What realtime channels receive, appended to the outbox in the same
+    /// transaction.
+    pub updates: Vec<ChannelUpdate>,
+}
+
+impl Effects {
+    /// Adds what a later event asked for; a later row of the same account
+    /// replaces the earlier.
+    pub fn extend(&mut self, other: Effects) {
+        for account in other.accounts {
+            self.accounts.retain(|a| a.id != account.id);
+            self.accounts.push(account);
+        }
+        self.updates.extend(other.updates);
+    }
+}
+
+pub trait Projection {
+    /// The events of the decider this projection reads.
+    type Event;
+    /// The tables it writes (all rebuilt from the log).
+    const TABLES: &'static [&'static str];
+
+    /// Applies one event that the sequence rule admitted.
+    #[allow(async_fn_in_trait)]
+    async fn apply(
+        tx: &mut Transaction<'_, Postgres>,
+        envelope: &EventEnvelope,
+        event: &Self::Event,
+    ) -> Result<Effects, sqlx::Error>;
+}
+
+/// Applies an admitted event with the projection of its decider.
+pub async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &EventEnvelope,
+    event: &DomainEvent,
+) -> Result<Effects, sqlx::Error> {
+    match event {
+        DomainEvent::Account(event) => Accounts::apply(tx, envelope, event).await,
+        // Claims guard uniqueness for the deciders; no read model shows them.
+        DomainEvent::Claim(_) => Ok(Effects::default()),
+    }
+}
