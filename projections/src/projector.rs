@@ -313,3 +313,228 @@ async fn save_cursor(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The projector's batch against a real PostgreSQL, with the records it
+    //! would have fetched built by hand.
+
+    use chrono::Utc;
+    use rdkafka::message::Timestamp;
+    use tidings_domain::account;
+    use tidings_schemas::envelope::{event_id, CURRENT_VERSION};
+    use tidings_schemas::AggregateRef;
+
+    use super::*;
+
+    /// A fresh, migrated database, dropped by [`Db::drop`].
+    struct Db {
+        pool: PgPool,
+        name: String,
+    }
+
+    const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    impl Db {
+        async fn new() -> Db {
+            let name = format!("tidings_test_{}", Uuid::new_v4().simple());
+            let admin = crate::db::connect(ADMIN, 1)
+                .await
+                .expect("PostgreSQL is up");
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            let pool = crate::db::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"), 2)
+                .await
+                .unwrap();
+            crate::db::migrate(&pool).await.unwrap();
+            Db { pool, name }
+        }
+
+        async fn drop(self) {
+            self.pool.close().await;
+            let admin = crate::db::connect(ADMIN, 1).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+
+        async fn next_offset(&self, partition: i32) -> Option<i64> {
+            sqlx::query_scalar("SELECT next_offset FROM projector_offsets WHERE partition = $1")
+                .bind(partition)
+                .fetch_optional(&self.pool)
+                .await
+                .unwrap()
+        }
+
+        async fn display_name(&self, user: Uuid) -> Option<String> {
+            sqlx::query_scalar("SELECT display_name FROM accounts WHERE id = $1")
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await
+                .unwrap()
+        }
+    }
+
+    /// The history of one account, as a decider would write it.
+    struct History {
+        user: Uuid,
+        events: Vec<EventEnvelope>,
+    }
+
+    impl History {
+        fn new(user: u128) -> History {
+            let mut history = History {
+                user: Uuid::from_u128(user),
+                events: Vec::new(),
+            };
+            let opened = account::Opened {
+                user_id: history.user,
+                username: format!("user{user}"),
+                email: format!("user{user}@example.com"),
+                password_hash: "$argon2id$stand-in".into(),
+                display_name: "first".into(),
+                opened_at: Utc::now(),
+            };
+            history.push(account::Event::Opened(opened.clone()));
+            history.push(account::Event::Registered(account::Registered {
+                user_id: opened.user_id,
+                username: opened.username,
+                email: opened.email,
+                password_hash: opened.password_hash,
+                display_name: opened.display_name,
+                registered_at: Utc::now(),
+            }));
+            history
+        }
+
+        fn push(&mut self, event: account::Event) -> EventEnvelope {
+            let (event_type, data) = DomainEvent::Account(event).encode();
+            let command_id = Uuid::new_v4();
+            let envelope = EventEnvelope {
+                event_id: event_id(command_id, 0),
+                event_type,
+                version: CURRENT_VERSION,
+                aggregate: AggregateRef::account(self.user),
+                sequence: self.events.len() as u64 + 1,
+                previous: self.events.last().map(|e| e.event_id),
+                occurred_at: Utc::now(),
+                actor: Some(self.user),
+                command_id,
+                correlation_id: command_id,
+                data,
+            };
+            self.events.push(envelope.clone());
+            envelope
+        }
+
+        fn rename(&mut self, name: &str) -> EventEnvelope {
+            self.push(account::Event::ProfileUpdated(account::ProfileUpdated {
+                display_name: name.into(),
+                bio: None,
+                avatar_url: None,
+                updated_at: Utc::now(),
+            }))
+        }
+    }
+
+    fn record(partition: i32, offset: i64, payload: Vec<u8>) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(payload),
+            None,
+            "events".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    fn records(partition: i32, from: i64, events: &[EventEnvelope]) -> Vec<OwnedMessage> {
+        (from..)
+            .zip(events)
+            .map(|(offset, e)| record(partition, offset, e.to_json()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_fetched_again_is_applied_once() {
+        let db = Db::new().await;
+        let mut history = History::new(1);
+        history.rename("second");
+        let batch = records(0, 0, &history.events);
+        project(&db.pool, &batch).await.unwrap();
+        // The same records again (a fetch from before a seek, a replay after
+        // a crash): passed over.
+        let again = project(&db.pool, &batch).await.unwrap();
+        assert!(again.effects.updates.is_empty());
+        let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM channel_outbox")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(outbox, 1);
+        assert_eq!(db.next_offset(0).await, Some(3));
+        db.drop().await;
+    }
+
+    #[tokio::test]
+    async fn an_event_off_the_chain_is_skipped() {
+        let db = Db::new().await;
+        let mut history = History::new(1);
+        let owner = history.rename("owner");
+        // A zombie wrote the same sequence on the same predecessor, later.
+        let mut zombie = owner.clone();
+        zombie.event_id = Uuid::new_v4();
+        zombie.command_id = Uuid::new_v4();
+        zombie.data["display_name"] = "zombie".into();
+        let mut events = history.events.clone();
+        events.push(zombie);
+        project(&db.pool, &records(0, 0, &events)).await.unwrap();
+        assert_eq!(
+            db.display_name(history.user).await.as_deref(),
+            Some("owner")
+        );
+        db.drop().await;
+    }
+
+    #[tokio::test]
+    async fn an_unknown_event_halts_its_partition_and_no_other() {
+        let db = Db::new().await;
+        let mut halted = History::new(1);
+        let mut unknown = halted.rename("never shown");
+        unknown.event_type = "account.teleported".into();
+        let after = {
+            halted.events.pop();
+            halted.events.push(unknown.clone());
+            halted.rename("after the unknown one")
+        };
+        let mut other = History::new(2);
+        other.rename("other partition");
+        let mut batch = records(0, 0, &halted.events[..2]);
+        batch.push(record(0, 2, unknown.to_json()));
+        batch.push(record(0, 3, after.to_json()));
+        batch.extend(records(1, 0, &other.events));
+        let projected = project(&db.pool, &batch).await.unwrap();
+        assert_eq!(
+            projected
+                .halted
+                .iter()
+                .map(|(p, o, _)| (*p, *o))
+                .collect::<Vec<_>>(),
+            [(0, 2)]
+        );
+        // Partition 0 stops at the unknown event: its offset stays there and
+        // nothing after it is applied. Partition 1 goes on.
+        assert_eq!(db.next_offset(0).await, Some(2));
+        assert_eq!(db.display_name(halted.user).await.as_deref(), Some("first"));
+        assert_eq!(db.next_offset(1).await, Some(3));
+        assert_eq!(
+            db.display_name(other.user).await.as_deref(),
+            Some("other partition")
+        );
+        db.drop().await;
+    }
+}
