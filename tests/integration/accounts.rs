@@ -296,7 +296,8 @@ async fn an_unfinished_registration_is_swept_and_a_finished_one_kept() {
 
     let world = World::new().await;
     let mut settings = world.settings.clone();
-    settings.registration_timeout_secs = 1;
+    // Long enough for the steps below to finish before the sweeper looks.
+    settings.registration_timeout_secs = 3;
     let app = world.start_with(settings, &ALL_ROLES).await;
     let client = Client::new(&app.base);
     let bus = CommandBus::connect(
@@ -335,7 +336,11 @@ async fn an_unfinished_registration_is_swept_and_a_finished_one_kept() {
 
     // Taken at first; free once the sweeper has abandoned the dead one.
     let reply = client.register("dead", "other@example.com").await;
-    assert_eq!(reply.body["code"], "username_taken");
+    assert_eq!(
+        reply.body["code"], "username_taken",
+        "{} {}",
+        reply.status, reply.body
+    );
     crate::support::eventually(
         std::time::Duration::from_secs(30),
         "the dead registration's claims are freed",

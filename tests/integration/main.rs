@@ -6,6 +6,7 @@
 mod accounts;
 mod compose;
 mod crashes;
+mod halts;
 mod operations;
 mod race;
 mod realtime;
