@@ -17,6 +17,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
+/// A pool of a role's own, connected on first use, so that one role
+/// exhausting or losing its connections leaves the others unharmed. Its
+/// sessions are named `tidings-<role>` (`pg_stat_activity.application_name`).
+pub fn role_pool(url: &str, role: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name(&format!("tidings-{role}"))))
+}
+
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(db).await
 }

@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset};
 use sqlx::{PgPool, Postgres, Transaction};
-use tidings_schemas::kafka::KafkaSettings;
+use tidings_schemas::kafka::{KafkaSettings, Owned};
 use tidings_schemas::{faults, Cursor, DomainEvent, EventEnvelope};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -36,6 +36,8 @@ const BATCH_WINDOW: Duration = Duration::from_millis(2);
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
     pub kafka: KafkaSettings,
+    /// Kept up to date with how many partitions this projector owns.
+    pub owned: Owned,
 }
 
 /// Notes partitions the group hands over, for the loop to seek them to the
@@ -43,6 +45,7 @@ pub struct ProjectorSettings {
 #[derive(Default)]
 struct Assignments {
     assigned: Mutex<Vec<i32>>,
+    owned: Owned,
 }
 
 impl ClientContext for Assignments {}
@@ -53,6 +56,7 @@ impl ConsumerContext for Assignments {
             let mut assigned = self.assigned.lock().expect("assignments lock");
             assigned.extend(list.elements().iter().map(|e| e.partition()));
         }
+        self.owned.rebalanced(rebalance);
     }
 }
 
@@ -68,7 +72,10 @@ pub async fn run(
         settings
             .kafka
             .consumer(Some(&group))
-            .create_with_context(Assignments::default())
+            .create_with_context(Assignments {
+                owned: settings.owned.clone(),
+                ..Default::default()
+            })
             .context("creating the projector consumer")?,
     );
     consumer.subscribe(&[&topic])?;

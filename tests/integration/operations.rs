@@ -607,3 +607,45 @@ async fn a_request_id_becomes_the_correlation_id_of_its_commands_and_events() {
     app.stop().await;
     world.clean_up().await;
 }
+
+/// The topics were made with one partition count: a process configured with
+/// another, or started before the topics exist, refuses to start and says
+/// why, instead of sending keys to other partitions than before.
+#[tokio::test]
+async fn a_partition_count_other_than_the_topics_refuses_to_start() {
+    let world = World::new().await;
+    // Whether `tidings serve` was still up after a while, and what it said.
+    let serve = |settings: &tidings::Settings| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--roles", "api"])
+            .envs(settings.to_env())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let up = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        (up, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let mut settings = world.settings.clone();
+    settings.partitions = 3;
+    let (started, stderr) = serve(&settings);
+    assert!(!started, "started with the wrong partition count");
+    assert!(
+        stderr.contains("has 4 partitions but TIDINGS_PARTITIONS is 3"),
+        "{stderr}"
+    );
+
+    let mut settings = world.settings.clone();
+    settings.topic_prefix = format!("{}_missing", world.name);
+    let (started, stderr) = serve(&settings);
+    assert!(!started, "started without its topics");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("tidings topics"), "{stderr}");
+    world.clean_up().await;
+}
