@@ -195,6 +195,8 @@ impl Application {
             Cache::new(&settings.redis_url, &settings.redis_prefix).context("configuring Redis")?;
         let mut tasks = JoinSet::new();
         let board = RoleBoard::default();
+        let api_db = pool("api", settings.database_pool)?;
+        let progress = db::Progress::new(api_db.clone());
         let mut supervised = |role: &'static str,
                               owned: Option<Owned>,
                               start: Box<
@@ -223,6 +225,7 @@ impl Application {
             let settings = ProjectorSettings {
                 kafka: kafka.clone(),
                 owned: owned.clone(),
+                progress: progress.clone(),
             };
             let (db, stop, cache) = (
                 pool("projector", ROLE_POOL)?,
@@ -276,8 +279,22 @@ impl Application {
         }
         let (mut port, mut server, mut handle) = (None, None, None);
         if let (true, Some(bus)) = (serves_http, bus) {
+            // Readers here also hear of the commits of projectors elsewhere.
+            let (listen_db, stop, listening) =
+                (pool("progress", 1)?, roles_stop.clone(), progress.clone());
+            supervised(
+                "progress listener",
+                None,
+                Box::new(move || {
+                    listening
+                        .clone()
+                        .listen(listen_db.clone(), stop.clone())
+                        .boxed()
+                }),
+            );
             let state = web::Data::new(ApiState {
-                db: pool("api", settings.database_pool)?,
+                db: api_db,
+                progress,
                 cache: cache.clone(),
                 bus,
                 jwt: Jwt::new(&settings.jwt_secret, settings.token_ttl()),

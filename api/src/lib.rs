@@ -31,6 +31,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use sqlx::PgPool;
 use tidings_commands::CommandBus;
 use tidings_projections::accounts::AccountRow;
+use tidings_projections::db::Progress;
 use tidings_projections::Cache;
 use uuid::Uuid;
 
@@ -50,6 +51,9 @@ pub struct ApiSettings {
 /// What every handler shares.
 pub struct ApiState {
     pub db: PgPool,
+    /// How far the projector has committed; wakes readers waiting for a
+    /// position.
+    pub progress: Progress,
     pub cache: Cache,
     pub bus: CommandBus,
     pub jwt: Jwt,

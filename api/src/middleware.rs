@@ -5,7 +5,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
-use tidings_projections::db::{self, WaitError};
+use tidings_projections::db::WaitError;
 use tidings_schemas::Position;
 use uuid::Uuid;
 
@@ -83,7 +83,11 @@ async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<(), ApiErro
     let state = req
         .app_data::<web::Data<ApiState>>()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("ApiState missing")))?;
-    match db::wait_for(&state.db, &position, state.settings.min_position_wait).await {
+    match state
+        .progress
+        .wait_for(&position, state.settings.min_position_wait)
+        .await
+    {
         Ok(()) => Ok(()),
         Err(WaitError::TimedOut(_)) => Err(ApiError::unavailable(
             "position_not_reached",

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::accounts::{self, AccountRow};
 use crate::cache::Cache;
+use crate::db::Progress;
 use crate::outbox::{self, ChannelUpdate};
 
 /// Events per transaction, at most.
@@ -38,6 +39,8 @@ pub struct ProjectorSettings {
     pub kafka: KafkaSettings,
     /// Kept up to date with how many partitions this projector owns.
     pub owned: Owned,
+    /// Told of every commit, to wake the readers waiting for a position.
+    pub progress: Progress,
 }
 
 /// Notes partitions the group hands over, for the loop to seek them to the
@@ -104,6 +107,23 @@ pub async fn run(
             }
         }
         let changed = project(&db, &batch).await?;
+        // The next offset of each partition of the batch is committed now
+        // (at least: events below the stored offset were passed over).
+        let mut committed: Vec<(i32, i64)> = Vec::new();
+        for message in &batch {
+            match committed
+                .iter_mut()
+                .find(|(p, _)| *p == message.partition())
+            {
+                Some((_, next)) => *next = (*next).max(message.offset() + 1),
+                None => committed.push((message.partition(), message.offset() + 1)),
+            }
+        }
+        settings.progress.advance(committed.iter().copied());
+        if let Err(error) = crate::db::announce(&db, &committed).await {
+            // Other processes' waiters then hear of it at their next refresh.
+            tracing::warn!(%error, "announcing the projector's progress");
+        }
         if let Some(cache) = &cache {
             for account in &changed {
                 cache.put_account(account).await;
