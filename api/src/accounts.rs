@@ -347,10 +347,12 @@ pub(crate) async fn update_profile(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn public_profile(
     state: web::Data<ApiState>,
+    req: actix_web::HttpRequest,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
+    let needed = crate::middleware::MinPosition::of(&req);
     let account = state
-        .account(id.into_inner())
+        .account(id.into_inner(), needed.as_ref())
         .await?
         .ok_or_else(ApiError::not_found)?;
     let view: PublicProfile = account.public_profile();

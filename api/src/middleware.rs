@@ -56,6 +56,17 @@ pub async fn http_metrics(
     Ok(response)
 }
 
+/// The position a request asked to read at (`X-Min-Position`), once the read
+/// models passed it: what is read from a cache must be that far too.
+#[derive(Debug, Clone)]
+pub struct MinPosition(pub Position);
+
+impl MinPosition {
+    pub fn of(req: &actix_web::HttpRequest) -> Option<Position> {
+        req.extensions().get::<MinPosition>().map(|m| m.0.clone())
+    }
+}
+
 /// A GET that carries `X-Min-Position` is answered only once the read models
 /// have passed that position; past the bounded wait, 503 with `Retry-After`.
 pub async fn read_your_writes(
@@ -68,15 +79,20 @@ pub async fn read_your_writes(
         .filter(|_| req.method() == actix_web::http::Method::GET)
         .map(|v| v.to_str().map(str::to_owned));
     if let Some(token) = token {
-        if let Err(error) = wait(&req, token.ok()).await {
-            let (http, _) = req.into_parts();
-            return Ok(ServiceResponse::new(http, error_response(error)).map_into_right_body());
+        match wait(&req, token.ok()).await {
+            Ok(position) => {
+                req.extensions_mut().insert(MinPosition(position));
+            }
+            Err(error) => {
+                let (http, _) = req.into_parts();
+                return Ok(ServiceResponse::new(http, error_response(error)).map_into_right_body());
+            }
         }
     }
     Ok(next.call(req).await?.map_into_left_body())
 }
 
-async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<(), ApiError> {
+async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<Position, ApiError> {
     let position: Position = token.and_then(|t| t.parse().ok()).ok_or_else(|| {
         ApiError::bad_request("invalid_position", "X-Min-Position is not a position token")
     })?;
@@ -88,7 +104,7 @@ async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<(), ApiErro
         .wait_for(&position, state.settings.min_position_wait)
         .await
     {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(position),
         Err(WaitError::TimedOut(_)) => Err(ApiError::unavailable(
             "position_not_reached",
             "the read model has not caught up with that position yet",

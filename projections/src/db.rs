@@ -165,17 +165,22 @@ impl Progress {
 
 /// Tells the other processes what a projector just committed.
 pub async fn announce(db: &PgPool, committed: &[(i32, i64)]) -> Result<(), sqlx::Error> {
-    let payload: Vec<String> = committed.iter().map(|(p, n)| format!("{p}:{n}")).collect();
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(PROGRESS_CHANNEL)
-        .bind(payload.join(","))
+        .bind(format_offsets(committed))
         .execute(db)
         .await?;
     Ok(())
 }
 
+/// Next offsets as `partition:next,…`.
+pub fn format_offsets(offsets: &[(i32, i64)]) -> String {
+    let pairs: Vec<String> = offsets.iter().map(|(p, n)| format!("{p}:{n}")).collect();
+    pairs.join(",")
+}
+
 /// `partition:next,…`; anything unreadable is left out.
-fn parse_offsets(payload: &str) -> Vec<(i32, i64)> {
+pub fn parse_offsets(payload: &str) -> Vec<(i32, i64)> {
     payload
         .split(',')
         .filter_map(|pair| {
@@ -193,5 +198,9 @@ mod tests {
     fn announced_offsets_read_back() {
         assert_eq!(parse_offsets("0:12,3:40"), [(0, 12), (3, 40)]);
         assert_eq!(parse_offsets("0:x,,2:5"), [(2, 5)]);
+        assert_eq!(
+            parse_offsets(&format_offsets(&[(1, 2), (3, 4)])),
+            [(1, 2), (3, 4)]
+        );
     }
 }

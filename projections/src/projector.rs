@@ -126,7 +126,9 @@ pub async fn run(
         }
         if let Some(cache) = &cache {
             for account in &changed {
-                cache.put_account(account).await;
+                // The row reflects at least the batch's partitions as now
+                // committed; it claims nothing of the others.
+                cache.put_account(account, &committed).await;
             }
         }
     }
