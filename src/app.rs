@@ -1,23 +1,32 @@
 //! The application: the roles asked for, started against the services given.
 //!
-//! `Application::build` connects to PostgreSQL, Redis and Kafka, binds the
-//! HTTP listener (port 0 in tests, see [`Application::port`]) and starts each
-//! role as a task. If any role stops with an error, the whole application
-//! stops with it: a half-running Tidings is worse than a restarted one.
+//! `Application::build` connects to PostgreSQL, Redis and Kafka, checks the
+//! topics, binds the HTTP listener (port 0 in tests, see
+//! [`Application::port`]) and starts each role as a supervised task with a
+//! PostgreSQL pool of its own. A role that fails is started again after a
+//! pause that doubles up to [`MAX_BACKOFF`], while the others keep serving;
+//! `/ready` and the `tidings_role_*` metrics say what each role is doing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
+use futures_util::FutureExt;
 use tidings_api::auth::Jwt;
+use tidings_api::health::{RoleReport, Roles};
 use tidings_api::{ApiSettings, ApiState};
 use tidings_commands::decider::{self, DeciderSettings};
 use tidings_commands::CommandBus;
 use tidings_projections::projector::{self, ProjectorSettings};
 use tidings_projections::{db, lag, outbox, Cache};
 use tidings_realtime::Hub;
+use tidings_schemas::kafka::Owned;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +34,122 @@ use crate::settings::{Role, Settings, DEV_JWT_SECRET};
 
 /// How long in-flight HTTP requests and sockets get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 5;
+/// The pause before a failed role starts again, doubled at each failure in a
+/// row up to [`MAX_BACKOFF`]: a dependency that is down is not hammered.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A role that ran this long before it failed starts again after
+/// [`FIRST_BACKOFF`]: the failure is a new one, not the same one again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// Connections of the pools of the background roles: each holds at most one
+/// transaction at a time, plus one spare for a seek or a snapshot.
+const ROLE_POOL: u32 = 2;
+
+/// What each role of this process is doing, for `/ready` and the metrics.
+#[derive(Clone, Default)]
+struct RoleBoard(Arc<Mutex<BTreeMap<&'static str, RoleStatus>>>);
+
+struct RoleStatus {
+    state: RoleState,
+    /// The partitions a role that shares its work in a consumer group owns.
+    owned: Option<Owned>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RoleState {
+    Running,
+    /// Failed; starts again after a pause.
+    Restarting,
+    Stopped,
+}
+
+impl RoleBoard {
+    fn set(&self, role: &'static str, state: RoleState, owned: Option<&Owned>) {
+        let mut board = self.0.lock().expect("role board lock");
+        let entry = board.entry(role).or_insert(RoleStatus {
+            state,
+            owned: owned.cloned(),
+        });
+        entry.state = state;
+        metrics::gauge!("tidings_role_up", "role" => role)
+            .set(f64::from(u8::from(state == RoleState::Running)));
+    }
+
+    fn reports(&self) -> Vec<RoleReport> {
+        let board = self.0.lock().expect("role board lock");
+        board
+            .iter()
+            .map(|(role, status)| {
+                let partitions = status.owned.as_ref().map(Owned::count);
+                if let Some(count) = partitions {
+                    metrics::gauge!("tidings_role_partitions", "role" => *role).set(count as f64);
+                }
+                // A group member that owns nothing decides or projects
+                // nothing: with at most as many members as partitions, every
+                // member should own at least one.
+                let ready = status.state == RoleState::Running && partitions != Some(0);
+                RoleReport {
+                    role: (*role).to_owned(),
+                    state: match status.state {
+                        RoleState::Running => "running",
+                        RoleState::Restarting => "restarting",
+                        RoleState::Stopped => "stopped",
+                    }
+                    .to_owned(),
+                    partitions,
+                    ready,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs a role until `stop`; whenever it fails (an error, a panic, or an end
+/// nobody asked for) it is started again after a backoff.
+async fn supervise<F, Fut>(
+    role: &'static str,
+    board: RoleBoard,
+    owned: Option<Owned>,
+    stop: CancellationToken,
+    mut start: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        board.set(role, RoleState::Running, owned.as_ref());
+        let started = Instant::now();
+        let outcome = AssertUnwindSafe(start()).catch_unwind().await;
+        if let Some(owned) = &owned {
+            owned.clear();
+        }
+        if stop.is_cancelled() {
+            board.set(role, RoleState::Stopped, None);
+            return outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("{role} panicked")));
+        }
+        let error = match outcome {
+            Ok(Ok(())) => anyhow::anyhow!("{role} stopped by itself"),
+            Ok(Err(error)) => error,
+            Err(_) => anyhow::anyhow!("{role} panicked"),
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = FIRST_BACKOFF;
+        }
+        metrics::counter!("tidings_role_restarts_total", "role" => role).increment(1);
+        tracing::error!(role, error = format!("{error:#}"), retry_in = ?backoff, "role failed; starting it again");
+        board.set(role, RoleState::Restarting, None);
+        tokio::select! {
+            _ = stop.cancelled() => {
+                board.set(role, RoleState::Stopped, None);
+                return Ok(());
+            }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
 
 pub struct Application {
     port: Option<u16>,
@@ -44,40 +169,92 @@ impl Application {
             );
         }
         let kafka = settings.kafka();
+        {
+            let kafka = kafka.clone();
+            tokio::task::spawn_blocking(move || kafka.check_topics())
+                .await?
+                .context("checking the Kafka topics")?;
+        }
         // Shutdown runs in two steps: `shutdown` stops the HTTP server (which
         // drains the requests in flight, whose commands must still be decided)
         // and closes sockets with "going away"; then `roles` stops the rest.
         let shutdown = CancellationToken::new();
         let roles_stop = CancellationToken::new();
-        let db = db::connect(&settings.database_url, settings.database_pool)
-            .await
-            .context("connecting to PostgreSQL")?;
-        db::migrate(&db).await.context("migrating PostgreSQL")?;
+        {
+            let db = db::connect(&settings.database_url, 1)
+                .await
+                .context("connecting to PostgreSQL")?;
+            db::migrate(&db).await.context("migrating PostgreSQL")?;
+            db.close().await;
+        }
+        let pool = |role: &str, size: u32| {
+            db::role_pool(&settings.database_url, role, size)
+                .with_context(|| format!("configuring the PostgreSQL pool of {role}"))
+        };
         let cache =
             Cache::new(&settings.redis_url, &settings.redis_prefix).context("configuring Redis")?;
         let mut tasks = JoinSet::new();
+        let board = RoleBoard::default();
+        let api_db = pool("api", settings.database_pool)?;
+        let progress = db::Progress::new(api_db.clone());
+        let mut supervised = |role: &'static str,
+                              owned: Option<Owned>,
+                              start: Box<
+            dyn FnMut() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send,
+        >| {
+            let run = supervise(role, board.clone(), owned, roles_stop.clone(), start);
+            tasks.spawn(async move { (role, run.await) });
+        };
 
         if roles.contains(&Role::Deciders) {
+            let owned = Owned::default();
             let settings = DeciderSettings {
                 kafka: kafka.clone(),
                 snapshot_every: settings.snapshot_every,
+                owned: owned.clone(),
             };
-            let run = decider::run(settings, db.clone(), roles_stop.clone());
-            tasks.spawn(async move { ("deciders", run.await) });
+            let (db, stop) = (pool("deciders", ROLE_POOL)?, roles_stop.clone());
+            supervised(
+                "deciders",
+                Some(owned),
+                Box::new(move || decider::run(settings.clone(), db.clone(), stop.clone()).boxed()),
+            );
         }
         if roles.contains(&Role::Projector) {
+            let owned = Owned::default();
             let settings = ProjectorSettings {
                 kafka: kafka.clone(),
+                owned: owned.clone(),
+                progress: progress.clone(),
             };
-            let run = projector::run(
-                settings,
-                db.clone(),
-                Some(cache.clone()),
+            let (db, stop, cache) = (
+                pool("projector", ROLE_POOL)?,
                 roles_stop.clone(),
+                cache.clone(),
             );
-            tasks.spawn(async move { ("projector", run.await) });
-            let relay = outbox::relay(db.clone(), kafka.clone(), roles_stop.clone());
-            tasks.spawn(async move { ("outbox relay", relay.await) });
+            supervised(
+                "projector",
+                Some(owned),
+                Box::new(move || {
+                    projector::run(
+                        settings.clone(),
+                        db.clone(),
+                        Some(cache.clone()),
+                        stop.clone(),
+                    )
+                    .boxed()
+                }),
+            );
+            let (db, stop, kafka) = (
+                pool("outbox-relay", ROLE_POOL)?,
+                roles_stop.clone(),
+                kafka.clone(),
+            );
+            supervised(
+                "outbox relay",
+                None,
+                Box::new(move || outbox::relay(db.clone(), kafka.clone(), stop.clone()).boxed()),
+            );
         }
 
         let serves_http = roles.contains(&Role::Api) || roles.contains(&Role::Realtime);
@@ -90,16 +267,34 @@ impl Application {
             None
         };
         if let (true, Some(bus)) = (roles.contains(&Role::Deciders), &bus) {
-            let older_than = std::time::Duration::from_secs(settings.registration_timeout_secs);
-            let sweep =
-                crate::sweeper::run(bus.clone(), db.clone(), older_than, roles_stop.clone());
-            tasks.spawn(async move { ("registration sweeper", sweep.await) });
+            let older_than = Duration::from_secs(settings.registration_timeout_secs);
+            let (bus, db, stop) = (bus.clone(), pool("sweeper", 1)?, roles_stop.clone());
+            supervised(
+                "registration sweeper",
+                None,
+                Box::new(move || {
+                    crate::sweeper::run(bus.clone(), db.clone(), older_than, stop.clone()).boxed()
+                }),
+            );
         }
-
         let (mut port, mut server, mut handle) = (None, None, None);
         if let (true, Some(bus)) = (serves_http, bus) {
+            // Readers here also hear of the commits of projectors elsewhere.
+            let (listen_db, stop, listening) =
+                (pool("progress", 1)?, roles_stop.clone(), progress.clone());
+            supervised(
+                "progress listener",
+                None,
+                Box::new(move || {
+                    listening
+                        .clone()
+                        .listen(listen_db.clone(), stop.clone())
+                        .boxed()
+                }),
+            );
             let state = web::Data::new(ApiState {
-                db: db.clone(),
+                db: api_db,
+                progress,
                 cache: cache.clone(),
                 bus,
                 jwt: Jwt::new(&settings.jwt_secret, settings.token_ttl()),
@@ -115,11 +310,24 @@ impl Application {
             let (with_api, with_realtime) = (roles.contains(&Role::Api), hub.is_some());
             let asyncapi = tidings_schemas::asyncapi::document(&kafka, env!("CARGO_PKG_VERSION"));
             let spec = web::Data::new(tidings_api::docs::Spec::new(openapi(), &asyncapi));
-            let metrics = web::Data::new(tidings_api::health::Metrics(Box::new(
-                crate::telemetry::render_metrics,
-            )));
-            let monitor = lag::monitor(kafka.clone(), db.clone(), roles_stop.clone());
-            tasks.spawn(async move { ("lag monitor", monitor.await) });
+            let metrics = web::Data::new(tidings_api::health::Metrics(Box::new({
+                let board = board.clone();
+                move || {
+                    // Refreshes the role gauges.
+                    board.reports();
+                    crate::telemetry::render_metrics()
+                }
+            })));
+            let role_reports = web::Data::new(Roles(Box::new({
+                let board = board.clone();
+                move || board.reports()
+            })));
+            let (db, stop, kafka) = (pool("lag-monitor", 1)?, roles_stop.clone(), kafka.clone());
+            supervised(
+                "lag monitor",
+                None,
+                Box::new(move || lag::monitor(kafka.clone(), db.clone(), stop.clone()).boxed()),
+            );
             let listener = TcpListener::bind(&settings.http_addr)
                 .with_context(|| format!("binding {}", settings.http_addr))?;
             port = Some(listener.local_addr()?.port());
@@ -127,6 +335,7 @@ impl Application {
                 let mut app = App::new()
                     .app_data(state.clone())
                     .app_data(metrics.clone())
+                    .app_data(role_reports.clone())
                     .app_data(spec.clone())
                     .wrap(from_fn(tidings_api::middleware::read_your_writes))
                     .wrap(from_fn(tidings_api::middleware::http_metrics))
@@ -182,7 +391,7 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Runs until shut down, or until a role fails.
+    /// Runs until shut down, or until the HTTP server stops.
     pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
         if let Some(server) = self.server.take() {
             let shutdown = self.shutdown.clone();
@@ -196,7 +405,7 @@ impl Application {
         while let Some(joined) = self.tasks.join_next().await {
             let (role, result) = joined.context("a role panicked")?;
             if let Err(error) = result {
-                tracing::error!(role, error = format!("{error:#}"), "role failed; stopping");
+                tracing::error!(role, error = format!("{error:#}"), "stopped with an error");
                 if outcome.is_ok() {
                     outcome = Err(error.context(format!("{role} failed")));
                 }

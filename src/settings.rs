@@ -84,6 +84,14 @@ pub struct Settings {
         default_value_t = 10_000
     )]
     pub kafka_session_timeout_ms: u32,
+    /// This process's name in its consumer groups (Kafka static membership,
+    /// `group.instance.id`): a process restarted under the same name takes
+    /// its partitions back at once, where a new name waits for the dead one
+    /// to expire (and tansu 0.6 may never hand them over). Default: the host
+    /// name and the HTTP port. Two processes running the same roles on one
+    /// host must have names of their own.
+    #[arg(long, env = "TIDINGS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// HS256 secret of the JWTs.
     #[arg(long, env = "TIDINGS_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
     pub jwt_secret: String,
@@ -114,6 +122,7 @@ impl fmt::Debug for Settings {
             .field("kafka_brokers", &self.kafka_brokers)
             .field("topic_prefix", &self.topic_prefix)
             .field("partitions", &self.partitions)
+            .field("instance_id", &self.instance_id())
             .field("jwt_secret", &"***")
             .finish_non_exhaustive()
     }
@@ -190,6 +199,9 @@ impl Settings {
                 vars.push((key, path.display().to_string()));
             }
         }
+        if let Some(id) = &self.instance_id {
+            vars.push(("TIDINGS_INSTANCE_ID", id.clone()));
+        }
         vars
     }
 
@@ -198,6 +210,7 @@ impl Settings {
         [
             ("TIDINGS_TLS_CERT", self.tls_cert.is_none()),
             ("TIDINGS_TLS_KEY", self.tls_key.is_none()),
+            ("TIDINGS_INSTANCE_ID", self.instance_id.is_none()),
         ]
         .into_iter()
         .filter_map(|(key, unset)| unset.then_some(key))
@@ -240,7 +253,27 @@ impl Settings {
             topic_prefix: self.topic_prefix.clone(),
             partitions: self.partitions,
             session_timeout_ms: self.kafka_session_timeout_ms,
+            instance_id: Some(self.instance_id()),
         }
+    }
+
+    /// `TIDINGS_INSTANCE_ID`, or the host name and HTTP port: what a process
+    /// restarted on the same host with the same settings calls itself again.
+    pub fn instance_id(&self) -> String {
+        if let Some(id) = &self.instance_id {
+            return id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "tidings".to_owned());
+        let port = self
+            .http_addr
+            .rsplit_once(':')
+            .map_or("0", |(_, port)| port);
+        format!("{host}-{port}")
     }
 
     pub fn token_ttl(&self) -> Duration {

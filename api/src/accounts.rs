@@ -13,7 +13,6 @@ use tidings_commands::registration::{self, unwind, Saga, Unwound};
 use tidings_commands::{AnyCommand, Outcome};
 use tidings_domain::{account, claim};
 use tidings_projections::accounts::{Profile, PublicProfile};
-use tidings_projections::db;
 use tidings_schemas::{AggregateRef, Position};
 use uuid::Uuid;
 
@@ -315,7 +314,9 @@ pub(crate) async fn update_profile(
     // Answer with the profile as the read model shows it once it has this
     // write; if it lags past the bounded wait, the write still stands: 202
     // with the position to read it at later.
-    let projected = db::wait_for(&state.db, &position, state.settings.min_position_wait)
+    let projected = state
+        .progress
+        .wait_for(&position, state.settings.min_position_wait)
         .await
         .is_ok();
     let account = match projected {
@@ -346,10 +347,12 @@ pub(crate) async fn update_profile(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn public_profile(
     state: web::Data<ApiState>,
+    req: actix_web::HttpRequest,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
+    let needed = crate::middleware::MinPosition::of(&req);
     let account = state
-        .account(id.into_inner())
+        .account(id.into_inner(), needed.as_ref())
         .await?
         .ok_or_else(ApiError::not_found)?;
     let view: PublicProfile = account.public_profile();

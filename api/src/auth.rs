@@ -17,6 +17,7 @@ use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tidings_projections::accounts::AccountRow;
+use tidings_schemas::Position;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -136,24 +137,50 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 
 /// Checks a token against the account it names.
 pub async fn authenticate(state: &ApiState, token: &str) -> Result<Authenticated, ApiError> {
+    authenticate_at(state, token, None).await
+}
+
+/// Checks a token against the account it names, and reads the account as of
+/// at least `needed`. The token version always comes from PostgreSQL: a
+/// cache entry whose refresh failed must not keep a revoked token working,
+/// here or on any other process.
+pub async fn authenticate_at(
+    state: &ApiState,
+    token: &str,
+    needed: Option<&Position>,
+) -> Result<Authenticated, ApiError> {
     let claims = state.jwt.verify(token)?;
-    let account = state.account(claims.sub).await?;
-    match &account {
-        Some(account) if account.token_version != claims.ver => Err(ApiError::unauthorized(
-            "token_revoked",
-            "the token was revoked by a password change",
-        )),
+    let current: Option<(i64, i32)> =
+        sqlx::query_as("SELECT version, token_version FROM accounts WHERE id = $1")
+            .bind(claims.sub)
+            .fetch_optional(&state.db)
+            .await?;
+    let account = match current {
+        Some((_, token_version)) if token_version != claims.ver => {
+            return Err(ApiError::unauthorized(
+                "token_revoked",
+                "the token was revoked by a password change",
+            ))
+        }
         // Not projected yet: only a first-version token can be that new.
-        None if claims.ver != 0 => Err(ApiError::unauthorized(
-            "invalid_token",
-            "the token is not valid",
-        )),
-        _ => Ok(Authenticated {
-            user_id: claims.sub,
-            account,
-            expires_at: claims.exp,
-        }),
-    }
+        None if claims.ver != 0 => {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "the token is not valid",
+            ))
+        }
+        None => None,
+        // The cached row serves only if it is the version PostgreSQL has.
+        Some((version, _)) => match state.cache.account(claims.sub, needed).await {
+            Some(cached) if cached.version == version => Some(cached),
+            _ => state.account_from_db(claims.sub).await?,
+        },
+    };
+    Ok(Authenticated {
+        user_id: claims.sub,
+        account,
+        expires_at: claims.exp,
+    })
 }
 
 impl FromRequest for Authenticated {
@@ -163,13 +190,14 @@ impl FromRequest for Authenticated {
     fn from_request(req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
         let state = req.app_data::<web::Data<ApiState>>().cloned();
         let token = bearer(req).map(str::to_owned);
+        let needed = crate::middleware::MinPosition::of(req);
         Box::pin(async move {
             let state =
                 state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("ApiState missing")))?;
             let token = token.ok_or_else(|| {
                 ApiError::unauthorized("unauthenticated", "sign in: Authorization: Bearer <token>")
             })?;
-            authenticate(&state, &token).await
+            authenticate_at(&state, &token, needed.as_ref()).await
         })
     }
 }

@@ -1,5 +1,6 @@
-//! `GET /health` (the process is alive), `GET /ready` (each dependency
-//! reported; 503 when one is down) and `GET /metrics` (Prometheus text).
+//! `GET /health` (the process is alive), `GET /ready` (each dependency and
+//! each role of the process reported; 503 when one is down) and
+//! `GET /metrics` (Prometheus text).
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
@@ -41,12 +42,32 @@ pub(crate) async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Reports what each role of this process is doing.
+pub struct Roles(pub Box<dyn Fn() -> Vec<RoleReport> + Send + Sync>);
+
+/// One role of the process, as `/ready` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RoleReport {
+    /// `deciders`, `projector`, `outbox relay`…
+    pub role: String,
+    /// `running`; `restarting` (it failed and starts again after a pause);
+    /// `stopped`.
+    pub state: String,
+    /// How many partitions it owns, for a role that shares its work in a
+    /// consumer group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<usize>,
+    /// Running, and owning partitions if it should.
+    pub ready: bool,
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Readiness {
     status: &'static str,
     kafka: &'static str,
     postgres: &'static str,
     redis: &'static str,
+    roles: Vec<RoleReport>,
 }
 
 fn word(up: bool) -> &'static str {
@@ -57,23 +78,30 @@ fn word(up: bool) -> &'static str {
     }
 }
 
-/// Whether Kafka and PostgreSQL answer (Redis is reported; without it reads are slower, not wrong).
+/// Whether Kafka and PostgreSQL answer and every role of the process runs and
+/// owns its share of partitions (Redis is reported; without it reads are
+/// slower, not wrong).
 #[utoipa::path(get, path = "/ready", tag = "operations", responses(
     (status = 200, description = "ready", body = Readiness),
-    (status = 503, description = "a dependency is down; `Retry-After`", body = Readiness)))]
-pub(crate) async fn ready(state: web::Data<ApiState>) -> HttpResponse {
+    (status = 503, description = "a dependency is down, or a role is restarting or owns no partition; `Retry-After`", body = Readiness)))]
+pub(crate) async fn ready(
+    state: web::Data<ApiState>,
+    roles: Option<web::Data<Roles>>,
+) -> HttpResponse {
     let (kafka, postgres, redis) = tokio::join!(
         bounded(state.bus.ping()),
         bounded(async { sqlx::query("SELECT 1").execute(&state.db).await.is_ok() }),
         bounded(state.cache.ping()),
     );
+    let roles = roles.map(|r| (r.0)()).unwrap_or_default();
     // Redis down makes reads slower, not wrong: reported, not fatal.
-    let ready = kafka && postgres;
+    let ready = kafka && postgres && roles.iter().all(|r| r.ready);
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         kafka: word(kafka),
         postgres: word(postgres),
         redis: word(redis),
+        roles,
     };
     if ready {
         HttpResponse::Ok().json(body)

@@ -28,10 +28,12 @@ use std::time::Duration;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest, HttpResponse};
-use sqlx::PgPool;
+use sqlx::{FromRow, PgPool, Row};
 use tidings_commands::CommandBus;
 use tidings_projections::accounts::AccountRow;
+use tidings_projections::db::Progress;
 use tidings_projections::Cache;
+use tidings_schemas::Position;
 use uuid::Uuid;
 
 use crate::auth::Jwt;
@@ -50,6 +52,9 @@ pub struct ApiSettings {
 /// What every handler shares.
 pub struct ApiState {
     pub db: PgPool,
+    /// How far the projector has committed; wakes readers waiting for a
+    /// position.
+    pub progress: Progress,
     pub cache: Cache,
     pub bus: CommandBus,
     pub jwt: Jwt,
@@ -57,16 +62,41 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// An account from the cache, else from PostgreSQL (filling the cache).
-    pub async fn account(&self, id: Uuid) -> Result<Option<AccountRow>, ApiError> {
-        if let Some(account) = self.cache.account(id).await {
+    /// An account as of at least `needed` (read-your-writes): from the cache
+    /// when its entry is that far, else from PostgreSQL (refilling the
+    /// cache).
+    pub async fn account(
+        &self,
+        id: Uuid,
+        needed: Option<&Position>,
+    ) -> Result<Option<AccountRow>, ApiError> {
+        if let Some(account) = self.cache.account(id, needed).await {
             return Ok(Some(account));
         }
-        let account = tidings_projections::accounts::by_id(&self.db, id).await?;
-        if let Some(account) = &account {
-            self.cache.put_account(account).await;
-        }
-        Ok(account)
+        self.account_from_db(id).await
+    }
+
+    /// An account from PostgreSQL, and into the cache with the projector
+    /// offsets of the same snapshot: exactly the position the row reflects.
+    pub async fn account_from_db(&self, id: Uuid) -> Result<Option<AccountRow>, ApiError> {
+        let row = sqlx::query(
+            "SELECT a.*,
+                    ARRAY(SELECT partition FROM projector_offsets ORDER BY partition) AS at_partitions,
+                    ARRAY(SELECT next_offset FROM projector_offsets ORDER BY partition) AS at_offsets
+             FROM accounts a WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let account = AccountRow::from_row(&row)?;
+        let partitions: Vec<i32> = row.try_get("at_partitions")?;
+        let offsets: Vec<i64> = row.try_get("at_offsets")?;
+        let at: Vec<(i32, i64)> = partitions.into_iter().zip(offsets).collect();
+        self.cache.put_account(&account, &at).await;
+        Ok(Some(account))
     }
 }
 

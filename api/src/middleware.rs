@@ -5,7 +5,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
-use tidings_projections::db::{self, WaitError};
+use tidings_projections::db::WaitError;
 use tidings_schemas::Position;
 use uuid::Uuid;
 
@@ -56,6 +56,17 @@ pub async fn http_metrics(
     Ok(response)
 }
 
+/// The position a request asked to read at (`X-Min-Position`), once the read
+/// models passed it: what is read from a cache must be that far too.
+#[derive(Debug, Clone)]
+pub struct MinPosition(pub Position);
+
+impl MinPosition {
+    pub fn of(req: &actix_web::HttpRequest) -> Option<Position> {
+        req.extensions().get::<MinPosition>().map(|m| m.0.clone())
+    }
+}
+
 /// A GET that carries `X-Min-Position` is answered only once the read models
 /// have passed that position; past the bounded wait, 503 with `Retry-After`.
 pub async fn read_your_writes(
@@ -68,23 +79,32 @@ pub async fn read_your_writes(
         .filter(|_| req.method() == actix_web::http::Method::GET)
         .map(|v| v.to_str().map(str::to_owned));
     if let Some(token) = token {
-        if let Err(error) = wait(&req, token.ok()).await {
-            let (http, _) = req.into_parts();
-            return Ok(ServiceResponse::new(http, error_response(error)).map_into_right_body());
+        match wait(&req, token.ok()).await {
+            Ok(position) => {
+                req.extensions_mut().insert(MinPosition(position));
+            }
+            Err(error) => {
+                let (http, _) = req.into_parts();
+                return Ok(ServiceResponse::new(http, error_response(error)).map_into_right_body());
+            }
         }
     }
     Ok(next.call(req).await?.map_into_left_body())
 }
 
-async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<(), ApiError> {
+async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<Position, ApiError> {
     let position: Position = token.and_then(|t| t.parse().ok()).ok_or_else(|| {
         ApiError::bad_request("invalid_position", "X-Min-Position is not a position token")
     })?;
     let state = req
         .app_data::<web::Data<ApiState>>()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("ApiState missing")))?;
-    match db::wait_for(&state.db, &position, state.settings.min_position_wait).await {
-        Ok(()) => Ok(()),
+    match state
+        .progress
+        .wait_for(&position, state.settings.min_position_wait)
+        .await
+    {
+        Ok(()) => Ok(position),
         Err(WaitError::TimedOut(_)) => Err(ApiError::unavailable(
             "position_not_reached",
             "the read model has not caught up with that position yet",

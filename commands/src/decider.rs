@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tidings_domain::ErrorKind;
 use tidings_schemas::envelope::{event_id, CURRENT_VERSION};
-use tidings_schemas::kafka::{KafkaSettings, Topics, ADMIN_TIMEOUT};
+use tidings_schemas::kafka::{KafkaSettings, Owned, Topics, ADMIN_TIMEOUT};
 use tidings_schemas::{faults, EventEnvelope, Position};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -87,6 +87,8 @@ pub struct DeciderSettings {
     pub kafka: KafkaSettings,
     /// Events folded on a partition between two snapshots of its state.
     pub snapshot_every: u64,
+    /// Kept up to date with how many partitions this decider owns.
+    pub owned: Owned,
 }
 
 /// Records which partitions the group took away, for the loop to drop their
@@ -94,6 +96,7 @@ pub struct DeciderSettings {
 #[derive(Default)]
 struct Ownership {
     revoked: Mutex<Vec<i32>>,
+    owned: Owned,
 }
 
 impl ClientContext for Ownership {}
@@ -104,6 +107,10 @@ impl ConsumerContext for Ownership {
             let mut revoked = self.revoked.lock().expect("ownership lock");
             revoked.extend(list.elements().iter().map(|e| e.partition()));
         }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.owned.rebalanced(rebalance);
     }
 }
 
@@ -351,7 +358,10 @@ pub async fn run(
     let commands: StreamConsumer<Ownership> = settings
         .kafka
         .consumer(Some(&group))
-        .create_with_context(Ownership::default())
+        .create_with_context(Ownership {
+            owned: settings.owned.clone(),
+            ..Default::default()
+        })
         .context("creating the commands consumer")?;
     commands.subscribe(&[&topics.commands])?;
     let mut decider = Decider {

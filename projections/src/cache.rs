@@ -3,6 +3,10 @@
 //! Every entry carries the aggregate version it reflects, and a write only
 //! lands if its version is newer: the projector's write after a commit and a
 //! reader's fill after a miss can race in any order and the newest wins.
+//! Every entry also carries the projector offsets it reflects (`at`), so a
+//! read that must see a position (`X-Min-Position`) skips an entry that is
+//! not that far yet. A write that fails deletes the entry instead of leaving
+//! the old one; if even that fails, the entry lives [`TTL_SECONDS`] at most.
 //! Every error is logged and turned into a miss, so Redis being down makes
 //! reads slower, never failed.
 
@@ -10,12 +14,16 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use tidings_schemas::Position;
 use uuid::Uuid;
 
 use crate::accounts::AccountRow;
+use crate::db::{format_offsets, parse_offsets};
 
-/// How long an entry lives without being refreshed.
-const TTL_SECONDS: u64 = 3600;
+/// How long an entry lives without being refreshed: short, because an entry
+/// whose refresh and deletion both failed is served to reads that ask for no
+/// position until then.
+pub const TTL_SECONDS: u64 = 60;
 /// How long a request waits on Redis before it reads PostgreSQL instead.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -23,7 +31,7 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const PUT_IF_NEWER: &str = r"
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
 if tonumber(ARGV[1]) > current then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'json', ARGV[2])
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'json', ARGV[2], 'at', ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   return 1
 end
@@ -60,44 +68,88 @@ impl Cache {
         format!("{}:account:{id}", self.prefix)
     }
 
-    pub async fn account(&self, id: Uuid) -> Option<AccountRow> {
+    /// The cached account, if its entry reflects at least `needed` (every
+    /// partition of it projected, by the offsets the entry carries).
+    pub async fn account(&self, id: Uuid, needed: Option<&Position>) -> Option<AccountRow> {
         let key = self.account_key(id);
-        let found: Option<String> = self
+        let found: Option<(Option<String>, Option<String>)> = self
             .run(async {
                 let mut conn = self.pool.get().await?;
-                Ok(conn.hget(&key, "json").await?)
+                Ok(redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("json")
+                    .arg("at")
+                    .query_async(&mut conn)
+                    .await?)
             })
-            .await
-            .flatten();
-        match found.and_then(|json| serde_json::from_str(&json).ok()) {
-            Some(account) => {
-                metrics::counter!("tidings_cache_requests_total", "cache" => "account", "result" => "hit").increment(1);
+            .await;
+        let (json, at) = found.unwrap_or_default();
+        let account: Option<AccountRow> = json.and_then(|json| serde_json::from_str(&json).ok());
+        let result = match (account, needed) {
+            (None, _) => None,
+            (Some(account), None) => Some(account),
+            (Some(account), Some(needed)) => {
+                let at = parse_offsets(at.as_deref().unwrap_or_default());
+                let far_enough =
+                    needed.reached_by(|p| at.iter().find(|(ap, _)| *ap == p).map(|(_, n)| *n));
+                if !far_enough {
+                    metrics::counter!("tidings_cache_requests_total", "cache" => "account", "result" => "behind").increment(1);
+                    return None;
+                }
                 Some(account)
             }
-            None => {
-                metrics::counter!("tidings_cache_requests_total", "cache" => "account", "result" => "miss").increment(1);
-                None
-            }
+        };
+        let label = if result.is_some() { "hit" } else { "miss" };
+        metrics::counter!("tidings_cache_requests_total", "cache" => "account", "result" => label)
+            .increment(1);
+        result
+    }
+
+    /// Caches `account` as of the projector offsets `at` (next offset per
+    /// partition; those the row is known to reflect). If the write fails the
+    /// entry is deleted, so that no older one outlives it.
+    pub async fn put_account(&self, account: &AccountRow, at: &[(i32, i64)]) {
+        let key = self.account_key(account.id);
+        let json = serde_json::to_string(account).expect("accounts serialize");
+        let written = self
+            .run(async {
+                let mut conn = self.pool.get().await?;
+                let _: i32 = redis::cmd("EVAL")
+                    .arg(PUT_IF_NEWER)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(account.version)
+                    .arg(&json)
+                    .arg(TTL_SECONDS)
+                    .arg(format_offsets(at))
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(())
+            })
+            .await;
+        if written.is_none() {
+            self.forget(&key).await;
         }
     }
 
-    pub async fn put_account(&self, account: &AccountRow) {
-        let key = self.account_key(account.id);
-        let json = serde_json::to_string(account).expect("accounts serialize");
-        self.run(async {
-            let mut conn = self.pool.get().await?;
-            let _: i32 = redis::cmd("EVAL")
-                .arg(PUT_IF_NEWER)
-                .arg(1)
-                .arg(&key)
-                .arg(account.version)
-                .arg(&json)
-                .arg(TTL_SECONDS)
-                .query_async(&mut conn)
-                .await?;
-            Ok(())
-        })
-        .await;
+    /// Deletes an entry; if that fails too, the entry dies with its TTL.
+    async fn forget(&self, key: &str) {
+        let deleted = self
+            .run(async {
+                let mut conn = self.pool.get().await?;
+                let _: i64 = conn.del(key).await?;
+                Ok(())
+            })
+            .await;
+        if deleted.is_none() {
+            metrics::counter!("tidings_cache_stale_entries_total", "cache" => "account")
+                .increment(1);
+            tracing::warn!(
+                key,
+                ttl_seconds = TTL_SECONDS,
+                "a cache entry could be neither refreshed nor deleted; it expires with its TTL"
+            );
+        }
     }
 
     /// Whether Redis answers (for `/ready`).

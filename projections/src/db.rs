@@ -1,10 +1,14 @@
-//! Connecting to PostgreSQL, migrating, and read-your-writes.
+//! Connecting to PostgreSQL, migrating, and read-your-writes: waiting until
+//! the projector has passed a position, woken by its commits.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tidings_schemas::Position;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -17,13 +21,28 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
+/// A pool of a role's own, connected on first use, so that one role
+/// exhausting or losing its connections leaves the others unharmed. Its
+/// sessions are named `tidings-<role>` (`pg_stat_activity.application_name`).
+pub fn role_pool(url: &str, role: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name(&format!("tidings-{role}"))))
+}
+
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(db).await
 }
 
-/// How often a read that carries `X-Min-Position` looks at the projector's
-/// offsets while it waits.
-const POSITION_POLL: Duration = Duration::from_millis(5);
+/// The channel on which projectors announce their commits to other
+/// processes (`NOTIFY`, payload `partition:next_offset,…`).
+pub const PROGRESS_CHANNEL: &str = "tidings_projector_progress";
+/// How often a listener re-reads the offsets even when nothing is announced:
+/// a notification lost while its connection was re-made delays a waiter by
+/// this much at most. One query per process, not per waiter.
+const PROGRESS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Whether the projector has passed every event `position` covers.
 pub async fn reached(db: &PgPool, position: &Position) -> Result<bool, sqlx::Error> {
@@ -48,16 +67,140 @@ pub enum WaitError {
     Database(#[from] sqlx::Error),
 }
 
-/// Waits, at most `limit`, until the projector has passed `position`.
-pub async fn wait_for(db: &PgPool, position: &Position, limit: Duration) -> Result<(), WaitError> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if reached(db, position).await? {
+/// How far the projector has committed (next offset per partition), as this
+/// process last heard: from a projector in this process directly, from
+/// projectors elsewhere through `LISTEN`. Readers waiting for a position
+/// wake when it moves instead of polling PostgreSQL. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    db: PgPool,
+    offsets: watch::Sender<BTreeMap<i32, i64>>,
+}
+
+impl Progress {
+    /// Progress read through `db` when a waiter starts.
+    pub fn new(db: PgPool) -> Self {
+        Progress {
+            db,
+            offsets: watch::Sender::new(BTreeMap::new()),
+        }
+    }
+
+    /// Notes committed next offsets; offsets only ever move forward, so an
+    /// old announcement arriving late changes nothing.
+    pub fn advance(&self, committed: impl IntoIterator<Item = (i32, i64)>) {
+        let committed: Vec<(i32, i64)> = committed.into_iter().collect();
+        self.offsets.send_if_modified(|offsets| {
+            let mut moved = false;
+            for &(partition, next) in &committed {
+                match offsets.get_mut(&partition) {
+                    Some(known) if *known >= next => {}
+                    Some(known) => {
+                        *known = next;
+                        moved = true;
+                    }
+                    None => {
+                        offsets.insert(partition, next);
+                        moved = true;
+                    }
+                }
+            }
+            moved
+        });
+    }
+
+    /// Waits, at most `limit`, until the projector has passed `position`.
+    pub async fn wait_for(&self, position: &Position, limit: Duration) -> Result<(), WaitError> {
+        let mut seen = self.offsets.subscribe();
+        // PostgreSQL first: the projector may have passed the position before
+        // this process heard of it.
+        if reached(&self.db, position).await? {
             return Ok(());
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(WaitError::TimedOut(limit));
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let passed = {
+                let offsets = seen.borrow_and_update();
+                position.reached_by(|p| offsets.get(&p).copied())
+            };
+            if passed {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, seen.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender lives as long as `self`: cannot happen.
+                Ok(Err(_)) => return Err(WaitError::TimedOut(limit)),
+                Err(_) => return Err(WaitError::TimedOut(limit)),
+            }
         }
-        tokio::time::sleep(POSITION_POLL).await;
+    }
+
+    /// Follows the commits of projectors in any process (`LISTEN` on a
+    /// connection of `listen_db`), until `shutdown`.
+    pub async fn listen(
+        self,
+        listen_db: PgPool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut listener = PgListener::connect_with(&listen_db).await?;
+        listener.listen(PROGRESS_CHANNEL).await?;
+        let mut refresh = tokio::time::interval(PROGRESS_REFRESH);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = refresh.tick() => {
+                    let rows: Vec<(i32, i64)> =
+                        sqlx::query_as("SELECT partition, next_offset FROM projector_offsets")
+                            .fetch_all(&self.db)
+                            .await?;
+                    self.advance(rows);
+                }
+                notification = listener.recv() => {
+                    self.advance(parse_offsets(notification?.payload()));
+                }
+            }
+        }
+    }
+}
+
+/// Tells the other processes what a projector just committed.
+pub async fn announce(db: &PgPool, committed: &[(i32, i64)]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(PROGRESS_CHANNEL)
+        .bind(format_offsets(committed))
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Next offsets as `partition:next,…`.
+pub fn format_offsets(offsets: &[(i32, i64)]) -> String {
+    let pairs: Vec<String> = offsets.iter().map(|(p, n)| format!("{p}:{n}")).collect();
+    pairs.join(",")
+}
+
+/// `partition:next,…`; anything unreadable is left out.
+pub fn parse_offsets(payload: &str) -> Vec<(i32, i64)> {
+    payload
+        .split(',')
+        .filter_map(|pair| {
+            let (p, n) = pair.split_once(':')?;
+            Some((p.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_offsets_read_back() {
+        assert_eq!(parse_offsets("0:12,3:40"), [(0, 12), (3, 40)]);
+        assert_eq!(parse_offsets("0:x,,2:5"), [(2, 5)]);
+        assert_eq!(
+            parse_offsets(&format_offsets(&[(1, 2), (3, 4)])),
+            [(1, 2), (3, 4)]
+        );
     }
 }

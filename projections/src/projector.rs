@@ -18,12 +18,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset};
 use sqlx::{PgPool, Postgres, Transaction};
-use tidings_schemas::kafka::KafkaSettings;
+use tidings_schemas::kafka::{KafkaSettings, Owned};
 use tidings_schemas::{faults, Cursor, DomainEvent, EventEnvelope};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cache::Cache;
+use crate::db::Progress;
 use crate::outbox;
 use crate::projection::{self, Effects};
 
@@ -36,6 +37,10 @@ const BATCH_WINDOW: Duration = Duration::from_millis(2);
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
     pub kafka: KafkaSettings,
+    /// Kept up to date with how many partitions this projector owns.
+    pub owned: Owned,
+    /// Told of every commit, to wake the readers waiting for a position.
+    pub progress: Progress,
 }
 
 /// Notes partitions the group hands over, for the loop to seek them to the
@@ -43,6 +48,7 @@ pub struct ProjectorSettings {
 #[derive(Default)]
 struct Assignments {
     assigned: Mutex<Vec<i32>>,
+    owned: Owned,
 }
 
 impl ClientContext for Assignments {}
@@ -53,6 +59,7 @@ impl ConsumerContext for Assignments {
             let mut assigned = self.assigned.lock().expect("assignments lock");
             assigned.extend(list.elements().iter().map(|e| e.partition()));
         }
+        self.owned.rebalanced(rebalance);
     }
 }
 
@@ -68,7 +75,10 @@ pub async fn run(
         settings
             .kafka
             .consumer(Some(&group))
-            .create_with_context(Assignments::default())
+            .create_with_context(Assignments {
+                owned: settings.owned.clone(),
+                ..Default::default()
+            })
             .context("creating the projector consumer")?,
     );
     consumer.subscribe(&[&topic])?;
@@ -100,9 +110,18 @@ pub async fn run(
         for (partition, offset, reason) in &projected.halted {
             halt(&consumer, &topic, *partition, *offset, reason);
         }
+        // The next offset of each partition of the batch, as now committed.
+        let committed = &projected.offsets;
+        settings.progress.advance(committed.iter().copied());
+        if let Err(error) = crate::db::announce(&db, committed).await {
+            // Other processes' waiters then hear of it at their next refresh.
+            tracing::warn!(%error, "announcing the projector's progress");
+        }
         if let Some(cache) = &cache {
             for account in &projected.effects.accounts {
-                cache.put_account(account).await;
+                // The row reflects at least the batch's partitions as now
+                // committed; it claims nothing of the others.
+                cache.put_account(account, committed).await;
             }
         }
     }
@@ -184,6 +203,8 @@ pub struct Projected {
     /// Partitions stopped at an event this build cannot read: `(partition,
     /// offset, why)`. Their offsets stay at that event.
     pub halted: Vec<(i32, i64, String)>,
+    /// The next offset of each partition of the batch, as committed.
+    pub offsets: Vec<(i32, i64)>,
 }
 
 /// Projects one batch in one transaction.
@@ -269,6 +290,7 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
     }
     faults::pause_at("projector.before_commit");
     tx.commit().await?;
+    projected.offsets = offsets.into_iter().collect();
     Ok(projected)
 }
 

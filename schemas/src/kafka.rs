@@ -6,11 +6,14 @@
 //! count and the same key, which puts an aggregate's commands and events on
 //! the same partition number: the single-writer rule rests on it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, Rebalance};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,13 @@ pub struct KafkaSettings {
     /// How long a consumer-group member may stay silent before its partitions
     /// move to another; a join takes about half of it, so tests keep it short.
     pub session_timeout_ms: u32,
+    /// This process's `group.instance.id` in every group it joins (static
+    /// membership): restarted under the same id, it takes its partitions
+    /// back at once. tansu 0.6 expires a dead member only inside a later
+    /// join, sync or heartbeat of another, and a quick rejoin under a new id
+    /// can form a group whose members own nothing.
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +109,42 @@ impl KafkaSettings {
         // librdkafka needs a group id even to commit nothing; a hand-assigned
         // consumer gets one of its own that never joins.
         config.set("group.id", group.unwrap_or("tidings-unjoined"));
+        if let (Some(_), Some(id)) = (group, &self.instance_id) {
+            config.set("group.instance.id", id);
+        }
         config
+    }
+
+    /// Checks that the four topics exist with the configured partition
+    /// count: commands and events must map a key to the same partition, now
+    /// and after every restart, or the single-writer rule breaks. It blocks
+    /// on metadata requests: call it off the async workers (`spawn_blocking`).
+    pub fn check_topics(&self) -> Result<(), TopicsError> {
+        let consumer: BaseConsumer = self
+            .client()
+            .create()
+            .map_err(|e| TopicsError::Unavailable(e.to_string()))?;
+        for topic in self.topics().all() {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+                .map_err(|e| TopicsError::Unavailable(e.to_string()))?;
+            let found = metadata.topics().iter().find(|t| t.name() == topic);
+            let partitions = match found {
+                Some(t) if t.error().is_none() => t.partitions().len() as i32,
+                _ => return Err(TopicsError::Missing(topic.to_owned())),
+            };
+            if partitions == 0 {
+                return Err(TopicsError::Missing(topic.to_owned()));
+            }
+            if partitions != self.partitions {
+                return Err(TopicsError::PartitionCount {
+                    topic: topic.to_owned(),
+                    found: partitions,
+                    configured: self.partitions,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Creates the four topics if they do not exist yet.
@@ -123,5 +168,47 @@ impl KafkaSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// Why the topics cannot be used as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    #[error("topic {0} does not exist: create the topics with `tidings topics`")]
+    Missing(String),
+    #[error("topic {topic} has {found} partitions but TIDINGS_PARTITIONS is {configured}: a key would move to another partition and break the single-writer rule; set TIDINGS_PARTITIONS={found} (the count is fixed once the topics exist)")]
+    PartitionCount {
+        topic: String,
+        found: i32,
+        configured: i32,
+    },
+    #[error("the brokers did not answer a metadata request: {0}")]
+    Unavailable(String),
+}
+
+/// How many partitions a consumer-group member owns, kept from its rebalance
+/// callbacks: `/ready` says not ready while a role that should own some owns
+/// none. Clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct Owned(Arc<AtomicUsize>);
+
+impl Owned {
+    /// Notes a rebalance (eager assignment: an assignment replaces all, a
+    /// revocation takes all).
+    pub fn rebalanced(&self, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => self.0.store(list.count(), Ordering::Relaxed),
+            Rebalance::Revoke(_) => self.0.store(0, Ordering::Relaxed),
+            Rebalance::Error(_) => {}
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A role that stops owns nothing any more.
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::Relaxed);
     }
 }

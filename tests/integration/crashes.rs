@@ -454,3 +454,225 @@ async fn a_graceful_shutdown_loses_no_acknowledged_command() {
     projector.stop().await;
     world.clean_up().await;
 }
+
+/// What one PATCH of the load got.
+struct Attempt {
+    client: usize,
+    bio: String,
+    started: tokio::time::Instant,
+    answered: tokio::time::Instant,
+    status: Option<u16>,
+    position: Option<String>,
+}
+
+/// 16 clients PATCH their profiles without pause; the process serving every
+/// role is killed with SIGKILL and started again at once, as a supervisor
+/// would. Writes must be accepted again within seconds (the measure printed
+/// is from the restart to the first accepted write started after it), `/ready`
+/// must not say ready while a role owns no partition, and every acknowledged
+/// write is in the log once and in the read model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_killed_under_load_takes_writes_again_within_seconds() {
+    const CLIENTS: usize = 16;
+    /// The longest a restarted process may refuse writes.
+    const TARGET: Duration = Duration::from_secs(15);
+    let world = World::new().await;
+    let roles = "api,deciders,projector,realtime";
+    let first = tokio::task::spawn_blocking({
+        let child = world.spawn(roles, &[]);
+        move || {
+            let base = child.base_url();
+            (child, base)
+        }
+    });
+    let (child, base) = first.await.unwrap();
+    let client = Client::new(&base);
+    let mut users = Vec::new();
+    for i in 0..CLIENTS {
+        let (id, token, _) = client.user(&format!("load{i}")).await;
+        users.push((id, token));
+    }
+
+    let base = std::sync::Arc::new(std::sync::RwLock::new(base));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let load: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, (_, token))| {
+            let (base, stop, http, token) =
+                (base.clone(), stop.clone(), http.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut attempts = Vec::new();
+                for n in 0.. {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    let bio = format!("c{i}-{n}");
+                    let url = format!("{}/api/profile", base.read().unwrap());
+                    let started = tokio::time::Instant::now();
+                    let reply = http
+                        .patch(url)
+                        .bearer_auth(&token)
+                        .json(&json!({ "bio": bio }))
+                        .send()
+                        .await;
+                    let (status, position) = match reply {
+                        Ok(reply) => {
+                            let status = reply.status().as_u16();
+                            let body: Value = reply.json().await.unwrap_or(Value::Null);
+                            (Some(status), body["position"].as_str().map(str::to_owned))
+                        }
+                        Err(_) => {
+                            // The process is down: try again shortly.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            (None, None)
+                        }
+                    };
+                    attempts.push(Attempt {
+                        client: i,
+                        bio,
+                        started,
+                        answered: tokio::time::Instant::now(),
+                        status,
+                        position,
+                    });
+                }
+                attempts
+            })
+        })
+        .collect();
+
+    // Load for a while, then the crash and an immediate restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    child.kill();
+    let restarted_at = tokio::time::Instant::now();
+    let (child, new_base) = tokio::task::spawn_blocking({
+        let child = world.spawn(roles, &[]);
+        move || {
+            let base = child.base_url();
+            (child, base)
+        }
+    })
+    .await
+    .unwrap();
+    *base.write().unwrap() = new_base.clone();
+
+    // While the load goes on, `/ready` is watched: whenever it says ready,
+    // every role owns partitions.
+    let client = Client::new(&new_base);
+    let accepted = |a: &Attempt| matches!(a.status, Some(200 | 202));
+    let watch_until = restarted_at + TARGET + Duration::from_secs(10);
+    let mut ready_at = None;
+    while tokio::time::Instant::now() < watch_until {
+        let ready = client.send(client.get("/ready")).await;
+        if ready.status == 200 {
+            ready_at.get_or_insert_with(tokio::time::Instant::now);
+            for role in ready.body["roles"].as_array().into_iter().flatten() {
+                if role.get("partitions").is_some_and(|p| !p.is_null()) {
+                    assert!(
+                        role["partitions"].as_u64().unwrap() > 0,
+                        "ready while a role owns nothing: {}",
+                        ready.body
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let mut attempts = Vec::new();
+    for task in load {
+        attempts.extend(task.await.unwrap());
+    }
+    let first_accepted = attempts
+        .iter()
+        .filter(|a| a.started >= restarted_at && accepted(a))
+        .map(|a| a.answered)
+        .min();
+    let refused_after = attempts
+        .iter()
+        .filter(|a| a.started >= restarted_at && a.status.is_some() && !accepted(a))
+        .count();
+    let recovered = first_accepted.map(|at| at - restarted_at);
+    eprintln!(
+        "kill -9 and restart: first write accepted {recovered:?} after the restart; /ready 200 {:?} after it; {refused_after} writes refused after the restart; {} accepted in all",
+        ready_at.map(|at| at - restarted_at),
+        attempts.iter().filter(|a| accepted(a)).count()
+    );
+    let recovered = recovered.expect("no write was accepted after the restart");
+    assert!(
+        recovered <= TARGET,
+        "writes were refused for {recovered:?} after the restart"
+    );
+    assert!(ready_at.is_some(), "/ready never said ready");
+
+    // Every acknowledged write is in the log once; no command's events twice.
+    let db = world.db().await;
+    let mut position = Position::default();
+    for attempt in attempts.iter().filter(|a| accepted(a)) {
+        position.merge(&attempt.position.as_ref().unwrap().parse().unwrap());
+    }
+    let position = position.to_string();
+    eventually(
+        Duration::from_secs(60),
+        "the projector passes every acknowledged write",
+        || reached(&db, &position),
+    )
+    .await;
+    let events = world.events();
+    let mut ids = std::collections::HashSet::new();
+    let mut bios: std::collections::HashMap<String, usize> = Default::default();
+    for (_, _, event) in &events {
+        assert!(
+            ids.insert(event.event_id),
+            "{} written twice",
+            event.event_id
+        );
+        if event.event_type == "account.profile_updated" {
+            let bio = event.data["bio"].as_str().unwrap_or_default().to_owned();
+            *bios.entry(bio).or_default() += 1;
+        }
+    }
+    assert!(
+        bios.values().all(|&n| n == 1),
+        "a command applied twice: {:?}",
+        bios.iter().filter(|(_, &n)| n > 1).collect::<Vec<_>>()
+    );
+    for attempt in attempts.iter().filter(|a| accepted(a)) {
+        assert_eq!(
+            bios.get(&attempt.bio),
+            Some(&1),
+            "client {} got {:?} for {} but the log does not have it",
+            attempt.client,
+            attempt.status,
+            attempt.bio
+        );
+    }
+    // The read model agrees with the log: each account at its last sequence.
+    for (id, _) in &users {
+        let last = events
+            .iter()
+            .filter(|(_, _, e)| &e.aggregate.id == id)
+            .map(|(_, _, e)| e.sequence as i64)
+            .max()
+            .unwrap();
+        let user_id: Uuid = id.parse().unwrap();
+        eventually(
+            Duration::from_secs(30),
+            "the read model reaches the end of the log",
+            || async {
+                tidings_projections::accounts::by_id(&db, user_id)
+                    .await
+                    .unwrap()
+                    .is_some_and(|a| a.version >= last)
+            },
+        )
+        .await;
+    }
+    drop(child);
+    world.clean_up().await;
+}

@@ -4,6 +4,7 @@
 //! key prefix, and removes them at the end.
 
 mod accounts;
+mod cache;
 mod compose;
 mod crashes;
 mod halts;

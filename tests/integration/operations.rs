@@ -607,3 +607,197 @@ async fn a_request_id_becomes_the_correlation_id_of_its_commands_and_events() {
     app.stop().await;
     world.clean_up().await;
 }
+
+/// The topics were made with one partition count: a process configured with
+/// another, or started before the topics exist, refuses to start and says
+/// why, instead of sending keys to other partitions than before.
+#[tokio::test]
+async fn a_partition_count_other_than_the_topics_refuses_to_start() {
+    let world = World::new().await;
+    // Whether `tidings serve` was still up after a while, and what it said.
+    let serve = |settings: &tidings::Settings| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--roles", "api"])
+            .envs(settings.to_env())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let up = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        (up, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let mut settings = world.settings.clone();
+    settings.partitions = 3;
+    let (started, stderr) = serve(&settings);
+    assert!(!started, "started with the wrong partition count");
+    assert!(
+        stderr.contains("has 4 partitions but TIDINGS_PARTITIONS is 3"),
+        "{stderr}"
+    );
+
+    let mut settings = world.settings.clone();
+    settings.topic_prefix = format!("{}_missing", world.name);
+    let (started, stderr) = serve(&settings);
+    assert!(!started, "started without its topics");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("tidings topics"), "{stderr}");
+    world.clean_up().await;
+}
+
+/// The projector fails on every batch (PostgreSQL refuses its writes): it is
+/// started again and again with a growing pause, `/ready` and the metrics say
+/// so, and meanwhile the API and the deciders keep serving. Once PostgreSQL
+/// takes the writes again, the projector catches up on its own.
+#[tokio::test]
+async fn a_failing_role_is_restarted_while_the_others_keep_serving() {
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.min_position_wait_ms = 1_000;
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (id, token, position) = client.user("rex").await;
+    assert_eq!(client.own_profile(&token, &position).await.status, 200);
+
+    let db = world.db().await;
+    for statement in [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+        "CREATE TRIGGER refuse BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ] {
+        sqlx::query(statement).execute(&db).await.unwrap();
+    }
+    let patched = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"bio": "projected after the failure"})),
+        )
+        .await;
+    assert_eq!(patched.status, 202, "{}", patched.body);
+    let patched_at = patched.body["position"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(15),
+        "the projector is restarted",
+        || async {
+            let text = metrics(&client).await;
+            sample(
+                &text,
+                "tidings_role_restarts_total",
+                &[("role", "projector")],
+            )
+            .is_some_and(|n| n >= 2.0)
+        },
+    )
+    .await;
+    let ready = client.send(client.get("/ready")).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let projector = ready.body["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "projector")
+        .unwrap();
+    assert_eq!(projector["ready"], false, "{}", ready.body);
+
+    // The others keep serving.
+    let public = client.send(client.get(&format!("/api/users/{id}"))).await;
+    assert_eq!(public.status, 200, "{}", public.body);
+    assert_eq!(client.register("sue", "sue@example.com").await.status, 201);
+
+    sqlx::query("DROP TRIGGER refuse ON accounts")
+        .execute(&db)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(40),
+        "the restarted projector catches up",
+        || async {
+            let reply = client.own_profile(&token, &patched_at).await;
+            reply.status == 200 && reply.body["bio"] == "projected after the failure"
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "ready again", || async {
+        client.send(client.get("/ready")).await.status == 200
+    })
+    .await;
+    app.stop().await;
+    world.clean_up().await;
+}
+
+/// A read that waits for a position is woken by the projector's commit, in
+/// another process here (LISTEN/NOTIFY), instead of asking PostgreSQL over
+/// and over while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waiting_for_a_position_is_woken_by_the_commit_not_by_polling() {
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.min_position_wait_ms = 30_000;
+    let front = world
+        .start_with(settings, &[tidings::Role::Api, tidings::Role::Deciders])
+        .await;
+    let client = Client::new(&front.base);
+    let projector = world.spawn(
+        "projector",
+        &[("TIDINGS_PAUSE_AT", "projector.before_commit")],
+    );
+    let (_, token, position) = client.user("wendy").await;
+    let read = tokio::spawn({
+        let (client, token, position) = (client.clone(), token.clone(), position.clone());
+        async move {
+            let reply = client.own_profile(&token, &position).await;
+            (reply, chrono::Utc::now())
+        }
+    });
+    let projector = tokio::task::spawn_blocking(move || {
+        projector.wait_for_line("paused at projector.before_commit", Duration::from_secs(60));
+        projector
+    })
+    .await
+    .unwrap();
+
+    // While the read waits, how often is projector_offsets looked at?
+    let db = world.db().await;
+    let scans = || async {
+        // Statistics reach the views about once a second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let scans: i64 = sqlx::query_scalar(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'projector_offsets'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        scans
+    };
+    let before = scans().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = scans().await - before;
+    assert!(!read.is_finished(), "the read did not wait");
+    assert!(
+        during < 40,
+        "{during} looks at the projector's offsets in 4.5 s of waiting"
+    );
+
+    projector.kill();
+    let _projector = world.spawn("projector", &[]);
+    let (reply, answered_at) = read.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let committed_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(updated_at) FROM projector_offsets")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let latency = answered_at - committed_at;
+    assert!(
+        latency < chrono::Duration::milliseconds(1_000),
+        "answered {latency} after the commit"
+    );
+    front.stop().await;
+    world.clean_up().await;
+}

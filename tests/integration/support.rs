@@ -613,3 +613,65 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl World {
+    /// A Redis URL of a user of this world's keys with the ACL `rules`
+    /// (`-@write`…) on top of everything else: a real Redis that refuses
+    /// what the test says. The rules can be changed again while connected.
+    pub async fn redis_user(&self, rules: &[&str]) -> String {
+        let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut command = redis::cmd("ACL");
+        command
+            .arg("SETUSER")
+            .arg(&self.name)
+            .arg("reset")
+            .arg("on")
+            .arg(">test-password")
+            .arg("~*")
+            .arg("+@all");
+        for rule in rules {
+            command.arg(*rule);
+        }
+        let () = command.query_async(&mut conn).await.unwrap();
+        format!("redis://{}:test-password@127.0.0.1:6379", self.name)
+    }
+
+    /// Removes the user of [`World::redis_user`].
+    pub async fn drop_redis_user(&self) {
+        let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: i64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&self.name)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// The Redis key of an account's cache entry, and whether it exists.
+    pub async fn cached_account(
+        &self,
+        id: &str,
+    ) -> Option<std::collections::HashMap<String, String>> {
+        let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let entry: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{}:account:{id}", self.settings.redis_prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (!entry.is_empty()).then_some(entry)
+    }
+
+    /// The seconds an account's cache entry has left to live.
+    pub async fn cached_account_ttl(&self, id: &str) -> i64 {
+        let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("TTL")
+            .arg(format!("{}:account:{id}", self.settings.redis_prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+}
