@@ -169,6 +169,12 @@ impl Application {
             );
         }
         let kafka = settings.kafka();
+        if !kafka.static_membership() {
+            tracing::warn!(
+                session_timeout_ms = kafka.session_timeout_ms,
+                "the Kafka session timeout is too short for static membership: a restarted process waits for its predecessor to expire before it owns partitions again"
+            );
+        }
         {
             let kafka = kafka.clone();
             tokio::task::spawn_blocking(move || kafka.check_topics())

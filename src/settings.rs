@@ -89,7 +89,8 @@ pub struct Settings {
     /// its partitions back at once, where a new name waits for the dead one
     /// to expire (and tansu 0.6 may never hand them over). Default: the host
     /// name and the HTTP port. Two processes running the same roles on one
-    /// host must have names of their own.
+    /// host must have names of their own. Used with a session timeout of
+    /// 8 s or more only (tansu 0.6 takes about 6 s to admit a static member).
     #[arg(long, env = "TIDINGS_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// HS256 secret of the JWTs.

@@ -51,6 +51,13 @@ impl Topics {
     }
 }
 
+/// The shortest session timeout under which members join with their
+/// `group.instance.id`. tansu 0.6 holds a static member's join and its sync
+/// 3 s each, then checks its session (counted from the join) at the first
+/// heartbeat: with a shorter timeout the member expires there, rejoins, and
+/// never settles. Below it, members join without (dynamic membership).
+pub const STATIC_MEMBERSHIP_MIN_SESSION_MS: u32 = 8_000;
+
 /// How long a client waits on a metadata or admin answer before giving up.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -101,18 +108,28 @@ impl KafkaSettings {
             .set("fetch.wait.max.ms", "10")
             .set("fetch.min.bytes", "1")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            // Often: tansu 0.6 admits a static member only after two 3 s
+            // pauses (join, sync) and checks its session at the first
+            // heartbeat that follows, counting from the join.
             .set(
                 "heartbeat.interval.ms",
-                (self.session_timeout_ms / 5).max(100).to_string(),
+                (self.session_timeout_ms / 20).clamp(100, 1_000).to_string(),
             )
             .set("isolation.level", "read_uncommitted");
         // librdkafka needs a group id even to commit nothing; a hand-assigned
         // consumer gets one of its own that never joins.
         config.set("group.id", group.unwrap_or("tidings-unjoined"));
         if let (Some(_), Some(id)) = (group, &self.instance_id) {
-            config.set("group.instance.id", id);
+            if self.static_membership() {
+                config.set("group.instance.id", id);
+            }
         }
         config
+    }
+
+    /// Whether group members join under [`KafkaSettings::instance_id`].
+    pub fn static_membership(&self) -> bool {
+        self.instance_id.is_some() && self.session_timeout_ms >= STATIC_MEMBERSHIP_MIN_SESSION_MS
     }
 
     /// Checks that the four topics exist with the configured partition
