@@ -72,6 +72,9 @@ const MAX_ATTEMPTS: usize = 3;
 /// How long reading back one's own writes may take before the decider gives
 /// up its state and rebuilds.
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a rebuild reads on past the reported end of a partition before
+/// it takes the partition as read: a few fetch waits.
+const REBUILD_QUIET: Duration = Duration::from_millis(60);
 /// How long handled commands are remembered in `decider_commands`. Longer
 /// than an `Idempotency-Key` lives (24 h), with an hour to spare for clocks.
 pub const HANDLED_KEPT_HOURS: i64 = 25;
@@ -568,11 +571,27 @@ impl Decider {
         self.partitions.insert(partition, loaded);
         self.assign_tail()?;
         let high = self.end_of(partition).await?;
-        // A broker may report the end short (tansu's memory engine counts a
-        // batch as one offset): then the last few events are folded later, by
-        // the reader of the partition, and a decision taken without them
-        // loses to them in the read-back below and is taken again.
         self.catch_up(partition, high).await?;
+        // A broker may report the end short (tansu's memory engine counts a
+        // batch as one offset), so read on until the partition is quiet. A
+        // command whose events were still missed would be decided again: its
+        // copy loses to the first in the read-back (the command applies
+        // once), but the log would hold its events twice.
+        let mut quiet_since = tokio::time::Instant::now();
+        let give_up = quiet_since + 20 * REBUILD_QUIET;
+        while quiet_since.elapsed() < REBUILD_QUIET && tokio::time::Instant::now() < give_up {
+            match tokio::time::timeout(REBUILD_QUIET, self.tail.recv()).await {
+                Ok(Ok(message)) => {
+                    let message = message.detach();
+                    if message.partition() == partition {
+                        quiet_since = tokio::time::Instant::now();
+                    }
+                    self.fold(&message);
+                }
+                Ok(Err(error)) => return Err(error).context("reading the events to rebuild"),
+                Err(_) => break,
+            }
+        }
         let aggregates = self.partitions[&partition].aggregates.len();
         tracing::info!(partition, from, to = high, aggregates, elapsed = ?started.elapsed(), "partition rebuilt");
         Ok(())

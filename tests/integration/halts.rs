@@ -44,8 +44,7 @@ async fn an_unreadable_event_halts_its_partition_instead_of_being_skipped() {
     let (partition, offset, last) = world
         .events()
         .into_iter()
-        .filter(|(_, _, e)| e.aggregate.id == id)
-        .last()
+        .rfind(|(_, _, e)| e.aggregate.id == id)
         .unwrap();
     let unknown = EventEnvelope {
         event_id: Uuid::new_v4(),
