@@ -87,7 +87,10 @@ impl RoleBoard {
                 // A group member that owns nothing decides or projects
                 // nothing: with at most as many members as partitions, every
                 // member should own at least one.
-                let ready = status.state == RoleState::Running && partitions != Some(0);
+                let halted = status.owned.as_ref().map(Owned::halted).unwrap_or_default();
+                let ready = status.state == RoleState::Running
+                    && partitions != Some(0)
+                    && halted.is_empty();
                 RoleReport {
                     role: (*role).to_owned(),
                     state: match status.state {
@@ -97,6 +100,7 @@ impl RoleBoard {
                     }
                     .to_owned(),
                     partitions,
+                    halted,
                     ready,
                 }
             })

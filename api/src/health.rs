@@ -57,7 +57,10 @@ pub struct RoleReport {
     /// consumer group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<usize>,
-    /// Running, and owning partitions if it should.
+    /// Partitions it stopped at an event this build cannot read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub halted: Vec<i32>,
+    /// Running, owning partitions if it should, and none halted.
     pub ready: bool,
 }
 

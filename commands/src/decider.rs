@@ -512,6 +512,11 @@ impl Decider {
                 tracing::warn!(%error, "committing command offsets");
             }
         }
+        for (&partition, state) in &self.partitions {
+            if state.halted.is_some() {
+                self.commands.context().owned.halt(partition);
+            }
+        }
         for (partition, _) in ends {
             self.maybe_snapshot(partition).await;
         }

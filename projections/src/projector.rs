@@ -109,6 +109,7 @@ pub async fn run(
         let projected = project(&db, &batch).await?;
         for (partition, offset, reason) in &projected.halted {
             halt(&consumer, &topic, *partition, *offset, reason);
+            settings.owned.halt(*partition);
         }
         // The next offset of each partition of the batch, as now committed.
         let committed = &projected.offsets;

@@ -204,28 +204,48 @@ pub enum TopicsError {
 }
 
 /// How many partitions a consumer-group member owns, kept from its rebalance
-/// callbacks: `/ready` says not ready while a role that should own some owns
-/// none. Clones share the count.
+/// callbacks, and which of them it halted at an event it cannot read:
+/// `/ready` says not ready while a role that should own some owns none, or
+/// has halted one. Clones share the state.
 #[derive(Debug, Clone, Default)]
-pub struct Owned(Arc<AtomicUsize>);
+pub struct Owned {
+    count: Arc<AtomicUsize>,
+    halted: Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
+}
 
 impl Owned {
     /// Notes a rebalance (eager assignment: an assignment replaces all, a
     /// revocation takes all).
     pub fn rebalanced(&self, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(list) => self.0.store(list.count(), Ordering::Relaxed),
-            Rebalance::Revoke(_) => self.0.store(0, Ordering::Relaxed),
+            Rebalance::Assign(list) => self.count.store(list.count(), Ordering::Relaxed),
+            Rebalance::Revoke(_) => self.clear(),
             Rebalance::Error(_) => {}
         }
     }
 
     pub fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed)
     }
 
     /// A role that stops owns nothing any more.
     pub fn clear(&self) {
-        self.0.store(0, Ordering::Relaxed);
+        self.count.store(0, Ordering::Relaxed);
+        self.halted.lock().expect("halted lock").clear();
+    }
+
+    /// Notes that the role stopped at an unreadable event of `partition`.
+    pub fn halt(&self, partition: i32) {
+        self.halted.lock().expect("halted lock").insert(partition);
+    }
+
+    /// The partitions the role stopped at an unreadable event.
+    pub fn halted(&self) -> Vec<i32> {
+        self.halted
+            .lock()
+            .expect("halted lock")
+            .iter()
+            .copied()
+            .collect()
     }
 }
