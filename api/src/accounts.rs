@@ -89,7 +89,8 @@ pub(crate) struct Registered {
         (status = 400, description = "malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, with `errors`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+        (status = 503, description = "`overloaded`: too many registrations and sign-ins at once, nothing was done; or a dependency is down or the command timed out. `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying")))
     ))]
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
 pub(crate) async fn register(
@@ -189,7 +190,8 @@ pub(crate) struct LoggedIn {
         (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, with `errors`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+        (status = 503, description = "`overloaded`: too many sign-ins and registrations at once; or a dependency is down. `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying")))
     ))]
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
 pub(crate) async fn login(

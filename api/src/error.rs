@@ -92,6 +92,12 @@ impl ApiError {
         }
     }
 
+    /// 503 `overloaded` with `Retry-After`: beyond capacity (password
+    /// hashing saturated), refused before anything was done.
+    pub fn overloaded(detail: impl Into<String>) -> Self {
+        ApiError::unavailable("overloaded", detail, 1)
+    }
+
     /// 500 for what no client could have caused: the cause chain is logged,
     /// the client sees nothing of it.
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {

@@ -7,6 +7,7 @@ mod accounts;
 mod compose;
 mod crashes;
 mod operations;
+mod overload;
 mod race;
 mod realtime;
 mod support;
