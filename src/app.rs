@@ -107,6 +107,13 @@ impl Application {
                     min_position_wait: settings.min_position_wait(),
                 },
             });
+            let idempotency = web::Data::new(tidings_api::idempotency::Idempotency::new(
+                db.clone(),
+                state.jwt.clone(),
+                &settings.jwt_secret,
+            ));
+            let prune = tidings_api::idempotency::prune(db.clone(), roles_stop.clone());
+            tasks.spawn(async move { ("idempotency pruner", prune.await) });
             let hub = if roles.contains(&Role::Realtime) {
                 Some(web::Data::new(Hub::start(&kafka, shutdown.clone())?))
             } else {
@@ -128,6 +135,8 @@ impl Application {
                     .app_data(state.clone())
                     .app_data(metrics.clone())
                     .app_data(spec.clone())
+                    .app_data(idempotency.clone())
+                    .wrap(from_fn(tidings_api::idempotency::middleware))
                     .wrap(from_fn(tidings_api::middleware::read_your_writes))
                     .wrap(from_fn(tidings_api::middleware::http_metrics))
                     .wrap(from_fn(tidings_api::middleware::request_id))

@@ -6,6 +6,7 @@
 mod accounts;
 mod compose;
 mod crashes;
+mod idempotency;
 mod operations;
 mod overload;
 mod race;
