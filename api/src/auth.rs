@@ -126,7 +126,7 @@ impl HashingLimit {
 
     /// Runs `work` on the blocking pool, with an argon2 memory of its own,
     /// once a core is free; or refuses it.
-    async fn run<T: Send + 'static>(
+    pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Argon2Memory) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
