@@ -373,3 +373,53 @@ async fn an_answer_that_is_not_final_is_not_kept() {
     front.stop().await;
     world.clean_up().await;
 }
+
+/// After 24 hours a key is free again: another request with it is a new
+/// request — with command ids of its own, never the first request's account
+/// — and expired keys are pruned.
+#[tokio::test]
+async fn an_expired_key_is_a_new_key_and_is_pruned() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let db = world.db().await;
+    let expire = || async {
+        sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+            .execute(&db)
+            .await
+            .unwrap()
+            .rows_affected()
+    };
+    let alice = client
+        .send(register(&client, "K", &person("alice", PASSWORD)))
+        .await;
+    assert_eq!(alice.status, 201, "{}", alice.body);
+    // A day later, rather than waiting one.
+    assert_eq!(expire().await, 1);
+
+    let bob = client
+        .send(register(&client, "K", &person("bob", "another password")))
+        .await;
+    assert_eq!((bob.status, replayed(&bob)), (201, None), "{}", bob.body);
+    assert_ne!(bob.body["user"]["id"], alice.body["user"]["id"]);
+    assert_eq!(bob.body["user"]["username"], "bob");
+
+    // The pruner runs when the API starts, then every few minutes.
+    assert_eq!(expire().await, 1);
+    app.stop().await;
+    let app = world.start(&ALL_ROLES).await;
+    eventually(
+        Duration::from_secs(30),
+        "expired keys are pruned",
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_keys")
+                .fetch_one(&db)
+                .await
+                .unwrap()
+                == 0
+        },
+    )
+    .await;
+    app.stop().await;
+    world.clean_up().await;
+}
