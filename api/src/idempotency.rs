@@ -20,7 +20,9 @@
 //!   next retry. Command ids derive from (scope, key, fingerprint) (see
 //!   [`crate::context::RequestContext::command_id`]), so the retry sends the
 //!   very commands the dead attempt sent and the deciders answer them with
-//!   their first outcomes: nothing is applied twice.
+//!   their first outcomes: nothing is applied twice. The fingerprint is part
+//!   of it so that another request with a key that expired gets commands of
+//!   its own, not the first request's outcomes (its account, say).
 //!
 //! Answers that say "not now" (401, 403, 408, 409, 429, any 5xx) are not
 //! kept: the key is released and a retry runs again, under the same command
@@ -461,6 +463,11 @@ struct Attempt {
 }
 
 impl Attempt {
+    /// The answer is stored: the key stays claimed by it.
+    fn settle(mut self) {
+        self.settled = true;
+    }
+
     async fn release(mut self) {
         self.settled = true;
         Idempotency::release(&self.db, &self.key, self.id).await;
@@ -560,12 +567,12 @@ pub async fn middleware(
         }
     };
     let status = response.status();
-    let size = match response.response().body().size() {
-        BodySize::None => Some(0),
-        BodySize::Sized(size) if size <= MAX_ANSWER => Some(size),
-        _ => None,
+    let small = match response.response().body().size() {
+        BodySize::None => true,
+        BodySize::Sized(size) => size <= MAX_ANSWER,
+        BodySize::Stream => false,
     };
-    if !kept(status) || size.is_none() {
+    if !kept(status) || !small {
         attempt.release().await;
         return Ok(response.map_into_boxed_body());
     }
@@ -581,12 +588,10 @@ pub async fn middleware(
     };
     match store.storable(status, head.headers(), body.clone()) {
         Some(stored) => match store.complete(&key, attempt.id, &stored).await {
-            Ok(()) => {
-                let mut attempt = attempt;
-                attempt.settled = true;
-            }
-            // The client still gets its answer; the lease frees the key, and
-            // a retry runs again under the same command ids.
+            Ok(()) => attempt.settle(),
+            // The client still gets its answer; the key is given back (or,
+            // failing that, its lease runs out), and a retry runs again under
+            // the same command ids.
             Err(error) => {
                 tracing::warn!(%error, "storing an idempotent answer");
                 attempt.release().await;
