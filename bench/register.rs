@@ -9,7 +9,8 @@
 //!
 //! Run: `scripts/stack up && scripts/stack test-broker-up && cargo bench --bench register`
 //! Prints the figures and writes them to `bench/results/register.txt`.
-//! `BENCH_USERS` and `BENCH_CONCURRENCY` change the load.
+//! `BENCH_USERS` and `BENCH_CONCURRENCY` change the load. For a burst
+//! beyond password hashing's capacity, see `bench/register_burst.rs`.
 
 #[path = "../tests/integration/support.rs"]
 #[allow(dead_code)]
@@ -42,7 +43,11 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> (String, Duration) {
 }
 
 async fn broker_round_trips(world: &World, count: usize) -> Vec<Duration> {
-    let kafka = world.settings.kafka();
+    // The pings go to topics of their own: the world's topics are checked
+    // against their schemas when it is cleaned up, and a ping is no update.
+    let mut kafka = world.settings.kafka();
+    kafka.topic_prefix = format!("{}-pings", kafka.topic_prefix);
+    kafka.ensure_topics().await.unwrap();
     let topic = kafka.topics().updates;
     let producer: FutureProducer = kafka.producer().create().unwrap();
     let consumer: StreamConsumer = kafka.consumer(None).create().unwrap();
@@ -108,9 +113,20 @@ async fn main() {
             let client = client.clone();
             async move {
                 let t = Instant::now();
-                let reply = client
-                    .register(&format!("user{i}"), &format!("user{i}@example.com"))
-                    .await;
+                let (name, email) = (format!("user{i}"), format!("user{i}@example.com"));
+                let mut reply = client.register(&name, &email).await;
+                // Past password hashing's capacity (BENCH_CONCURRENCY above
+                // 5 per core) a registration is refused with 503 overloaded
+                // before anything is done; it is retried (a bounded number of
+                // times), as a client would, and its latency counts from the
+                // first try.
+                for _ in 0..120 {
+                    if reply.status != 503 || reply.body["code"] != "overloaded" {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    reply = client.register(&name, &email).await;
+                }
                 assert_eq!(reply.status, 201, "{}", reply.body);
                 t.elapsed()
             }

@@ -312,6 +312,19 @@ impl Application {
                     min_position_wait: settings.min_position_wait(),
                 },
             });
+            let idempotency = web::Data::new(tidings_api::idempotency::Idempotency::new(
+                state.db.clone(),
+                state.jwt.clone(),
+                &settings.jwt_secret,
+            ));
+            let (prune_db, stop) = (pool("idempotency-pruner", 1)?, roles_stop.clone());
+            supervised(
+                "idempotency pruner",
+                None,
+                Box::new(move || {
+                    tidings_api::idempotency::prune(prune_db.clone(), stop.clone()).boxed()
+                }),
+            );
             let hub = if roles.contains(&Role::Realtime) {
                 Some(web::Data::new(Hub::start(&kafka, shutdown.clone())?))
             } else {
@@ -347,6 +360,8 @@ impl Application {
                     .app_data(metrics.clone())
                     .app_data(role_reports.clone())
                     .app_data(spec.clone())
+                    .app_data(idempotency.clone())
+                    .wrap(from_fn(tidings_api::idempotency::middleware))
                     .wrap(from_fn(tidings_api::middleware::read_your_writes))
                     .wrap(from_fn(tidings_api::middleware::http_metrics))
                     .wrap(from_fn(tidings_api::middleware::request_id))

@@ -80,15 +80,17 @@ pub(crate) struct Registered {
 
 #[utoipa::path(post, path = "/api/auth/register", tag = "accounts",
     request_body = RegisterBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and appends nothing")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Scoped to this route, bound to the request (method, path, body) for 24 hours: the same request again gets the first answer (with a fresh token) and appends nothing")),
     responses(
         (status = 201, description = "Registered; `position` is where the write is in the log", body = Registered,
-            headers(("X-Position" = String, description = "the write's position"))),
-        (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "malformed body", body = Problem, content_type = "application/problem+json"),
+            headers(("X-Position" = String, description = "the write's position"),
+                ("Idempotent-Replayed" = String, description = "`true` on the stored answer to an earlier request with the same Idempotency-Key"))),
+        (status = 409, description = "`email_taken` or `username_taken`; `idempotency_key_in_flight` (with `Retry-After`) while the first request with this Idempotency-Key runs", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "malformed body; `invalid_idempotency_key`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`, with `errors`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+        (status = 422, description = "`validation_failed`, with `errors`; `idempotency_key_reused`: the key was used for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded`: too many registrations and sign-ins at once, nothing was done; or a dependency is down or the command timed out. `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying")))
     ))]
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
 pub(crate) async fn register(
@@ -183,12 +185,17 @@ pub(crate) struct LoggedIn {
 
 #[utoipa::path(post, path = "/api/auth/login", tag = "accounts",
     request_body = LoginBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Scoped to this route, bound to the request (method, path, body) for 24 hours: the same request again gets the first answer, with a fresh token")),
     responses(
-        (status = 200, description = "Signed in", body = LoggedIn),
+        (status = 200, description = "Signed in", body = LoggedIn,
+            headers(("Idempotent-Replayed" = String, description = "`true` on the stored answer to an earlier request with the same Idempotency-Key"))),
         (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`, with `errors`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
+        (status = 400, description = "malformed body; `invalid_idempotency_key`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`idempotency_key_in_flight` (with `Retry-After`): the first request with this Idempotency-Key still runs", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, with `errors`; `idempotency_key_reused`: the key was used for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded`: too many sign-ins and registrations at once; or a dependency is down. `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying")))
     ))]
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
 pub(crate) async fn login(
@@ -285,15 +292,18 @@ pub(crate) struct Accepted {
 
 #[utoipa::path(patch, path = "/api/profile", tag = "accounts",
     request_body = UpdateProfileBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key is the same command")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Scoped to the token's user, bound to the request (method, path, body) for 24 hours: the same request again gets the first answer and appends nothing")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Updated and projected", body = UpdatedProfile, headers(("X-Position" = String))),
-        (status = 202, description = "Updated; not projected within the bounded wait: read it with `X-Min-Position`", body = Accepted),
-        (status = 400, description = "malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Updated and projected", body = UpdatedProfile, headers(("X-Position" = String),
+            ("Idempotent-Replayed" = String, description = "`true` on the stored answer to an earlier request with the same Idempotency-Key"))),
+        (status = 202, description = "Updated; not projected within the bounded wait: read it with `X-Min-Position`", body = Accepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` on the stored answer to an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "malformed body; `invalid_idempotency_key`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid token (`unauthenticated`, `invalid_token`, `token_expired`, `token_revoked`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`idempotency_key_in_flight` (with `Retry-After`): the first request with this Idempotency-Key still runs", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`, with `errors`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, with `errors`; `idempotency_key_reused`: the key was used for another request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id, request_id = %ctx.request_id))]

@@ -1,6 +1,7 @@
 //! What every write takes from its request: who asks, the request id (which
 //! becomes the command's correlation id), and the `Idempotency-Key` that
-//! makes a retry the same command.
+//! makes a retry the same command (checked, scoped and fingerprinted by
+//! [`crate::idempotency`]).
 
 use std::future::{ready, Ready};
 
@@ -11,11 +12,10 @@ use tidings_schemas::AggregateRef;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::idempotency::IdempotencyKey;
 
 /// The namespace of command ids derived from idempotency keys.
 const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x7d1f_6a0e_3b55_4c1e_9a4e_51d2_c0de_71d5);
-/// The longest `Idempotency-Key` accepted.
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// The id of one HTTP request, set by the request-id middleware.
 #[derive(Debug, Clone, Copy)]
@@ -26,8 +26,8 @@ pub struct RequestContext {
     pub request_id: Uuid,
     pub idempotency_key: Option<String>,
     pub issued_at: DateTime<Utc>,
-    method: String,
-    path: String,
+    /// The key as the idempotency middleware scoped and fingerprinted it.
+    scoped_key: Option<IdempotencyKey>,
 }
 
 impl FromRequest for RequestContext {
@@ -45,41 +45,29 @@ impl RequestContext {
             .extensions()
             .get::<RequestId>()
             .map_or_else(Uuid::new_v4, |id| id.0);
-        let idempotency_key = match req.headers().get("idempotency-key") {
-            None => None,
-            Some(value) => {
-                let key = value
-                    .to_str()
-                    .ok()
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_idempotency_key",
-                            "Idempotency-Key must be 1 to 255 visible characters",
-                        )
-                    })?;
-                Some(key.to_owned())
-            }
-        };
+        let scoped_key = req.extensions().get::<IdempotencyKey>().cloned();
         Ok(RequestContext {
             request_id,
-            idempotency_key,
+            idempotency_key: scoped_key.as_ref().map(|k| k.key.clone()),
             issued_at: Utc::now(),
-            method: req.method().to_string(),
-            path: req.path().to_owned(),
+            scoped_key,
         })
     }
 
-    /// The id of this request's command: derived from the actor, the route
-    /// and the `Idempotency-Key` when there is one (so a retry is the same
-    /// command), fresh otherwise.
+    /// The id of this request's command: derived from the actor and the
+    /// scoped, fingerprinted `Idempotency-Key` when there is one (so a retry
+    /// of the same request is the same command, and another request with the
+    /// same key, or one after the key expired, is not), fresh otherwise.
     pub fn command_id(&self, actor: Option<Uuid>) -> Uuid {
-        match &self.idempotency_key {
+        match &self.scoped_key {
             Some(key) => {
-                let actor = actor.map(|a| a.to_string()).unwrap_or_default();
-                let name = format!("{actor}\n{} {}\n{key}", self.method, self.path);
-                Uuid::new_v5(&COMMAND_NAMESPACE, name.as_bytes())
+                let mut name = actor
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+                    .into_bytes();
+                name.push(b'\n');
+                name.extend_from_slice(&key.identity());
+                Uuid::new_v5(&COMMAND_NAMESPACE, &name)
             }
             None => Uuid::new_v4(),
         }

@@ -92,6 +92,35 @@ impl ApiError {
         }
     }
 
+    /// 503 `overloaded` with `Retry-After`: beyond capacity (password
+    /// hashing saturated), refused before anything was done.
+    pub fn overloaded(detail: impl Into<String>) -> Self {
+        ApiError::unavailable("overloaded", detail, 1)
+    }
+
+    /// 422 `idempotency_key_reused`: the key already stands for another
+    /// request of the same caller.
+    pub fn idempotency_key_reused() -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for another request; use a new key",
+        )
+    }
+
+    /// 409 `idempotency_key_in_flight` with `Retry-After`: the first request
+    /// with this key is still being answered.
+    pub fn idempotency_key_in_flight() -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_flight",
+                "a request with this Idempotency-Key is still in flight; retry shortly",
+            )
+        }
+    }
+
     /// 500 for what no client could have caused: the cause chain is logged,
     /// the client sees nothing of it.
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {

@@ -9,6 +9,7 @@
 //! - [`context`]: request id, idempotency key, command envelopes;
 //! - [`docs`]: OpenAPI at `/openapi.json`, the reference page at `/docs`;
 //! - [`error`]: problem+json with a stable `code`;
+//! - [`idempotency`]: `Idempotency-Key` on every write, one middleware;
 //! - [`middleware`]: request ids and `X-Min-Position` (read-your-writes);
 //! - [`validate`]: field rules.
 //!
@@ -21,6 +22,7 @@ pub mod context;
 pub mod docs;
 pub mod error;
 pub mod health;
+pub mod idempotency;
 pub mod middleware;
 pub mod validate;
 

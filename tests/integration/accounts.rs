@@ -195,6 +195,7 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_first_answer() {
         )
         .await;
     assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(again.body["user"]["id"], first.body["user"]["id"]);
     assert_eq!(again.body["position"], first.body["position"]);
     // Without the key it is a second registration, and the email is taken.
@@ -216,6 +217,7 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_first_answer() {
     };
     let (a, b) = (client.send(patch()).await, client.send(patch()).await);
     assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(b.headers["idempotent-replayed"], "true");
     assert_eq!(a.body["position"], b.body["position"]);
 
     let types: Vec<String> = world

@@ -320,6 +320,11 @@ impl ChildTidings {
             .collect()
     }
 
+    /// The process id, to read its memory in `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The base URL the child printed when it came up.
     pub fn base_url(&self) -> String {
         let line = self.wait_for_line("Tidings is up", Duration::from_secs(60));
