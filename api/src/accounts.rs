@@ -1,17 +1,17 @@
 //! Accounts: register, login, the own profile and public profiles.
 //!
-//! Registration is a small saga over three aggregates. The email and the
-//! username are claimed (in parallel) on their claim aggregates, whose single
-//! writers decide races; then the account is registered. If one claim is lost,
-//! the other is released. Every step's command id is derived from the
-//! request's, so a retry with the same `Idempotency-Key` replays the same
-//! steps and gets their first outcomes back.
+//! Registration is a saga over three aggregates, run by
+//! `tidings_commands::registration::register`: the handler validates, hashes
+//! the password (bounded, see [`crate::auth`]) and maps the outcome. Every
+//! step's command id is derived from the request's, so a retry with the same
+//! `Idempotency-Key` replays the same steps and gets their first outcomes
+//! back.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use tidings_commands::registration::{self, unwind, Saga, Unwound};
-use tidings_commands::{AnyCommand, Outcome};
-use tidings_domain::{account, claim};
+use tidings_commands::registration::{self, RegistrationError, Saga};
+use tidings_commands::AnyCommand;
+use tidings_domain::account;
 use tidings_projections::accounts::{Profile, PublicProfile};
 use tidings_schemas::{AggregateRef, Position};
 use uuid::Uuid;
@@ -109,44 +109,21 @@ pub(crate) async fn register(
         idempotency_key: ctx.idempotency_key.clone(),
     };
     let password_hash = hash_password(input.password.clone()).await?;
-    // Opened first: from here on, a registration that dies midway leaves a
-    // pending account for the sweeper to abandon, and its claims with it.
-    let opened = saga.open(account::Register {
+    let account = account::Register {
         user_id,
         username: input.username.clone(),
         email: input.email.clone(),
         password_hash,
         display_name: input.display_name.clone(),
         at: ctx.issued_at,
-    });
-    let mut position = accepted(state.bus.send(&opened).await?)?;
-    let (email_claim, username_claim) = (
-        saga.claim(claim::Kind::Email),
-        saga.claim(claim::Kind::Username),
-    );
-    let (by_email, by_username) = tokio::join!(
-        state.bus.send(&email_claim),
-        state.bus.send(&username_claim)
-    );
-    let lost = match (by_email?, by_username?) {
-        (Outcome::Accepted { position: e }, Outcome::Accepted { position: u }) => {
-            position.merge(&e);
-            position.merge(&u);
-            None
-        }
-        (lost @ Outcome::Rejected { .. }, _) | (_, lost @ Outcome::Rejected { .. }) => Some(lost),
     };
-    if let Some(lost) = lost {
-        // Give back whichever claim was won, so the value is free again.
-        match unwind(&state.bus, &saga).await {
-            Ok(Unwound::Released) => {}
-            outcome => {
-                tracing::warn!(?outcome, %user_id, "unwinding a lost registration; the sweeper will retry")
-            }
+    let position = match registration::register(&state.bus, &saga, account).await {
+        Ok(position) => position,
+        Err(RegistrationError::Rejected(outcome)) => {
+            return Err(accepted(outcome).expect_err("a rejection"))
         }
-        return Err(accepted(lost).expect_err("a rejection"));
-    }
-    position.merge(&accepted(state.bus.send(&saga.activate()).await?)?);
+        Err(RegistrationError::Bus(error)) => return Err(error.into()),
+    };
     let user = Profile {
         id: user_id,
         username: input.username,

@@ -1,6 +1,7 @@
 //! The registration saga: open a pending account, claim its email and
 //! username, activate it — or, when it cannot finish, abandon it and only then
-//! give its claims back.
+//! give its claims back. [`register`] runs it; [`unwind`] undoes it (the
+//! sweeper's half, for registrations that died midway).
 //!
 //! Every step's command id is derived from the user id (itself derived from
 //! the request's command id), so a retried registration, and the sweeper that
@@ -11,6 +12,8 @@ use chrono::{DateTime, Utc};
 use tidings_domain::{account, claim};
 use tidings_schemas::AggregateRef;
 use uuid::Uuid;
+
+use tidings_schemas::Position;
 
 use crate::bus::{BusError, CommandBus};
 use crate::envelope::{AnyCommand, CommandEnvelope, Outcome};
@@ -103,6 +106,64 @@ impl Saga {
             AggregateRef::claim(kind, &self.value(kind).to_lowercase()),
             AnyCommand::Claim(claim::Command::Release { kind, owner }),
         )
+    }
+}
+
+/// Why a registration did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// A step was rejected (`email_taken`, `username_taken`…): the outcome
+    /// says why. The claims it had won are given back.
+    #[error("registration rejected")]
+    Rejected(Outcome),
+    /// The log could not be reached or did not answer in time; retrying the
+    /// same registration (same command ids) is safe.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Runs a registration to its end: opens the pending account (from then on
+/// a registration that dies midway is the sweeper's to unwind), claims the
+/// email and the username at once, then activates. A lost claim is unwound
+/// at once: the account abandoned, then both claims released. Returns the
+/// position of every event the registration wrote.
+pub async fn register(
+    bus: &CommandBus,
+    saga: &Saga,
+    account: account::Register,
+) -> Result<Position, RegistrationError> {
+    let mut position = accepted(bus.send(&saga.open(account)).await?)?;
+    let (email, username) = (
+        saga.claim(claim::Kind::Email),
+        saga.claim(claim::Kind::Username),
+    );
+    let (by_email, by_username) = tokio::join!(bus.send(&email), bus.send(&username));
+    match (by_email?, by_username?) {
+        (Outcome::Accepted { position: e }, Outcome::Accepted { position: u }) => {
+            position.merge(&e);
+            position.merge(&u);
+        }
+        (lost @ Outcome::Rejected { .. }, _) | (_, lost @ Outcome::Rejected { .. }) => {
+            // Give back whichever claim was won, so the value is free again.
+            match unwind(bus, saga).await {
+                Ok(Unwound::Released) => {}
+                outcome => tracing::warn!(
+                    ?outcome,
+                    user_id = %saga.user_id,
+                    "unwinding a lost registration; the sweeper will retry"
+                ),
+            }
+            return Err(RegistrationError::Rejected(lost));
+        }
+    }
+    position.merge(&accepted(bus.send(&saga.activate()).await?)?);
+    Ok(position)
+}
+
+fn accepted(outcome: Outcome) -> Result<Position, RegistrationError> {
+    match outcome {
+        Outcome::Accepted { position } => Ok(position),
+        rejected => Err(RegistrationError::Rejected(rejected)),
     }
 }
 
