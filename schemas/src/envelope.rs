@@ -147,7 +147,45 @@ pub fn event_id(command_id: Uuid, index: usize) -> Uuid {
     Uuid::new_v5(&command_id, index.to_string().as_bytes())
 }
 
+/// The fields of an event type's `data` that never leave Tidings: those its
+/// JSON Schema marks `"x-tidings-private": true` (a password hash).
+pub fn private_fields(event_type: &str, version: u32) -> &'static [String] {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static PRIVATE: OnceLock<HashMap<(String, u32), Vec<String>>> = OnceLock::new();
+    let private = PRIVATE.get_or_init(|| {
+        crate::json::events()
+            .map(|(event_type, version, schema)| {
+                let schema: Value = serde_json::from_str(schema).expect("event schemas are JSON");
+                let fields = schema["properties"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, property)| property["x-tidings-private"] == Value::Bool(true))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                ((event_type.to_owned(), version), fields)
+            })
+            .collect()
+    });
+    private
+        .get(&(event_type.to_owned(), version))
+        .map_or(&[], Vec::as_slice)
+}
+
 impl EventEnvelope {
+    /// The event as it may leave Tidings (an analyst's export, a webhook):
+    /// without the private fields of its `data`.
+    pub fn redacted(&self) -> EventEnvelope {
+        let mut redacted = self.clone();
+        if let Value::Object(data) = &mut redacted.data {
+            for field in private_fields(&self.event_type, self.version) {
+                data.remove(field);
+            }
+        }
+        redacted
+    }
+
     /// Holds this event to the sequence rule at `cursor`: whether it applies.
     pub fn admit(&self, cursor: &mut crate::Cursor) -> bool {
         cursor.admit(self.sequence, self.event_id, self.previous)
@@ -164,6 +202,8 @@ impl EventEnvelope {
 
 #[cfg(test)]
 mod tests {
+    use tidings_domain::account;
+
     use super::*;
 
     #[test]
@@ -189,6 +229,57 @@ mod tests {
         };
         let read = EventEnvelope::from_json(&envelope.to_json()).unwrap();
         assert_eq!(DomainEvent::decode(&read).unwrap(), event);
+    }
+
+    #[test]
+    fn a_redacted_event_leaves_the_password_hash_out() {
+        let event = DomainEvent::Account(account::Event::Registered(account::Registered {
+            user_id: Uuid::from_u128(7),
+            username: "ada".into(),
+            email: "ada@example.com".into(),
+            password_hash: "$argon2id$v=19$secret".into(),
+            display_name: "Ada".into(),
+            registered_at: Utc::now(),
+        }));
+        let (event_type, data) = event.encode();
+        let envelope = EventEnvelope {
+            event_id: Uuid::from_u128(1),
+            event_type,
+            version: CURRENT_VERSION,
+            aggregate: AggregateRef::account(Uuid::from_u128(7)),
+            sequence: 2,
+            previous: Some(Uuid::from_u128(2)),
+            occurred_at: Utc::now(),
+            actor: None,
+            command_id: Uuid::from_u128(1),
+            correlation_id: Uuid::from_u128(1),
+            data,
+        };
+        let redacted = envelope.redacted();
+        assert!(envelope.data.get("password_hash").is_some());
+        assert_eq!(redacted.data.get("password_hash"), None);
+        assert_eq!(redacted.data["username"], "ada");
+        assert!(!String::from_utf8(redacted.to_json())
+            .unwrap()
+            .contains("argon2"));
+    }
+
+    #[test]
+    fn every_secret_looking_field_of_an_event_is_private() {
+        for (event_type, version, schema) in crate::json::events() {
+            let schema: Value = serde_json::from_str(schema).unwrap();
+            for (name, _) in schema["properties"].as_object().into_iter().flatten() {
+                if ["password", "hash", "secret", "token"]
+                    .iter()
+                    .any(|word| name.contains(word))
+                {
+                    assert!(
+                        private_fields(event_type, version).contains(name),
+                        "{event_type} v{version}: {name} looks secret but is not marked private"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
