@@ -17,7 +17,7 @@ use tidings_commands::decider::{self, DeciderSettings};
 use tidings_commands::CommandBus;
 use tidings_projections::projector::{self, ProjectorSettings};
 use tidings_projections::{db, lag, outbox, Cache};
-use tidings_realtime::Hub;
+use tidings_realtime::{Gateway, Hub};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,12 @@ impl Application {
                 roles_stop.clone(),
             );
             tasks.spawn(async move { ("projector", run.await) });
-            let relay = outbox::relay(db.clone(), kafka.clone(), roles_stop.clone());
+            let relay = outbox::relay(
+                db.clone(),
+                kafka.clone(),
+                outbox::Retention::default(),
+                roles_stop.clone(),
+            );
             tasks.spawn(async move { ("outbox relay", relay.await) });
         }
 
@@ -108,7 +113,14 @@ impl Application {
                 },
             });
             let hub = if roles.contains(&Role::Realtime) {
-                Some(web::Data::new(Hub::start(&kafka, shutdown.clone())?))
+                let hub = web::Data::new(Hub::start(&kafka, shutdown.clone()).await?);
+                // The gateway checks tokens as the API does, without
+                // depending on it.
+                let gateway = web::Data::new(Gateway {
+                    db: db.clone(),
+                    auth: state.clone().into_inner(),
+                });
+                Some((hub, gateway))
             } else {
                 None
             };
@@ -135,8 +147,8 @@ impl Application {
                 if with_api {
                     app = app.configure(tidings_api::routes);
                 }
-                if let Some(hub) = &hub {
-                    app = app.app_data(hub.clone());
+                if let Some((hub, gateway)) = &hub {
+                    app = app.app_data(hub.clone()).app_data(gateway.clone());
                 }
                 if with_realtime {
                     app = app.configure(tidings_realtime::routes);

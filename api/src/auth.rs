@@ -3,78 +3,24 @@
 //! A token carries the account's token version (`ver`). A password change
 //! bumps the version in the account, and every token issued before stops
 //! working at once: [`Authenticated`] compares the two on each request.
+//! The JWTs themselves are `tidings-http`'s (re-exported here), shared with
+//! the gateway, which this module serves as its [`Authenticator`].
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use actix_web::{web, FromRequest, HttpRequest};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use chrono::Utc;
-use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use tidings_http::auth::{Authenticator, Identity, Rejection};
+// JWTs and the bearer header live in `tidings-http`, shared with the gateway.
+pub use tidings_http::auth::{bearer, Claims, Jwt};
 use tidings_projections::accounts::AccountRow;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::ApiState;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: Uuid,
-    pub iat: i64,
-    pub exp: i64,
-    /// The account's token version when the token was issued.
-    pub ver: i32,
-}
-
-#[derive(Clone)]
-pub struct Jwt {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    ttl: Duration,
-}
-
-impl Jwt {
-    pub fn new(secret: &str, ttl: Duration) -> Self {
-        Jwt {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            ttl,
-        }
-    }
-
-    pub fn issue(&self, user_id: Uuid, token_version: i32) -> String {
-        let now = Utc::now().timestamp();
-        let claims = Claims {
-            sub: user_id,
-            iat: now,
-            exp: now + self.ttl.as_secs() as i64,
-            ver: token_version,
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing cannot fail")
-    }
-
-    /// Checks signature and expiry; what the token says is not yet checked
-    /// against the account (see [`authenticate`]).
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map(|data| data.claims)
-            .map_err(|error| match error.kind() {
-                JwtErrorKind::ExpiredSignature => {
-                    ApiError::unauthorized("token_expired", "the token has expired")
-                }
-                _ => ApiError::unauthorized("invalid_token", "the token is not valid"),
-            })
-    }
-}
 
 /// Hashes a password with argon2id off the async workers (it is meant to be
 /// slow).
@@ -121,19 +67,6 @@ pub struct Authenticated {
     pub expires_at: i64,
 }
 
-/// The bearer token of a request, if it has one.
-pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
 /// Checks a token against the account it names.
 pub async fn authenticate(state: &ApiState, token: &str) -> Result<Authenticated, ApiError> {
     let claims = state.jwt.verify(token)?;
@@ -153,6 +86,27 @@ pub async fn authenticate(state: &ApiState, token: &str) -> Result<Authenticated
             account,
             expires_at: claims.exp,
         }),
+    }
+}
+
+/// The gateway checks tokens the way the API does.
+impl Authenticator for ApiState {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Identity, Rejection>> + Send + 'a>> {
+        Box::pin(async move {
+            authenticate(self, token)
+                .await
+                .map(|who| Identity {
+                    user_id: who.user_id,
+                    expires_at: who.expires_at,
+                })
+                .map_err(|error| Rejection {
+                    code: error.code,
+                    detail: error.detail,
+                })
+        })
     }
 }
 
@@ -177,25 +131,6 @@ impl FromRequest for Authenticated {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_token_round_trips_and_a_tampered_one_does_not() {
-        let jwt = Jwt::new("secret", Duration::from_secs(60));
-        let user = Uuid::new_v4();
-        let token = jwt.issue(user, 3);
-        let claims = jwt.verify(&token).unwrap();
-        assert_eq!((claims.sub, claims.ver), (user, 3));
-        let other = Jwt::new("other secret", Duration::from_secs(60));
-        assert_eq!(other.verify(&token).unwrap_err().code, "invalid_token");
-    }
-
-    #[test]
-    fn an_expired_token_says_so() {
-        let jwt = Jwt::new("secret", Duration::from_secs(0));
-        let token = jwt.issue(Uuid::new_v4(), 0);
-        std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(jwt.verify(&token).unwrap_err().code, "token_expired");
-    }
 
     #[tokio::test]
     async fn the_dummy_hash_is_well_formed_and_never_matches() {
