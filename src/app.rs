@@ -140,6 +140,7 @@ impl Application {
                     .app_data(state.clone())
                     .app_data(metrics.clone())
                     .app_data(spec.clone())
+                    .wrap(from_fn(tidings_api::json_objects))
                     .wrap(from_fn(tidings_api::middleware::read_your_writes))
                     .wrap(from_fn(tidings_api::middleware::http_metrics))
                     .wrap(from_fn(tidings_api::middleware::request_id))

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod compose;
+mod contract;
 mod crashes;
 mod operations;
 mod race;
