@@ -493,3 +493,44 @@ async fn the_outbox_keeps_the_last_updates_of_each_channel_and_resume_says_what_
     app.stop().await;
     world.clean_up().await;
 }
+
+#[tokio::test]
+async fn the_relay_publishes_each_update_once_and_marks_it() {
+    let world = World::new().await;
+    let db = world.db().await;
+    let mut tx = db.begin().await.unwrap();
+    let updates: Vec<ChannelUpdate> = ["user:a", "user:b", "user:a", "user:a", "user:b"]
+        .iter()
+        .map(|channel| ChannelUpdate::new((*channel).into(), "profile.updated", json!({})))
+        .collect();
+    outbox::append(&mut tx, &updates).await.unwrap();
+    tx.commit().await.unwrap();
+    let unpublished = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM channel_outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    let updates_topic = world.settings.kafka().topics().updates;
+    for round in 0..2 {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let relay = tokio::spawn(outbox::relay(
+            db.clone(),
+            world.settings.kafka(),
+            outbox::Retention::default(),
+            stop.clone(),
+        ));
+        eventually(Duration::from_secs(10), "every row published", || async {
+            unpublished().await == 0
+        })
+        .await;
+        // A second relay (a restart) finds nothing left to publish.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.cancel();
+        relay.await.unwrap().unwrap();
+        assert_eq!(world.count(&updates_topic), 5, "round {round}");
+    }
+    world.clean_up().await;
+}
