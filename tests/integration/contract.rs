@@ -185,3 +185,61 @@ async fn every_answer_of_the_shared_machinery_is_documented() {
     app.stop().await;
     world.clean_up().await;
 }
+
+#[tokio::test]
+async fn text_postgresql_cannot_store_is_refused_not_projected() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let reply = client
+        .send(client.post("/api/auth/register").json(&json!({
+            "username": "nul", "email": "n\u{0}l@example.com", "password": "correct horse battery"
+        })))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (422, Some("validation_failed")),
+        "{}",
+        reply.body
+    );
+    let (_, token, _) = client.user("alice").await;
+    let reply = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"bio": "a\u{0}b"})),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (422, Some("validation_failed")),
+        "{}",
+        reply.body
+    );
+    let reply = client
+        .send(
+            client
+                .post("/api/auth/login")
+                .json(&json!({"login": "a\u{0}", "password": "whatever it is"})),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (401, Some("invalid_credentials")),
+        "{}",
+        reply.body
+    );
+    // The projector is still running: a write is still read back.
+    let reply = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"bio": "two\nlines"})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    app.stop().await;
+    world.clean_up().await;
+}
