@@ -25,7 +25,7 @@ use tidings_commands::decider::{self, DeciderSettings};
 use tidings_commands::CommandBus;
 use tidings_projections::projector::{self, ProjectorSettings};
 use tidings_projections::{db, lag, outbox, Cache};
-use tidings_realtime::Hub;
+use tidings_realtime::{Gateway, Hub};
 use tidings_schemas::kafka::Owned;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -263,7 +263,15 @@ impl Application {
             supervised(
                 "outbox relay",
                 None,
-                Box::new(move || outbox::relay(db.clone(), kafka.clone(), stop.clone()).boxed()),
+                Box::new(move || {
+                    outbox::relay(
+                        db.clone(),
+                        kafka.clone(),
+                        outbox::Retention::default(),
+                        stop.clone(),
+                    )
+                    .boxed()
+                }),
             );
         }
 
@@ -326,7 +334,14 @@ impl Application {
                 }),
             );
             let hub = if roles.contains(&Role::Realtime) {
-                Some(web::Data::new(Hub::start(&kafka, shutdown.clone())?))
+                let hub = web::Data::new(Hub::start(&kafka, shutdown.clone()).await?);
+                // The gateway checks tokens as the API does, without
+                // depending on it.
+                let gateway = web::Data::new(Gateway {
+                    db: pool("realtime", settings.database_pool)?,
+                    auth: state.clone().into_inner(),
+                });
+                Some((hub, gateway))
             } else {
                 None
             };
@@ -362,6 +377,7 @@ impl Application {
                     .app_data(spec.clone())
                     .app_data(idempotency.clone())
                     .wrap(from_fn(tidings_api::idempotency::middleware))
+                    .wrap(from_fn(tidings_api::json_objects))
                     .wrap(from_fn(tidings_api::middleware::read_your_writes))
                     .wrap(from_fn(tidings_api::middleware::http_metrics))
                     .wrap(from_fn(tidings_api::middleware::request_id))
@@ -369,8 +385,8 @@ impl Application {
                 if with_api {
                     app = app.configure(tidings_api::routes);
                 }
-                if let Some(hub) = &hub {
-                    app = app.app_data(hub.clone());
+                if let Some((hub, gateway)) = &hub {
+                    app = app.app_data(hub.clone()).app_data(gateway.clone());
                 }
                 if with_realtime {
                     app = app.configure(tidings_realtime::routes);

@@ -32,10 +32,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+// The schema states the rules of `validate` exactly where JSON Schema can
+// (surrounding white space is trimmed; control characters are Unicode's Cc),
+// so that schemathesis holds the two together; lengths count characters
+// where `validate` counts bytes of the lowercased value.
 pub struct RegisterBody {
+    #[schema(
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_]{3,32}[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub username: String,
+    #[schema(
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^@\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{1,64}@[^@.\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^@\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{0,93}\.[^@\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{0,93}[^@.\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub email: String,
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
+    #[schema(
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,62}[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub display_name: Option<String>,
 }
 
@@ -181,7 +195,11 @@ pub(crate) async fn login(
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    if body.login.len() > validate::MAX_EMAIL || body.password.len() > validate::MAX_PASSWORD {
+    // No account has such a login (and PostgreSQL text cannot hold NUL).
+    if body.login.len() > validate::MAX_EMAIL
+        || body.login.contains('\0')
+        || body.password.len() > validate::MAX_PASSWORD
+    {
         return Err(ApiError::unauthorized(
             "invalid_credentials",
             "wrong login or password",
@@ -222,11 +240,17 @@ pub(crate) async fn own_profile(me: Authenticated) -> Result<HttpResponse, ApiEr
 /// Only the fields present change; `null` clears `bio` or `avatar_url`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+// The schema states the rules of `validate`, as for `RegisterBody`.
 pub struct UpdateProfileBody {
+    #[schema(
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,62}[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     display_name: Option<String>,
     #[serde(default, deserialize_with = "account::present")]
+    #[schema(value_type = Option<String>, max_length = 500, pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")]
     bio: Option<Option<String>>,
     #[serde(default, deserialize_with = "account::present")]
+    #[schema(value_type = Option<String>, pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*(http://[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{0,2041}|https://[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{0,2040})[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")]
     avatar_url: Option<Option<String>>,
 }
 
@@ -286,8 +310,10 @@ pub(crate) struct Accepted {
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id, request_id = %ctx.request_id))]
 pub(crate) async fn update_profile(
     state: web::Data<ApiState>,
-    ctx: RequestContext,
+    // Before the request context: missing credentials are answered 401
+    // whatever else is wrong (actix extracts in argument order).
     me: Authenticated,
+    ctx: RequestContext,
     body: web::Json<UpdateProfileBody>,
 ) -> Result<HttpResponse, ApiError> {
     let update = body.into_inner().into_command(&ctx)?;

@@ -17,10 +17,9 @@ use actix_web::{web, FromRequest, HttpRequest};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Argon2, Block, Params, Version};
-use chrono::Utc;
-use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use tidings_http::auth::{Authenticator, Identity, Rejection};
+// JWTs and the bearer header live in `tidings-http`, shared with the gateway.
+pub use tidings_http::auth::{bearer, Claims, Jwt};
 use tidings_projections::accounts::AccountRow;
 use tidings_schemas::Position;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -28,60 +27,6 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::ApiState;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: Uuid,
-    pub iat: i64,
-    pub exp: i64,
-    /// The account's token version when the token was issued.
-    pub ver: i32,
-}
-
-#[derive(Clone)]
-pub struct Jwt {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    ttl: Duration,
-}
-
-impl Jwt {
-    pub fn new(secret: &str, ttl: Duration) -> Self {
-        Jwt {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            ttl,
-        }
-    }
-
-    pub fn issue(&self, user_id: Uuid, token_version: i32) -> String {
-        let now = Utc::now().timestamp();
-        let claims = Claims {
-            sub: user_id,
-            iat: now,
-            exp: now + self.ttl.as_secs() as i64,
-            ver: token_version,
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing cannot fail")
-    }
-
-    /// Checks signature and expiry; what the token says is not yet checked
-    /// against the account (see [`authenticate`]).
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map(|data| data.claims)
-            .map_err(|error| match error.kind() {
-                JwtErrorKind::ExpiredSignature => {
-                    ApiError::unauthorized("token_expired", "the token has expired")
-                }
-                _ => ApiError::unauthorized("invalid_token", "the token is not valid"),
-            })
-    }
-}
 
 /// How many password hashes may wait for a core, per core. A short queue
 /// absorbs a burst; a long one would only make clients wait past the point
@@ -294,19 +239,6 @@ pub struct Authenticated {
     pub expires_at: i64,
 }
 
-/// The bearer token of a request, if it has one.
-pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
 /// Checks a token against the account it names.
 pub async fn authenticate(state: &ApiState, token: &str) -> Result<Authenticated, ApiError> {
     authenticate_at(state, token, None).await
@@ -353,6 +285,27 @@ pub async fn authenticate_at(
         account,
         expires_at: claims.exp,
     })
+}
+
+/// The gateway checks tokens the way the API does.
+impl Authenticator for ApiState {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Identity, Rejection>> + Send + 'a>> {
+        Box::pin(async move {
+            authenticate(self, token)
+                .await
+                .map(|who| Identity {
+                    user_id: who.user_id,
+                    expires_at: who.expires_at,
+                })
+                .map_err(|error| Rejection {
+                    code: error.code,
+                    detail: error.detail,
+                })
+        })
+    }
 }
 
 impl FromRequest for Authenticated {

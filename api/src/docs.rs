@@ -6,10 +6,21 @@
 //! Convention: every route is mounted with `.route("<path>", web::<method>()…)`
 //! and its handler carries `#[utoipa::path]` listed in [`ApiDoc`]; a test
 //! reads the sources for `.route(` and fails on a route the spec lacks.
+//!
+//! Answers that come from shared machinery rather than from a handler are
+//! added to every operation they apply to by [`common_answers`]: a JSON body
+//! can be malformed (400), too large (413), of another media type (415) or
+//! invalid (422); any write takes `Idempotency-Key` (400 when it is not one);
+//! any GET takes `X-Min-Position` (400 when it is not a position, 503 past
+//! the bounded wait); a secured operation answers 401.
+//! Handlers document only what is their own. `scripts/schemathesis` holds the
+//! document to what the server does.
 
 use actix_web::{web, HttpResponse};
 use serde_json::Value;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::accounts;
@@ -62,6 +73,12 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        // The same JWT in `?token=`, for WebSocket clients that cannot set
+        // headers (browsers).
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("token"))),
+        );
     }
 }
 
@@ -73,7 +90,11 @@ pub struct Spec {
 }
 
 impl Spec {
-    pub fn new(openapi: utoipa::openapi::OpenApi, asyncapi: &Value) -> Self {
+    /// The finished documents of everything this process serves; the shared
+    /// answers ([`common_answers`]) are added here, after the crates' parts
+    /// are merged.
+    pub fn new(mut openapi: utoipa::openapi::OpenApi, asyncapi: &Value) -> Self {
+        common_answers(&mut openapi);
         let json = openapi.to_pretty_json().expect("the spec serializes");
         let value = serde_json::from_str(&json).expect("the spec is JSON");
         let asyncapi = serde_json::to_string_pretty(asyncapi).expect("the document serializes");
@@ -83,6 +104,142 @@ impl Spec {
             asyncapi,
         }
     }
+}
+
+impl Spec {
+    /// The methods (upper case) the document gives the path of an actix
+    /// route pattern; none for a path it does not know.
+    pub fn methods(&self, pattern: &str) -> Vec<String> {
+        let path = openapi_path(pattern);
+        let Some(item) = self.value["paths"][&path].as_object() else {
+            return Vec::new();
+        };
+        const METHODS: [&str; 8] = [
+            "get", "head", "post", "put", "patch", "delete", "options", "trace",
+        ];
+        METHODS
+            .iter()
+            .filter(|m| item.contains_key(**m))
+            .map(|m| m.to_uppercase())
+            .collect()
+    }
+}
+
+/// An actix route pattern as an OpenAPI path: `{name:regex}` is `{name}`.
+pub fn openapi_path(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|part| match part.split_once(':') {
+            Some((name, _)) if part.starts_with('{') => format!("{name}}}"),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Adds to every operation the answers of the machinery it goes through (see
+/// the module's documentation); what an operation documents itself stays.
+pub fn common_answers(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.patch, true),
+            (&mut item.delete, true),
+        ];
+        for (operation, is_write) in operations {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            if is_write {
+                header(
+                    operation,
+                    "Idempotency-Key",
+                    "A retry with the same key is the same request: it gets the first answer and appends nothing",
+                    // What `context` takes: a header value (visible ASCII,
+                    // space, tab), 1 to 255 characters once trimmed.
+                    r"^[\t ]*[!-~]([\t -~]{0,253}[!-~])?[\t ]*$",
+                );
+                answer(operation, "400", "`invalid_idempotency_key`, or the body cannot be read (`malformed_json`, `malformed_body`)");
+            } else {
+                header(
+                    operation,
+                    "X-Min-Position",
+                    "Answer only once the read model has passed this position (a `position` or `X-Position` of a write; opaque, base64url)",
+                    r"^[A-Za-z0-9_-]*$",
+                );
+                answer(
+                    operation,
+                    "400",
+                    "`invalid_position`: `X-Min-Position` is not a position",
+                );
+                answer(
+                    operation,
+                    "503",
+                    "`position_not_reached` or a dependency is down; `Retry-After`",
+                );
+            }
+            if operation.request_body.is_some() {
+                answer(operation, "413", "`payload_too_large`");
+                answer(
+                    operation,
+                    "415",
+                    "`unsupported_media_type`: send `application/json`",
+                );
+                answer(operation, "422", "`validation_failed`, with `errors`");
+            }
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                answer(operation, "401", "no valid token (`unauthenticated`, `invalid_token`, `token_expired`, `token_revoked`)");
+            }
+        }
+    }
+}
+
+/// Documents a problem+json answer, unless the operation has its own.
+fn answer(operation: &mut Operation, status: &str, description: &str) {
+    operation
+        .responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+                .into()
+        });
+}
+
+/// Documents an optional header of the given pattern; an operation that
+/// names the header already keeps its description and gets the pattern.
+fn header(operation: &mut Operation, name: &str, description: &str, pattern: &str) {
+    let schema = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(pattern))
+        .build();
+    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+    if let Some(existing) = parameters
+        .iter_mut()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+    {
+        existing.schema = Some(schema.into());
+        return;
+    }
+    parameters.push(
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(description))
+            .schema(Some(schema))
+            .build(),
+    );
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

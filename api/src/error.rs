@@ -1,26 +1,13 @@
 //! Every client-visible error: `application/problem+json` with a stable
 //! snake_case `code` (API.md, Conventions), rendered the same way everywhere.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde::Serialize;
 use tidings_commands::{BusError, Outcome};
 use tidings_domain::ErrorKind;
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: &str, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.to_owned(),
-            message: message.into(),
-        }
-    }
-}
+use tidings_http::auth::TokenError;
+// The rendering is shared with the gateway.
+pub use tidings_http::problem::{FieldError, Problem};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -29,22 +16,6 @@ pub struct ApiError {
     pub detail: String,
     pub errors: Vec<FieldError>,
     pub retry_after: Option<u64>,
-}
-
-/// `application/problem+json` (RFC 9457) with a stable `code`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Problem {
-    /// A URI naming the kind of problem.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    /// Stable, snake_case: what clients branch on (`email_taken`…).
-    pub code: String,
-    /// One entry per offending field, for `validation_failed`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldError>,
 }
 
 impl ApiError {
@@ -82,6 +53,15 @@ impl ApiError {
     /// 404, also for what exists but the caller may not see.
     pub fn not_found() -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    /// 405 `method_not_allowed`: the path exists, not under this method.
+    pub fn method_not_allowed(allow: &str) -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("this path answers {allow} only"),
+        )
     }
 
     /// 503 with `Retry-After`: a dependency is down or too slow.
@@ -143,10 +123,6 @@ impl ApiError {
         };
         ApiError::new(status, code, message)
     }
-
-    fn title(&self) -> &'static str {
-        self.status.canonical_reason().unwrap_or("Error")
-    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -162,22 +138,16 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let problem = Problem {
-            kind: format!(
-                "https://tidings.dev/problems/{}",
-                self.code.replace('_', "-")
-            ),
-            title: self.title().to_owned(),
-            status: self.status.as_u16(),
-            detail: self.detail.clone(),
-            code: self.code.clone(),
             errors: self.errors.clone(),
+            ..Problem::new(self.status, &self.code, self.detail.clone())
         };
-        let mut response = HttpResponse::build(self.status);
-        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
-        if let Some(seconds) = self.retry_after {
-            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
-        }
-        response.body(serde_json::to_string(&problem).expect("problems serialize"))
+        problem.response(self.retry_after)
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        ApiError::unauthorized(error.code, error.detail)
     }
 }
 

@@ -28,8 +28,12 @@ pub mod validate;
 
 use std::time::Duration;
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 use sqlx::{FromRow, PgPool, Row};
 use tidings_commands::CommandBus;
 use tidings_projections::accounts::AccountRow;
@@ -113,9 +117,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(accounts::routes);
 }
 
-/// The answer for a route that does not exist.
-pub async fn not_found() -> HttpResponse {
-    error_response(ApiError::not_found())
+/// The answer for a request no route takes: 405 with `Allow` when the path
+/// exists under other methods (RFC 9110 §15.5.6), else 404. The methods come
+/// from the OpenAPI document, which a test holds to the mounted routes.
+pub async fn not_found(req: HttpRequest, spec: Option<web::Data<docs::Spec>>) -> HttpResponse {
+    let allowed = match (req.match_pattern(), spec) {
+        (Some(pattern), Some(spec)) => spec.methods(&pattern),
+        _ => Vec::new(),
+    };
+    if allowed.is_empty() {
+        return error_response(ApiError::not_found());
+    }
+    let allow = allowed.join(", ");
+    let mut response = error_response(ApiError::method_not_allowed(&allow));
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_str(&allow).expect("method names are ASCII"),
+    );
+    response
 }
 
 fn json_config() -> web::JsonConfig {
@@ -168,6 +187,49 @@ fn path_error(_error: PathError, _req: &HttpRequest) -> actix_web::Error {
 
 fn query_error(error: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::bad_request("invalid_query", error.to_string()).into()
+}
+
+/// Refuses a JSON body that is an array, before any handler reads it: serde
+/// reads a struct from an array of its fields in order, which no document
+/// describes and no client means. Only the first non-blank byte is looked
+/// at; the body goes on to its handler unchanged.
+pub async fn json_objects(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let json = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    if json {
+        let mut payload = req.take_payload();
+        let mut read = Vec::new();
+        let mut first = None;
+        while first.is_none() {
+            match payload.next().await {
+                Some(Ok(chunk)) => {
+                    first = chunk.iter().copied().find(|b| !b.is_ascii_whitespace());
+                    read.push(Ok(chunk));
+                }
+                Some(Err(error)) => {
+                    read.push(Err(error));
+                    break;
+                }
+                None => break,
+            }
+        }
+        let body = futures_util::stream::iter(read).chain(payload);
+        req.set_payload(actix_web::dev::Payload::Stream {
+            payload: Box::pin(body),
+        });
+        if first == Some(b'[') {
+            let error = ApiError::validation(vec![FieldError::new("body", "a JSON object")]);
+            let (http, _) = req.into_parts();
+            return Ok(ServiceResponse::new(http, error_response(error)).map_into_right_body());
+        }
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// Renders an [`ApiError`] as a response (for middleware).

@@ -47,10 +47,12 @@ pub fn username(value: &str) -> Result<String, String> {
 }
 
 /// One `@` with something on both sides and a dot in the domain; lowercased.
+/// No control characters: PostgreSQL text cannot hold NUL, and an address
+/// it cannot store would stop the projector.
 pub fn email(value: &str) -> Result<String, String> {
     let value = value.trim().to_lowercase();
     let well_formed = value.len() <= MAX_EMAIL
-        && !value.chars().any(char::is_whitespace)
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control())
         && value.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && !domain.contains('@')
@@ -87,9 +89,17 @@ pub fn display_name(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// Line breaks and tabs are text; other control characters are not (and
+/// PostgreSQL text cannot hold NUL).
 pub fn bio(value: &str) -> Result<String, String> {
     if value.chars().count() > MAX_BIO {
         return Err(format!("at most {MAX_BIO} characters"));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err("no control characters but line breaks and tabs".into());
     }
     Ok(value.trim().to_owned())
 }
@@ -135,5 +145,8 @@ mod tests {
         assert!(bio(&"x".repeat(MAX_BIO + 1)).is_err());
         assert!(display_name("  ").is_err());
         assert!(password("short").is_err());
+        assert!(bio("two\nlines\tand a tab").is_ok());
+        assert!(bio("nul\0").is_err());
+        assert!(email("a\0b@c.io").is_err());
     }
 }

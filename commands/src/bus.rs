@@ -20,7 +20,81 @@ use uuid::Uuid;
 
 use crate::envelope::{CommandEnvelope, CommandResult, Outcome};
 
-type Waiters = Arc<Mutex<HashMap<Uuid, Vec<oneshot::Sender<Outcome>>>>>;
+/// Who waits for which command's outcome. Every waiter leaves when its wait
+/// ends, answered or not: a request that times out leaves nothing behind.
+#[derive(Clone, Default)]
+struct Waiters(Arc<Mutex<HashMap<Uuid, Vec<oneshot::Sender<Outcome>>>>>);
+
+/// Why a wait ended without an outcome.
+enum Unanswered<E> {
+    /// What was to happen before the wait (producing the command) failed.
+    Before(E),
+    TimedOut,
+}
+
+impl Waiters {
+    /// Registers a waiter for `command_id`, runs `before` (which makes the
+    /// outcome possible), then waits at most `timeout` for the outcome.
+    async fn wait<E>(
+        &self,
+        command_id: Uuid,
+        timeout: Duration,
+        before: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<Outcome, Unanswered<E>> {
+        let mut waiter = self.register(command_id);
+        before.await.map_err(Unanswered::Before)?;
+        tokio::time::timeout(timeout, waiter.outcome())
+            .await
+            .ok()
+            .flatten()
+            .ok_or(Unanswered::TimedOut)
+    }
+
+    /// Registered before the command is produced, so no outcome slips past.
+    fn register(&self, command_id: Uuid) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .lock()
+            .expect("waiters lock")
+            .entry(command_id)
+            .or_default()
+            .push(tx);
+        Waiter {
+            waiters: self.clone(),
+            command_id,
+            rx: Some(rx),
+        }
+    }
+
+    /// Drops the closed waiters of a command.
+    fn leave(&self, command_id: Uuid) {
+        let mut waiters = self.0.lock().expect("waiters lock");
+        if let Some(list) = waiters.get_mut(&command_id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiters.remove(&command_id);
+            }
+        }
+    }
+
+    /// Hands an outcome to everyone waiting for it.
+    fn answer(&self, result: &CommandResult) {
+        let senders = self
+            .0
+            .lock()
+            .expect("waiters lock")
+            .remove(&result.command_id);
+        for tx in senders.into_iter().flatten() {
+            let _ = tx.send(result.outcome.clone());
+        }
+    }
+
+    /// Commands with someone waiting.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().expect("waiters lock").len()
+    }
+}
 
 #[derive(Clone)]
 pub struct CommandBus {
@@ -53,13 +127,19 @@ impl CommandBus {
         let consumer: StreamConsumer = settings.consumer(None).create()?;
         // Start exactly at each partition's current end, resolved now rather
         // than at the first fetch: a result produced in between is not lost.
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..settings.partitions {
-            let (_, high) = consumer.fetch_watermarks(&topics.results, partition, ADMIN_TIMEOUT)?;
-            assignment.add_partition_offset(&topics.results, partition, Offset::Offset(high))?;
-        }
-        consumer.assign(&assignment)?;
-        let waiters: Waiters = Arc::default();
+        // librdkafka's metadata calls block: off the async threads.
+        let (results, partitions) = (topics.results.clone(), settings.partitions);
+        let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {
+            let mut assignment = TopicPartitionList::new();
+            for partition in 0..partitions {
+                let (_, high) = consumer.fetch_watermarks(&results, partition, ADMIN_TIMEOUT)?;
+                assignment.add_partition_offset(&results, partition, Offset::Offset(high))?;
+            }
+            consumer.assign(&assignment)?;
+            Ok(consumer)
+        })
+        .await??;
+        let waiters = Waiters::default();
         tokio::spawn(follow_results(consumer, waiters.clone(), shutdown));
         Ok(CommandBus {
             producer,
@@ -86,48 +166,49 @@ impl CommandBus {
 
     /// Appends the command and waits for its outcome.
     pub async fn send(&self, command: &CommandEnvelope) -> Result<Outcome, BusError> {
-        let (tx, rx) = oneshot::channel();
-        self.waiters
-            .lock()
-            .expect("waiters lock")
-            .entry(command.command_id)
-            .or_default()
-            .push(tx);
-        let _unregister = Unregister {
-            waiters: &self.waiters,
-            command_id: command.command_id,
-        };
         let key = command.aggregate.key();
         let payload = command.to_json();
-        let record = FutureRecord::to(&self.topics.commands)
-            .key(&key)
-            .payload(&payload);
-        self.producer
-            .send(record, Duration::from_secs(5))
+        let produce = async {
+            let record = FutureRecord::to(&self.topics.commands)
+                .key(&key)
+                .payload(&payload);
+            self.producer
+                .send(record, Duration::from_secs(5))
+                .await
+                .map(|_| ())
+                .map_err(|(error, _)| BusError::Unavailable(error))
+        };
+        match self
+            .waiters
+            .wait(command.command_id, self.timeout, produce)
             .await
-            .map_err(|(error, _)| BusError::Unavailable(error))?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            _ => Err(BusError::Timeout(self.timeout)),
+        {
+            Ok(outcome) => Ok(outcome),
+            Err(Unanswered::Before(error)) => Err(error),
+            Err(Unanswered::TimedOut) => Err(BusError::Timeout(self.timeout)),
         }
     }
 }
 
-/// Drops the waiters of a command whose caller gave up or got its answer.
-struct Unregister<'a> {
-    waiters: &'a Waiters,
+/// One wait for an outcome. However it ends (answered, timed out, the
+/// produce failed, the caller's future dropped), dropping it removes it.
+struct Waiter {
+    waiters: Waiters,
     command_id: Uuid,
+    rx: Option<oneshot::Receiver<Outcome>>,
 }
 
-impl Drop for Unregister<'_> {
+impl Waiter {
+    async fn outcome(&mut self) -> Option<Outcome> {
+        self.rx.as_mut()?.await.ok()
+    }
+}
+
+impl Drop for Waiter {
     fn drop(&mut self) {
-        let mut waiters = self.waiters.lock().expect("waiters lock");
-        if let Some(list) = waiters.get_mut(&self.command_id) {
-            list.retain(|tx| !tx.is_closed());
-            if list.is_empty() {
-                waiters.remove(&self.command_id);
-            }
-        }
+        // Closed first, so that `leave` sees this waiter as gone.
+        drop(self.rx.take());
+        self.waiters.leave(self.command_id);
     }
 }
 
@@ -155,12 +236,82 @@ async fn follow_results(consumer: StreamConsumer, waiters: Waiters, shutdown: Ca
                 continue;
             }
         };
-        let senders = waiters
-            .lock()
-            .expect("waiters lock")
-            .remove(&result.command_id);
-        for tx in senders.into_iter().flatten() {
-            let _ = tx.send(result.outcome.clone());
+        waiters.answer(&result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidings_schemas::Position;
+
+    use super::*;
+
+    const SHORT: Duration = Duration::from_millis(20);
+
+    fn accepted() -> Outcome {
+        Outcome::Accepted {
+            position: Position::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_times_out_leaves_no_waiter() {
+        let waiters = Waiters::default();
+        for _ in 0..3 {
+            let outcome = waiters
+                .wait(Uuid::new_v4(), SHORT, async { Ok::<_, ()>(()) })
+                .await;
+            assert!(matches!(outcome, Err(Unanswered::TimedOut)));
+        }
+        assert_eq!(waiters.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_produce_leaves_no_waiter() {
+        let waiters = Waiters::default();
+        let outcome = waiters
+            .wait(Uuid::new_v4(), SHORT, async { Err("down") })
+            .await;
+        assert!(matches!(outcome, Err(Unanswered::Before("down"))));
+        assert_eq!(waiters.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_wait_leaves_no_waiter() {
+        let waiters = Waiters::default();
+        let abandoned = tokio::time::timeout(
+            SHORT,
+            waiters.wait(Uuid::new_v4(), Duration::from_secs(60), async {
+                Ok::<_, ()>(())
+            }),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        assert_eq!(waiters.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn every_waiter_of_a_command_gets_its_outcome_and_leaves() {
+        let waiters = Waiters::default();
+        let command_id = Uuid::new_v4();
+        let wait = || {
+            waiters.wait(command_id, Duration::from_secs(5), async {
+                Ok::<_, ()>(())
+            })
+        };
+        let answer = async {
+            while waiters.len() == 0 {
+                tokio::task::yield_now().await;
+            }
+            tokio::task::yield_now().await;
+            waiters.answer(&CommandResult {
+                command_id,
+                outcome: accepted(),
+            });
+        };
+        let (first, second, ()) = tokio::join!(wait(), wait(), answer);
+        assert_eq!(first.ok(), Some(accepted()));
+        assert_eq!(second.ok(), Some(accepted()));
+        assert_eq!(waiters.len(), 0);
     }
 }

@@ -5,6 +5,15 @@
 //! `tidings.updates` keyed by channel and marks them. A gateway fills any gap
 //! it sees in a channel's `seq`, and serves a resuming client, from the rows
 //! kept here.
+//!
+//! What is kept ([`Retention`]): a published row stays while it is among the
+//! last [`Retention::per_channel`] rows of its channel *and* younger than
+//! [`Retention::max_age`]; an unpublished row always stays. So a client can
+//! resume with `since` after a short absence (a reconnect, a phone asleep
+//! for a while) on even the busiest channel, and the table is bounded by
+//! channels × `per_channel`, not by history. A `since` older than what is
+//! kept is answered `recovered: false`: the client reads the current state
+//! over REST and goes on from the head.
 
 use std::time::Duration;
 
@@ -23,6 +32,30 @@ const RELAY_BATCH: i64 = 500;
 /// How often the relay looks without being notified (a missed notification,
 /// a relay that restarted).
 const RELAY_IDLE_POLL: Duration = Duration::from_millis(250);
+/// How often the relay prunes delivered rows.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// Rows deleted per statement when pruning: short statements, short locks.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// How much delivered history the outbox keeps for resuming clients (see
+/// the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub per_channel: i64,
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    /// The last 1,000 updates of each channel, for at most 7 days: more than
+    /// a client replays on reconnect before reading the state afresh is
+    /// cheaper.
+    fn default() -> Self {
+        Retention {
+            per_channel: 1_000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
 
 /// A change a channel should receive, before it is numbered.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,15 +118,40 @@ pub async fn append(
     Ok(())
 }
 
-/// A channel's current `seq` and `epoch` (0 and 1 for a channel that never
-/// received anything).
-pub async fn head(db: impl PgExecutor<'_>, channel: &str) -> Result<(i64, i64), sqlx::Error> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT seq, epoch FROM channels WHERE channel = $1")
-            .bind(channel)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.unwrap_or((0, 1)))
+/// Where a channel stands: its last `seq`, its `epoch`, and the oldest `seq`
+/// the outbox still keeps (see [`prune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: i64,
+    pub epoch: i64,
+    /// `seq + 1` when nothing is kept.
+    pub oldest_kept: i64,
+}
+
+impl Head {
+    /// Whether a client that has everything up to `since` can be given
+    /// everything after it from the outbox.
+    pub fn can_resume(&self, since: i64) -> bool {
+        since >= self.oldest_kept - 1 && since <= self.seq
+    }
+}
+
+/// A channel's head (`seq` 0 and `epoch` 1 for a channel that never received
+/// anything).
+pub async fn head(db: impl PgExecutor<'_>, channel: &str) -> Result<Head, sqlx::Error> {
+    let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT c.seq, c.epoch, (SELECT min(o.seq) FROM channel_outbox o WHERE o.channel = c.channel)
+         FROM channels c WHERE c.channel = $1",
+    )
+    .bind(channel)
+    .fetch_optional(db)
+    .await?;
+    let (seq, epoch, oldest) = row.unwrap_or((0, 1, None));
+    Ok(Head {
+        seq,
+        epoch,
+        oldest_kept: oldest.unwrap_or(seq + 1),
+    })
 }
 
 /// A channel's updates after `since`, oldest first, at most `limit`.
@@ -114,10 +172,36 @@ pub async fn since(
     .await
 }
 
-/// Publishes the outbox to `tidings.updates` until `shutdown`.
+/// Deletes delivered rows beyond `retention`; how many.
+pub async fn prune(db: &PgPool, retention: Retention) -> Result<u64, sqlx::Error> {
+    let mut pruned = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM channel_outbox WHERE id IN (
+               SELECT o.id FROM channel_outbox o JOIN channels c ON c.channel = o.channel
+               WHERE o.published_at IS NOT NULL
+                 AND (o.seq <= c.seq - $1 OR o.published_at < now() - make_interval(secs => $2))
+               LIMIT $3)",
+        )
+        .bind(retention.per_channel)
+        .bind(retention.max_age.as_secs_f64())
+        .bind(PRUNE_BATCH)
+        .execute(db)
+        .await?
+        .rows_affected();
+        pruned += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            return Ok(pruned);
+        }
+    }
+}
+
+/// Publishes the outbox to `tidings.updates` until `shutdown`, and prunes
+/// what was delivered beyond `retention`.
 pub async fn relay(
     db: PgPool,
     kafka: KafkaSettings,
+    retention: Retention,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = kafka.producer().create()?;
@@ -125,7 +209,16 @@ pub async fn relay(
     let mut listener = PgListener::connect_with(&db).await?;
     listener.listen(NOTIFY_CHANNEL).await?;
     tracing::info!(%topic, "outbox relay started");
+    let mut next_prune = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_EVERY;
+            match prune(&db, retention).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::debug!(pruned, "outbox pruned"),
+                Err(error) => tracing::warn!(%error, "pruning the outbox"),
+            }
+        }
         match publish_pending(&db, &producer, &topic).await {
             Ok(published) if published >= RELAY_BATCH as usize => continue,
             Ok(_) => {}
@@ -195,4 +288,28 @@ async fn publish_pending(
         .await?;
     tx.commit().await?;
     Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_resumes_only_from_what_is_kept() {
+        let head = Head {
+            seq: 10,
+            epoch: 1,
+            oldest_kept: 4,
+        };
+        assert!(head.can_resume(3), "3 has everything before 4");
+        assert!(head.can_resume(10));
+        assert!(!head.can_resume(2), "seq 3 is no longer kept");
+        assert!(!head.can_resume(11), "ahead of the channel");
+        let empty = Head {
+            seq: 0,
+            epoch: 1,
+            oldest_kept: 1,
+        };
+        assert!(empty.can_resume(0));
+    }
 }

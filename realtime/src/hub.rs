@@ -52,17 +52,22 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the hub and the follower of `tidings.updates`.
-    pub fn start(kafka: &KafkaSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn start(kafka: &KafkaSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer = kafka.consumer(None).create()?;
+        let (topic, partitions) = (kafka.topics().updates, kafka.partitions);
+        // librdkafka's metadata calls block: off the async threads.
+        let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {
+            let mut assignment = TopicPartitionList::new();
+            for partition in 0..partitions {
+                let (_, high) = consumer.fetch_watermarks(&topic, partition, ADMIN_TIMEOUT)?;
+                assignment.add_partition_offset(&topic, partition, Offset::Offset(high))?;
+            }
+            consumer.assign(&assignment)?;
+            Ok(consumer)
+        })
+        .await??;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(rx));
-        let consumer: StreamConsumer = kafka.consumer(None).create()?;
-        let topic = kafka.topics().updates;
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..kafka.partitions {
-            let (_, high) = consumer.fetch_watermarks(&topic, partition, ADMIN_TIMEOUT)?;
-            assignment.add_partition_offset(&topic, partition, Offset::Offset(high))?;
-        }
-        consumer.assign(&assignment)?;
         tokio::spawn(follow(consumer, tx.clone(), shutdown.clone()));
         Ok(Hub {
             commands: tx,
@@ -152,6 +157,130 @@ async fn follow(
                 tracing::warn!(%error, "reading updates");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Session {
+        id: Uuid,
+        updates: mpsc::Receiver<Update>,
+        queue: mpsc::Sender<Update>,
+        too_slow: CancellationToken,
+    }
+
+    fn session(capacity: usize) -> Session {
+        let (queue, updates) = mpsc::channel(capacity);
+        Session {
+            id: Uuid::new_v4(),
+            updates,
+            queue,
+            too_slow: CancellationToken::new(),
+        }
+    }
+
+    fn hub() -> mpsc::UnboundedSender<Command> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx));
+        tx
+    }
+
+    fn subscribe(hub: &mpsc::UnboundedSender<Command>, session: &Session, channel: &str) {
+        hub.send(Command::Subscribe {
+            session: session.id,
+            channel: channel.into(),
+            queue: session.queue.clone(),
+            too_slow: session.too_slow.clone(),
+        })
+        .unwrap();
+    }
+
+    fn update(channel: &str, seq: i64) -> Update {
+        Update {
+            channel: channel.into(),
+            seq,
+            epoch: 1,
+            event: "profile.updated".into(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    /// The next update a session receives, if one comes soon.
+    async fn next(session: &mut Session) -> Option<i64> {
+        tokio::time::timeout(Duration::from_millis(100), session.updates.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(|u| u.seq)
+    }
+
+    #[tokio::test]
+    async fn an_update_reaches_the_subscribers_of_its_channel_only() {
+        let hub = hub();
+        let (mut a, mut b, mut other) = (session(8), session(8), session(8));
+        subscribe(&hub, &a, "user:1");
+        subscribe(&hub, &b, "user:1");
+        subscribe(&hub, &other, "user:2");
+        hub.send(Command::Deliver(update("user:1", 1))).unwrap();
+        assert_eq!(next(&mut a).await, Some(1));
+        assert_eq!(next(&mut b).await, Some(1));
+        assert_eq!(next(&mut other).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_subscribe_delivers_once() {
+        let hub = hub();
+        let mut a = session(8);
+        subscribe(&hub, &a, "user:1");
+        subscribe(&hub, &a, "user:1");
+        hub.send(Command::Deliver(update("user:1", 1))).unwrap();
+        assert_eq!(next(&mut a).await, Some(1));
+        assert_eq!(next(&mut a).await, None);
+    }
+
+    #[tokio::test]
+    async fn unsubscribed_and_departed_sessions_receive_nothing() {
+        let hub = hub();
+        let (mut a, mut b) = (session(8), session(8));
+        subscribe(&hub, &a, "user:1");
+        subscribe(&hub, &a, "room:1");
+        subscribe(&hub, &b, "room:1");
+        hub.send(Command::Unsubscribe {
+            session: a.id,
+            channel: "user:1".into(),
+        })
+        .unwrap();
+        hub.send(Command::Leave { session: b.id }).unwrap();
+        hub.send(Command::Deliver(update("user:1", 1))).unwrap();
+        hub.send(Command::Deliver(update("room:1", 1))).unwrap();
+        assert_eq!(next(&mut a).await, Some(1), "room:1 still reaches a");
+        assert_eq!(next(&mut a).await, None);
+        assert_eq!(next(&mut b).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_cannot_keep_up_is_told_and_dropped() {
+        let hub = hub();
+        let (mut slow, mut quick) = (session(2), session(8));
+        subscribe(&hub, &slow, "room:1");
+        subscribe(&hub, &quick, "room:1");
+        for seq in 1..=3 {
+            hub.send(Command::Deliver(update("room:1", seq))).unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(1), slow.too_slow.cancelled())
+            .await
+            .expect("the slow session is told");
+        assert!(!quick.too_slow.is_cancelled());
+        assert_eq!(next(&mut slow).await, Some(1));
+        assert_eq!(next(&mut slow).await, Some(2));
+        // Dropped: once it has room again, nothing more comes to it.
+        hub.send(Command::Deliver(update("room:1", 4))).unwrap();
+        assert_eq!(next(&mut slow).await, None);
+        for seq in 1..=4 {
+            assert_eq!(next(&mut quick).await, Some(seq));
         }
     }
 }

@@ -8,17 +8,30 @@
 //! - [`session`]: one task per socket — authentication, subscriptions with
 //!   resume (`since`), gap filling from the outbox, heartbeats, backpressure.
 //!
-//! Depends on `tidings-api` (authentication) and `tidings-projections` (the
-//! outbox). Start at [`session::connect`].
+//! Depends on `tidings-http` (tokens, problem+json) and
+//! `tidings-projections` (the outbox); never on `tidings-api`, whose token
+//! check it is handed as an [`Authenticator`]. Start at [`session::connect`].
 #![forbid(unsafe_code)]
 
 pub mod frames;
 pub mod hub;
 pub mod session;
 
+use std::sync::Arc;
+
 use actix_web::web;
+use sqlx::PgPool;
+use tidings_http::auth::Authenticator;
 
 pub use hub::Hub;
+
+/// What every session of the gateway shares.
+pub struct Gateway {
+    /// Where the channel outbox is read (resume, gap filling).
+    pub db: PgPool,
+    /// Checks a token against its account, as the REST API does.
+    pub auth: Arc<dyn Authenticator>,
+}
 
 /// The gateway's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]

@@ -8,13 +8,14 @@
 //! sees each channel's updates exactly once and in order.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message};
-use tidings_api::auth::{authenticate, bearer};
-use tidings_api::error::ApiError;
-use tidings_api::ApiState;
+use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
+use tidings_http::auth::{bearer, Rejection};
+use tidings_http::problem::Problem;
 use tidings_projections::outbox::{self, Update};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 use crate::frames::{ClientFrame, ServerFrame};
 use crate::hub::{Command, Hub, SESSION_QUEUE};
+use crate::Gateway;
 
 /// How often the server pings; a client that stays silent for
 /// [`CLIENT_TIMEOUT`] is gone.
@@ -32,6 +34,14 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 const MAX_FRAME: usize = 16 * 1024;
 /// Updates read from the outbox per query when resuming or filling a gap.
 const REPLAY_PAGE: i64 = 500;
+/// The longest one frame may wait to be written. A client that stops
+/// reading fills the socket's buffers, then actix-ws's queue, and a write
+/// waits; past this the session ends (4009, as for a full hub queue) instead
+/// of holding its subscriptions and buffers for as long as the client
+/// lingers.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last frame (a close) gets before the session is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 const GOING_AWAY: u16 = 1001;
 const UNAUTHORIZED: u16 = 4001;
@@ -42,30 +52,49 @@ const PROTOCOL_ERROR: u16 = 4400;
 /// subscribed to (the own `user:{id}` from the start). Frames and topics:
 /// `/asyncapi.json`.
 #[utoipa::path(get, path = "/ws", tag = "realtime",
-    params(("token" = Option<String>, Query, description = "The JWT, for clients that cannot set `Authorization`")),
-    security(("bearer" = [])),
-    responses((status = 101, description = "Switching to the WebSocket protocol; an invalid token gets an `error` frame and close code 4001")))]
+    security(("bearer" = []), ("token" = [])),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol; a token that is not valid gets an `error` frame and close code 4001"),
+        (status = 400, description = "`bad_handshake`: not a WebSocket handshake", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`: no token at all", body = Problem, content_type = "application/problem+json")))]
 pub async fn connect(
     req: HttpRequest,
     body: web::Payload,
-    api: web::Data<ApiState>,
+    gateway: web::Data<Gateway>,
     hub: web::Data<Hub>,
-) -> Result<HttpResponse, actix_web::Error> {
+) -> HttpResponse {
     let token = bearer(&req).map(str::to_owned).or_else(|| {
         web::Query::<HashMap<String, String>>::from_query(req.query_string())
             .ok()
             .and_then(|q| q.get("token").cloned())
     });
-    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    // No token at all is answered in HTTP, before the upgrade: the client
+    // made no attempt to sign in. A token that fails its check is told in a
+    // frame instead, which browsers can read (they hide a refused upgrade).
+    let Some(token) = token else {
+        return Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "sign in: Authorization: Bearer <token> or ?token=",
+        )
+        .response(None);
+    };
+    let (response, ws, stream) = match actix_ws::handle(&req, body) {
+        Ok(handshake) => handshake,
+        Err(error) => {
+            return Problem::new(StatusCode::BAD_REQUEST, "bad_handshake", error.to_string())
+                .response(None)
+        }
+    };
     let stream = stream.max_frame_size(MAX_FRAME);
     actix_web::rt::spawn(serve(
-        api.into_inner(),
+        gateway.into_inner(),
         hub.get_ref().clone(),
         token,
         ws,
         stream,
     ));
-    Ok(response)
+    response
 }
 
 struct Session {
@@ -73,35 +102,38 @@ struct Session {
     user_id: Uuid,
     expires_at: Instant,
     ws: actix_ws::Session,
-    api: std::sync::Arc<ApiState>,
+    gateway: Arc<Gateway>,
     hub: Hub,
     queue: mpsc::Sender<Update>,
     too_slow: CancellationToken,
     /// The last `seq` sent to the client, per subscribed channel.
     last_seq: HashMap<String, i64>,
+    /// The first `seq` sent on each channel since it was subscribed: from
+    /// there to `last_seq` the client has everything, and a repeated
+    /// subscribe resends none of it.
+    first_sent: HashMap<String, i64>,
 }
 
 /// Why a session ends.
 enum End {
+    /// The client sent a Close frame: it is answered with one (RFC 6455
+    /// §5.5.1), echoing the client's code.
+    ClientClosed(Option<CloseReason>),
+    /// The connection ended without a Close frame, or the client went silent.
     ClientLeft,
+    /// The client stopped reading: a frame waited [`WRITE_TIMEOUT`].
+    Stalled,
     Close(u16, &'static str),
 }
 
 async fn serve(
-    api: std::sync::Arc<ApiState>,
+    gateway: Arc<Gateway>,
     hub: Hub,
-    token: Option<String>,
+    token: String,
     mut ws: actix_ws::Session,
     mut stream: actix_ws::MessageStream,
 ) {
-    let who = match &token {
-        Some(token) => check(&api, token).await,
-        None => Err(ApiError::unauthorized(
-            "unauthenticated",
-            "sign in: Authorization: Bearer <token> or ?token=",
-        )),
-    };
-    let (user_id, expires_at) = match who {
+    let (user_id, expires_at) = match check(&gateway, &token).await {
         Ok(who) => who,
         Err(error) => {
             let _ = ws
@@ -109,7 +141,7 @@ async fn serve(
                 .await;
             metrics::counter!("tidings_ws_closes_total", "code" => UNAUTHORIZED.to_string())
                 .increment(1);
-            close(ws, UNAUTHORIZED, "unauthorized").await;
+            close(ws, Some(reason(UNAUTHORIZED, "unauthorized"))).await;
             return;
         }
     };
@@ -119,11 +151,12 @@ async fn serve(
         user_id,
         expires_at,
         ws,
-        api,
+        gateway,
         hub,
         queue,
         too_slow: CancellationToken::new(),
         last_seq: HashMap::new(),
+        first_sent: HashMap::new(),
     };
     metrics::gauge!("tidings_ws_connections").increment(1.0);
     let end = session.run(&mut stream, &mut updates).await;
@@ -131,32 +164,58 @@ async fn serve(
     session.hub.send(Command::Leave {
         session: session.id,
     });
-    let code = match end {
-        End::ClientLeft => "client".to_owned(),
+    let code = match &end {
+        End::ClientClosed(_) | End::ClientLeft => "client".to_owned(),
+        End::Stalled => TOO_SLOW.to_string(),
         End::Close(code, _) => code.to_string(),
     };
+    tracing::debug!(session = %session.id, code, "socket closed");
     metrics::counter!("tidings_ws_closes_total", "code" => code).increment(1);
-    if let End::Close(code, reason) = end {
-        close(session.ws, code, reason).await;
+    match end {
+        End::ClientClosed(client) => {
+            let echo = client.map(|c| CloseReason {
+                code: c.code,
+                description: None,
+            });
+            close(session.ws, echo).await;
+        }
+        End::Close(code, why) => close(session.ws, Some(reason(code, why))).await,
+        // Nothing more can be written to a client that does not read; a
+        // client that left hears nothing.
+        End::Stalled | End::ClientLeft => {}
     }
 }
 
-/// Authenticates a token; on success, who it is and when it expires.
 /// Authenticates a token the way the REST API does; on success, who it is
 /// and when it expires.
-async fn check(api: &ApiState, token: &str) -> Result<(Uuid, Instant), ApiError> {
-    let who = authenticate(api, token).await?;
+async fn check(gateway: &Gateway, token: &str) -> Result<(Uuid, Instant), Rejection> {
+    let who = gateway.auth.authenticate(token).await?;
     let left = (who.expires_at - chrono::Utc::now().timestamp()).max(0) as u64;
     Ok((who.user_id, Instant::now() + Duration::from_secs(left)))
 }
 
-async fn close(ws: actix_ws::Session, code: u16, reason: &str) {
-    let _ = ws
-        .close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }))
-        .await;
+fn reason(code: u16, description: &str) -> CloseReason {
+    CloseReason {
+        code: CloseCode::from(code),
+        description: Some(description.to_owned()),
+    }
+}
+
+/// Sends a Close frame, bounded: a client that does not read does not get to
+/// hold the session.
+async fn close(ws: actix_ws::Session, reason: Option<CloseReason>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(reason)).await;
+}
+
+/// One write to the socket, bounded by [`WRITE_TIMEOUT`].
+async fn write(
+    sent: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
+) -> Result<(), End> {
+    match tokio::time::timeout(WRITE_TIMEOUT, sent).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::ClientLeft),
+        Err(_) => Err(End::Stalled),
+    }
 }
 
 impl Session {
@@ -174,7 +233,7 @@ impl Session {
             return End::ClientLeft;
         }
         let own = format!("user:{}", self.user_id);
-        if let Err(end) = self.subscribe(own, None, None).await {
+        if let Err(end) = self.subscribe(own, None, None, None).await {
             return end;
         }
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -186,6 +245,9 @@ impl Session {
                         last_heard = Instant::now();
                         self.on_message(message).await
                     }
+                    // The connection ended without a Close frame: the
+                    // client went away, it did not break the protocol.
+                    Some(Err(ProtocolError::Io(error))) if error.kind() != std::io::ErrorKind::InvalidData => Err(End::ClientLeft),
                     Some(Err(_)) => Err(End::Close(PROTOCOL_ERROR, "protocol error")),
                     None => Err(End::ClientLeft),
                 },
@@ -200,7 +262,7 @@ impl Session {
                     if last_heard.elapsed() > CLIENT_TIMEOUT {
                         Err(End::ClientLeft)
                     } else {
-                        self.ws.ping(b"").await.map_err(|_| End::ClientLeft)
+                        write(self.ws.ping(b"")).await
                     }
                 }
             };
@@ -211,10 +273,7 @@ impl Session {
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        self.ws
-            .text(frame.to_json())
-            .await
-            .map_err(|_| End::ClientLeft)
+        write(self.ws.text(frame.to_json())).await
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), End> {
@@ -226,9 +285,9 @@ impl Session {
                         .await
                 }
             },
-            Message::Ping(bytes) => self.ws.pong(&bytes).await.map_err(|_| End::ClientLeft),
+            Message::Ping(bytes) => write(self.ws.pong(&bytes)).await,
             Message::Pong(_) | Message::Nop => Ok(()),
-            Message::Close(_) => Err(End::ClientLeft),
+            Message::Close(reason) => Err(End::ClientClosed(reason)),
             Message::Binary(_) | Message::Continuation(_) => {
                 Err(End::Close(PROTOCOL_ERROR, "text frames of JSON only"))
             }
@@ -249,9 +308,10 @@ impl Session {
                         .send(&ServerFrame::error(code, message, reference))
                         .await;
                 }
-                self.subscribe(channel, since, epoch).await
+                self.subscribe(channel, since, epoch, reference).await
             }
             ClientFrame::Unsubscribe { channel, .. } => {
+                self.first_sent.remove(&channel);
                 if self.last_seq.remove(&channel).is_some() {
                     self.hub.send(Command::Unsubscribe {
                         session: self.id,
@@ -269,7 +329,7 @@ impl Session {
                 ))
                 .await
             }
-            ClientFrame::Auth { token } => match check(&self.api, &token).await {
+            ClientFrame::Auth { token } => match check(&self.gateway, &token).await {
                 Ok((user_id, expires_at)) if user_id == self.user_id => {
                     self.expires_at = expires_at;
                     Ok(())
@@ -302,12 +362,14 @@ impl Session {
         }
     }
 
-    /// Subscribes, then replays what the client missed since `since`.
+    /// Subscribes, then replays what the client missed since `since`. A
+    /// repeated subscribe to a channel keeps what was sent: the client has it.
     async fn subscribe(
         &mut self,
         channel: String,
         since: Option<i64>,
         epoch: Option<i64>,
+        reference: Option<String>,
     ) -> Result<(), End> {
         // Registered with the hub first: an update that arrives while the
         // backlog is read waits in the queue and is deduplicated by seq.
@@ -317,51 +379,64 @@ impl Session {
             queue: self.queue.clone(),
             too_slow: self.too_slow.clone(),
         });
-        let (head, current_epoch) = match outbox::head(&self.api.db, &channel).await {
+        let head = match outbox::head(&self.gateway.db, &channel).await {
             Ok(head) => head,
-            Err(error) => {
-                tracing::warn!(%error, %channel, "reading a channel head");
-                return self
-                    .send(&ServerFrame::error(
-                        "unavailable",
-                        "try subscribing again",
-                        None,
-                    ))
-                    .await;
-            }
+            Err(error) => return self.unavailable(&channel, reference, error).await,
         };
-        let resumable = since.is_some_and(|s| (0..=head).contains(&s))
-            && epoch.is_none_or(|e| e == current_epoch);
-        let start = if resumable {
-            since.unwrap_or(head)
-        } else {
-            head
+        let sent = self
+            .first_sent
+            .get(&channel)
+            .zip(self.last_seq.get(&channel));
+        let (start, recovered) = match sent {
+            // Each seq goes out once per subscription: the client has
+            // everything from the first sent to the last, and what it asks
+            // for before that is not resent (unsubscribe first to replay).
+            Some((&first, &last)) => (last, since.is_some_and(|s| s >= first - 1)),
+            None => {
+                let resumable = since.is_some_and(|s| head.can_resume(s))
+                    && epoch.is_none_or(|e| e == head.epoch);
+                match (resumable, since) {
+                    (true, Some(since)) => (since, true),
+                    _ => (head.seq, false),
+                }
+            }
         };
         self.last_seq.insert(channel.clone(), start);
         self.send(&ServerFrame::Subscribed {
             channel: channel.clone(),
-            seq: head,
-            epoch: current_epoch,
-            recovered: resumable,
+            seq: head.seq,
+            epoch: head.epoch,
+            recovered,
         })
         .await?;
-        self.catch_up(&channel, head).await
+        self.catch_up(&channel, head.seq, reference).await
     }
 
     /// Sends the channel's updates from the outbox, after what the client has,
-    /// up to `until`.
-    async fn catch_up(&mut self, channel: &str, until: i64) -> Result<(), End> {
-        while self.last_seq.get(channel).is_some_and(|&last| last < until) {
-            let last = self.last_seq[channel];
-            let page = match outbox::since(&self.api.db, channel, last, REPLAY_PAGE).await {
+    /// up to `until`. What cannot be read is said, never skipped: the client
+    /// is told and unsubscribed, and subscribes again with `since`.
+    async fn catch_up(
+        &mut self,
+        channel: &str,
+        until: i64,
+        reference: Option<String>,
+    ) -> Result<(), End> {
+        while let Some(&last) = self.last_seq.get(channel).filter(|&&last| last < until) {
+            let page = match outbox::since(&self.gateway.db, channel, last, REPLAY_PAGE).await {
                 Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(%error, %channel, "reading the outbox");
-                    return Ok(());
-                }
+                Err(error) => return self.unavailable(channel, reference, error).await,
             };
-            if page.is_empty() {
-                break;
+            if page.first().is_none_or(|first| first.seq > last + 1) {
+                // Pruned from the outbox (or never written): the client
+                // cannot have these updates in order any more.
+                return self
+                    .drop_channel(
+                        channel,
+                        "history_truncated",
+                        format!("{channel}: updates after seq {last} are no longer kept; subscribe again"),
+                        reference,
+                    )
+                    .await;
             }
             for update in page {
                 self.forward(update).await?;
@@ -370,13 +445,47 @@ impl Session {
         Ok(())
     }
 
+    /// A channel whose outbox could not be read.
+    async fn unavailable(
+        &mut self,
+        channel: &str,
+        reference: Option<String>,
+        error: sqlx::Error,
+    ) -> Result<(), End> {
+        tracing::warn!(%error, %channel, "reading the outbox");
+        let message = match self.last_seq.get(channel) {
+            Some(last) => format!("{channel} could not be read; subscribe again with since {last}"),
+            None => format!("{channel} could not be read; subscribe again"),
+        };
+        self.drop_channel(channel, "unavailable", message, reference)
+            .await
+    }
+
+    /// Ends a subscription the session cannot serve in order, and says why.
+    async fn drop_channel(
+        &mut self,
+        channel: &str,
+        code: &str,
+        message: String,
+        reference: Option<String>,
+    ) -> Result<(), End> {
+        self.last_seq.remove(channel);
+        self.first_sent.remove(channel);
+        self.hub.send(Command::Unsubscribe {
+            session: self.id,
+            channel: channel.to_owned(),
+        });
+        self.send(&ServerFrame::error(code, message, reference))
+            .await
+    }
+
     async fn deliver(&mut self, update: Update) -> Result<(), End> {
         let Some(&last) = self.last_seq.get(&update.channel) else {
             return Ok(());
         };
         if update.seq > last + 1 {
             let channel = update.channel.clone();
-            self.catch_up(&channel, update.seq - 1).await?;
+            self.catch_up(&channel, update.seq - 1, None).await?;
         }
         self.forward(update).await
     }
@@ -390,6 +499,9 @@ impl Session {
             return Ok(());
         }
         *last = update.seq;
+        self.first_sent
+            .entry(update.channel.clone())
+            .or_insert(update.seq);
         metrics::counter!("tidings_ws_deliveries_total").increment(1);
         self.send(&ServerFrame::Event {
             channel: update.channel,

@@ -6,6 +6,7 @@
 mod accounts;
 mod cache;
 mod compose;
+mod contract;
 mod crashes;
 mod halts;
 mod idempotency;

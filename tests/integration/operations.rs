@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::support::{eventually, Client, Socket, World, ALL_ROLES};
 
 /// The value of the sample of `name` whose labels include every pair.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
         .find(|line| {
@@ -18,7 +18,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
-async fn metrics(client: &Client) -> String {
+pub(crate) async fn metrics(client: &Client) -> String {
     let reply = client.send(client.get("/metrics")).await;
     assert_eq!(reply.status, 200);
     reply.body.as_str().unwrap_or_default().to_owned()

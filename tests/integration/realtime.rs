@@ -1,8 +1,10 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tidings_projections::outbox::{self, ChannelUpdate};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Client, Socket, World, ALL_ROLES};
+use crate::support::{eventually, Client, Socket, World, ALL_ROLES};
 
 async fn connected(base: &str, token: &str, user_id: &str) -> Socket {
     let mut socket = Socket::connect(base, token).await;
@@ -112,5 +114,433 @@ async fn the_gateway_keeps_out_the_unauthorized_and_other_users_channels() {
     socket.send(json!({"op": "ping"})).await;
     socket.expect("pong").await;
     app.stop().await;
+    world.clean_up().await;
+}
+
+type RawSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket without the checks of [`Socket`], for what happens below the
+/// frames: close handshakes, dropped connections, clients that stop reading.
+async fn raw_socket(base: &str, token: &str) -> RawSocket {
+    let url = format!("{}/ws?token={token}", base.replacen("http://", "ws://", 1));
+    let (mut stream, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket connects");
+    for kind in ["welcome", "subscribed"] {
+        let frame = raw_next(&mut stream, Duration::from_secs(10)).await;
+        assert!(
+            matches!(&frame, Some(Ok(Message::Text(t))) if t.contains(&format!("\"type\":\"{kind}\""))),
+            "{frame:?}"
+        );
+    }
+    stream
+}
+
+async fn raw_next(
+    stream: &mut RawSocket,
+    within: Duration,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(within, stream.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn closes(client: &Client, code: &str) -> f64 {
+    let text = crate::operations::metrics(client).await;
+    crate::operations::sample(&text, "tidings_ws_closes_total", &[("code", code)]).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_close_frame_is_answered_with_a_close_frame_at_once() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, token, _) = client.user("alice").await;
+    let mut socket = raw_socket(&app.base, &token).await;
+    let started = std::time::Instant::now();
+    socket
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+    // The server's first heartbeat may come first.
+    let answer = loop {
+        match raw_next(&mut socket, Duration::from_secs(5)).await {
+            Some(Ok(Message::Ping(_))) => continue,
+            other => break other,
+        }
+    };
+    let took = started.elapsed();
+    match answer {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("no Close frame in answer: {other:?} after {took:?}"),
+    }
+    assert!(took < Duration::from_millis(300), "answered after {took:?}");
+    eventually(
+        Duration::from_secs(5),
+        "the close counted as the client's",
+        || async { closes(&client, "client").await == 1.0 },
+    )
+    .await;
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_connection_dropped_without_a_close_frame_counts_as_a_client_close() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, token, _) = client.user("alice").await;
+    for _ in 0..3 {
+        // Dropped: the TCP connection ends with no Close frame.
+        drop(raw_socket(&app.base, &token).await);
+    }
+    eventually(Duration::from_secs(10), "three client closes", || async {
+        closes(&client, "client").await == 3.0
+    })
+    .await;
+    assert_eq!(
+        closes(&client, "4400").await,
+        0.0,
+        "counted as protocol errors"
+    );
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed() {
+    use futures_util::SinkExt;
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, token, _) = client.user("alice").await;
+    let (bob, _, _) = client.user("bob").await;
+    // A small receive buffer, so the server's writes back up soon.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let address = app.base.trim_start_matches("http://").parse().unwrap();
+    let tcp = tcp.connect(address).await.unwrap();
+    let url = format!(
+        "{}/ws?token={token}",
+        app.base.replacen("http://", "ws://", 1)
+    );
+    let (mut socket, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    // Each of these is answered by an error frame that echoes the 15 kB `ref`;
+    // the client reads none of them, until its own writes stall too.
+    let frame =
+        json!({"op": "subscribe", "channel": format!("user:{bob}"), "ref": "r".repeat(15_000)});
+    let mut sent = 0;
+    for _ in 0..5_000 {
+        let send = socket.send(Message::text(frame.to_string()));
+        match tokio::time::timeout(Duration::from_millis(500), send).await {
+            Ok(result) => result.unwrap(),
+            Err(_) => break,
+        }
+        sent += 1;
+    }
+    assert!(sent < 5_000, "the server never stopped taking frames");
+    tokio::time::sleep(tidings_realtime::session::WRITE_TIMEOUT + Duration::from_secs(3)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the stalled socket closed as too slow",
+        || async { closes(&client, "4009").await == 1.0 },
+    )
+    .await;
+    // What was queued before the server gave up can still be read; then the
+    // connection ends, and no new frame is answered.
+    let mut ended = false;
+    for _ in 0..20_000 {
+        match raw_next(&mut socket, Duration::from_secs(5)).await {
+            Some(Ok(Message::Text(_))) => continue,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                ended = true;
+                break;
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+    assert!(ended, "the socket is still open");
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_repeated_subscribe_does_not_resend() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (alice, token, _) = client.user("alice").await;
+    let mut socket = connected(&app.base, &token, &alice).await;
+    let reply = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"bio": "once"})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(socket.expect("event").await["seq"], 1);
+    for _ in 0..2 {
+        socket
+            .send(json!({"op": "subscribe", "channel": format!("user:{alice}"), "since": 0}))
+            .await;
+        let subscribed = socket.expect("subscribed").await;
+        assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    }
+    assert_eq!(
+        socket.next_frame(Duration::from_secs(2)).await,
+        None,
+        "an update was sent twice"
+    );
+    // Unsubscribed first, a subscribe with `since` replays.
+    socket
+        .send(json!({"op": "unsubscribe", "channel": format!("user:{alice}")}))
+        .await;
+    socket
+        .send(json!({"op": "subscribe", "channel": format!("user:{alice}"), "since": 0}))
+        .await;
+    socket.expect("subscribed").await;
+    assert_eq!(socket.expect("event").await["seq"], 1);
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_catch_up_that_cannot_read_the_outbox_says_so() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (alice, token, _) = client.user("alice").await;
+    let reply = client
+        .send(
+            client
+                .patch("/api/profile")
+                .bearer_auth(&token)
+                .json(&json!({"bio": "missed"})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let db = world.db().await;
+    // Projected and relayed: nothing writes the outbox while it is broken.
+    eventually(Duration::from_secs(10), "the update relayed", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM channel_outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+            == 0
+    })
+    .await;
+    let mut socket = connected(&app.base, &token, &alice).await;
+    // The channel's head still reads; its updates do not.
+    sqlx::query("ALTER TABLE channel_outbox RENAME COLUMN data TO data_away")
+        .execute(&db)
+        .await
+        .unwrap();
+    let subscribe =
+        json!({"op": "subscribe", "channel": format!("user:{alice}"), "since": 0, "ref": "s1"});
+    socket.send(subscribe.clone()).await;
+    socket.expect("subscribed").await;
+    let error = socket
+        .next_frame(Duration::from_secs(5))
+        .await
+        .expect("the failed catch-up is reported");
+    assert_eq!(
+        (
+            error["type"].as_str(),
+            error["code"].as_str(),
+            error["ref"].as_str()
+        ),
+        (Some("error"), Some("unavailable"), Some("s1")),
+        "{error}"
+    );
+    sqlx::query("ALTER TABLE channel_outbox RENAME COLUMN data_away TO data")
+        .execute(&db)
+        .await
+        .unwrap();
+    // Subscribing again gets what the failed catch-up could not send.
+    socket.send(subscribe).await;
+    assert_eq!(socket.expect("subscribed").await["recovered"], true);
+    let event = socket.expect("event").await;
+    assert_eq!(
+        (event["seq"].as_i64(), event["data"]["bio"].as_str()),
+        (Some(1), Some("missed"))
+    );
+    app.stop().await;
+    world.clean_up().await;
+}
+
+/// A user channel of a test-made user, named `user:a` or `user:b`.
+fn channel(name: &str) -> tidings_schemas::Channel {
+    let n = if name.ends_with('a') { 0xa } else { 0xb };
+    tidings_schemas::Channel::User(uuid::Uuid::from_u128(n))
+}
+
+#[tokio::test]
+async fn the_outbox_keeps_the_last_updates_of_each_channel_and_resume_says_what_is_gone() {
+    let world = World::new().await;
+    let db = world.db().await;
+    let mut tx = db.begin().await.unwrap();
+    let updates: Vec<ChannelUpdate> = (1..=5)
+        .map(|n| ChannelUpdate::new(channel("user:a"), "profile.updated", json!({"n": n})))
+        .chain([ChannelUpdate::new(
+            channel("user:b"),
+            "profile.updated",
+            json!({}),
+        )])
+        .collect();
+    outbox::append(&mut tx, &updates).await.unwrap();
+    tx.commit().await.unwrap();
+    let retention = outbox::Retention {
+        per_channel: 2,
+        max_age: Duration::from_secs(3600),
+    };
+    // Nothing is pruned before it is delivered.
+    assert_eq!(outbox::prune(&db, retention).await.unwrap(), 0);
+    sqlx::query("UPDATE channel_outbox SET published_at = now() WHERE channel = 'user:00000000-0000-0000-0000-00000000000a'")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(outbox::prune(&db, retention).await.unwrap(), 3);
+    let kept: Vec<i64> = outbox::since(&db, "user:00000000-0000-0000-0000-00000000000a", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.seq)
+        .collect();
+    assert_eq!(kept, [4, 5]);
+    let head = outbox::head(&db, "user:00000000-0000-0000-0000-00000000000a")
+        .await
+        .unwrap();
+    assert_eq!((head.seq, head.oldest_kept), (5, 4));
+    assert!(head.can_resume(3) && !head.can_resume(2));
+    // Past the age limit, delivered rows go whatever their number.
+    sqlx::query(
+        "UPDATE channel_outbox SET published_at = now() - interval '2 hours' WHERE channel = 'user:00000000-0000-0000-0000-00000000000a'",
+    )
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(outbox::prune(&db, retention).await.unwrap(), 2);
+    let head = outbox::head(&db, "user:00000000-0000-0000-0000-00000000000a")
+        .await
+        .unwrap();
+    assert_eq!((head.seq, head.oldest_kept), (5, 6));
+    assert!(
+        head.can_resume(5),
+        "a client that has everything is up to date"
+    );
+
+    // Through the gateway: a `since` older than what is kept is not
+    // recovered; the client starts from the head.
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (alice, token, _) = client.user("alice").await;
+    for bio in ["one", "two", "three"] {
+        let reply = client
+            .send(
+                client
+                    .patch("/api/profile")
+                    .bearer_auth(&token)
+                    .json(&json!({"bio": bio})),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let channel = format!("user:{alice}");
+    eventually(Duration::from_secs(10), "the updates relayed", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM channel_outbox WHERE channel = $1 AND published_at IS NOT NULL",
+        )
+        .bind(&channel)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+            == 3
+    })
+    .await;
+    outbox::prune(&db, retention).await.unwrap();
+    let mut socket = connected(&app.base, &token, &alice).await;
+    socket
+        .send(json!({"op": "subscribe", "channel": channel, "since": 0}))
+        .await;
+    let subscribed = socket.expect("subscribed").await;
+    assert_eq!(
+        (
+            subscribed["seq"].as_i64(),
+            subscribed["recovered"].as_bool()
+        ),
+        (Some(3), Some(false))
+    );
+    socket
+        .send(json!({"op": "unsubscribe", "channel": channel}))
+        .await;
+    socket
+        .send(json!({"op": "subscribe", "channel": channel, "since": 1}))
+        .await;
+    let subscribed = socket.expect("subscribed").await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    let (second, third) = (socket.expect("event").await, socket.expect("event").await);
+    assert_eq!(
+        (second["seq"].as_i64(), third["seq"].as_i64()),
+        (Some(2), Some(3))
+    );
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn the_relay_publishes_each_update_once_and_marks_it() {
+    let world = World::new().await;
+    let db = world.db().await;
+    let mut tx = db.begin().await.unwrap();
+    let updates: Vec<ChannelUpdate> = ["user:a", "user:b", "user:a", "user:a", "user:b"]
+        .iter()
+        .map(|channel| ChannelUpdate::new(self::channel(channel), "profile.updated", json!({})))
+        .collect();
+    outbox::append(&mut tx, &updates).await.unwrap();
+    tx.commit().await.unwrap();
+    let unpublished = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM channel_outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    let updates_topic = world.settings.kafka().topics().updates;
+    for round in 0..2 {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let relay = tokio::spawn(outbox::relay(
+            db.clone(),
+            world.settings.kafka(),
+            outbox::Retention::default(),
+            stop.clone(),
+        ));
+        eventually(Duration::from_secs(10), "every row published", || async {
+            unpublished().await == 0
+        })
+        .await;
+        // A second relay (a restart) finds nothing left to publish.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.cancel();
+        relay.await.unwrap().unwrap();
+        assert_eq!(world.count(&updates_topic), 5, "round {round}");
+    }
     world.clean_up().await;
 }

@@ -1,0 +1,15 @@
+//! # tidings-http: what the HTTP roles share
+//!
+//! The REST API (`tidings-api`) and the WebSocket gateway
+//! (`tidings-realtime`) both take bearer tokens and both answer errors as
+//! problem+json; neither depends on the other, both depend on this.
+//!
+//! - [`auth`]: JWTs, the bearer header, and the [`auth::Authenticator`] a
+//!   gateway is given to check a token against its account;
+//! - [`problem`]: `application/problem+json` with a stable `code`.
+//!
+//! Depends on nothing of Tidings. Start at [`auth::Jwt`].
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod problem;
