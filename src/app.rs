@@ -485,3 +485,65 @@ fn tls_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A role that fails three times is started again after 0.5, 1 and 2 s,
+    /// reported as restarting meanwhile, and as running once it holds.
+    #[tokio::test]
+    async fn a_failing_role_is_started_again_after_growing_pauses() {
+        let board = RoleBoard::default();
+        let stop = CancellationToken::new();
+        let starts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let run = tokio::spawn(supervise("flaky", board.clone(), None, stop.clone(), {
+            let (starts, stop) = (starts.clone(), stop.clone());
+            move || {
+                let (starts, stop) = (starts.clone(), stop.clone());
+                async move {
+                    let attempt = {
+                        let mut starts = starts.lock().unwrap();
+                        starts.push(Instant::now());
+                        starts.len()
+                    };
+                    match attempt {
+                        1 | 2 => anyhow::bail!("down"),
+                        3 => panic!("worse"),
+                        _ => {
+                            stop.cancelled().await;
+                            Ok(())
+                        }
+                    }
+                }
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(board.reports()[0].state, "restarting");
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        let reports = board.reports();
+        assert_eq!(
+            (reports[0].state.as_str(), reports[0].ready),
+            ("running", true)
+        );
+        let starts = starts.lock().unwrap().clone();
+        let pauses: Vec<u128> = starts
+            .windows(2)
+            .map(|w| ((w[1] - w[0]).as_millis() + 250) / 500)
+            .collect();
+        assert_eq!(pauses, [1, 2, 4], "pauses in half seconds");
+        stop.cancel();
+        run.await.unwrap().unwrap();
+        assert_eq!(board.reports()[0].state, "stopped");
+    }
+
+    /// A group member that owns no partition is running but not ready.
+    #[test]
+    fn a_role_owning_nothing_is_not_ready() {
+        let board = RoleBoard::default();
+        let owned = Owned::default();
+        board.set("deciders", RoleState::Running, Some(&owned));
+        let report = &board.reports()[0];
+        assert_eq!((report.partitions, report.ready), (Some(0), false));
+    }
+}

@@ -108,12 +108,9 @@ impl KafkaSettings {
             .set("fetch.wait.max.ms", "10")
             .set("fetch.min.bytes", "1")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
-            // Often: tansu 0.6 admits a static member only after two 3 s
-            // pauses (join, sync) and checks its session at the first
-            // heartbeat that follows, counting from the join.
             .set(
                 "heartbeat.interval.ms",
-                (self.session_timeout_ms / 20).clamp(100, 1_000).to_string(),
+                self.heartbeat_interval_ms().to_string(),
             )
             .set("isolation.level", "read_uncommitted");
         // librdkafka needs a group id even to commit nothing; a hand-assigned
@@ -125,6 +122,17 @@ impl KafkaSettings {
             }
         }
         config
+    }
+
+    /// A static member heartbeats often: tansu 0.6 admits it only after two
+    /// 3 s pauses (join, sync) and checks its session, counted from the
+    /// join, at the first heartbeat that follows.
+    fn heartbeat_interval_ms(&self) -> u32 {
+        if self.static_membership() {
+            (self.session_timeout_ms / 20).clamp(100, 1_000)
+        } else {
+            (self.session_timeout_ms / 5).max(100)
+        }
     }
 
     /// Whether group members join under [`KafkaSettings::instance_id`].

@@ -638,6 +638,19 @@ async fn a_process_killed_under_load_takes_writes_again_within_seconds() {
             *bios.entry(bio).or_default() += 1;
         }
     }
+    // Applied once: every profile update the projector admitted sent one
+    // outbox row; no write shows up in two.
+    let applied: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT data->>'bio', count(*) FROM channel_outbox WHERE event = 'profile.updated'
+         GROUP BY 1 HAVING count(*) > 1",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert!(applied.is_empty(), "writes applied twice: {applied:?}");
+    // Written once: a command's events are in the log once. (A copy at a
+    // sequence already taken is skipped by every reader, but it still means
+    // the command was decided twice.)
     assert!(
         doubled.is_empty(),
         "{} events written twice (partition, offset, id, sequence): {doubled:?}",
