@@ -12,7 +12,7 @@ use tidings_schemas::AggregateRef;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{IdempotencyKey, MalformedKey};
 
 /// The namespace of command ids derived from idempotency keys.
 const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x7d1f_6a0e_3b55_4c1e_9a4e_51d2_c0de_71d5);
@@ -45,6 +45,9 @@ impl RequestContext {
             .extensions()
             .get::<RequestId>()
             .map_or_else(Uuid::new_v4, |id| id.0);
+        if let Some(MalformedKey(error)) = req.extensions().get::<MalformedKey>() {
+            return Err(error.clone());
+        }
         let scoped_key = req.extensions().get::<IdempotencyKey>().cloned();
         Ok(RequestContext {
             request_id,

@@ -414,6 +414,11 @@ fn kept(status: StatusCode) -> bool {
     status.as_u16() < 500 && !not_now
 }
 
+/// A request's `Idempotency-Key` that could not be used, for its handler to
+/// answer once its credentials are checked.
+#[derive(Debug, Clone)]
+pub struct MalformedKey(pub ApiError);
+
 /// The `Idempotency-Key` of a request, checked.
 fn key_of(req: &ServiceRequest) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get(&IDEMPOTENCY_KEY) else {
@@ -502,6 +507,12 @@ pub async fn middleware(
     );
     let store = req.app_data::<web::Data<Idempotency>>().cloned();
     let (key, store) = match (writes, store, key_of(&req)) {
+        // Without credentials the handler's own checks answer first (401 on
+        // a route that needs them); the malformed key is its next answer.
+        (true, _, Err(error)) if bearer(req.request()).is_none() => {
+            req.extensions_mut().insert(MalformedKey(error));
+            return Ok(next.call(req).await?.map_into_boxed_body());
+        }
         (true, _, Err(error)) => return Ok(answer(req, error_response(error))),
         (true, Some(store), Ok(Some(key))) => (key, store),
         _ => return Ok(next.call(req).await?.map_into_boxed_body()),
