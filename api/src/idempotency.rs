@@ -505,6 +505,19 @@ pub async fn middleware(
         *req.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
+    // A method the path does not have is answered 405 by the router, never
+    // held as a write.
+    let routed = match (
+        req.match_pattern(),
+        req.app_data::<web::Data<crate::docs::Spec>>(),
+    ) {
+        (Some(pattern), Some(spec)) => spec
+            .methods(&pattern)
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(req.method().as_str())),
+        _ => false,
+    };
+    let writes = writes && routed;
     let store = req.app_data::<web::Data<Idempotency>>().cloned();
     let (key, store) = match (writes, store, key_of(&req)) {
         // Without credentials the handler's own checks answer first (401 on

@@ -1,0 +1,43 @@
+"""Hooks of scripts/schemathesis.
+
+Clients are told to use a fresh Idempotency-Key per request; a key used again
+for another request is answered 422 `idempotency_key_reused`, as documented.
+Generated data repeats simple values ("0", "a") across requests, so in a
+positive case a valid generated key is made unique just before the call; an
+invalid one (empty, too long, not visible ASCII) is left as generated, to be
+refused with 400.
+"""
+
+import uuid
+
+import schemathesis
+
+MAX_KEY = 255
+
+
+def _valid(key):
+    return (
+        isinstance(key, str)
+        and 0 < len(key.strip()) <= MAX_KEY
+        and key.isascii()
+        and key.isprintable()
+    )
+
+
+def _positive(case):
+    meta = getattr(case, "_meta", None)
+    mode = getattr(getattr(meta, "generation", None), "mode", None)
+    return mode is None or str(getattr(mode, "value", mode)) == "positive"
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    # A negative case is refused whatever its key; leaving it untouched keeps
+    # what it tests (a missing header, say) as generated.
+    if not _positive(case):
+        return
+    headers = case.headers or {}
+    for name in list(headers):
+        if name.lower() == "idempotency-key" and _valid(headers[name]):
+            unique = f"{headers[name].strip()}-{uuid.uuid4()}"
+            headers[name] = unique[-MAX_KEY:]
