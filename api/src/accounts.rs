@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::auth::{hash_password, verify_password, Authenticated};
 use crate::context::RequestContext;
-use crate::error::{accepted, ApiError, Problem};
+use crate::error::{accepted, ApiError, Code, Problem};
 use crate::validate::{self, Fields};
 use crate::ApiState;
 
@@ -200,8 +200,8 @@ pub(crate) async fn login(
         || body.login.contains('\0')
         || body.password.len() > validate::MAX_PASSWORD
     {
-        return Err(ApiError::unauthorized(
-            "invalid_credentials",
+        return Err(ApiError::new(
+            Code::InvalidCredentials,
             "wrong login or password",
         ));
     }
@@ -215,8 +215,8 @@ pub(crate) async fn login(
                 token,
             }))
         }
-        _ => Err(ApiError::unauthorized(
-            "invalid_credentials",
+        _ => Err(ApiError::new(
+            Code::InvalidCredentials,
             "wrong login or password",
         )),
     }

@@ -25,7 +25,7 @@ use tidings_schemas::Position;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ApiState;
 
 /// How many password hashes may wait for a core, per core. A short queue
@@ -261,17 +261,14 @@ pub async fn authenticate_at(
             .await?;
     let account = match current {
         Some((_, token_version)) if token_version != claims.ver => {
-            return Err(ApiError::unauthorized(
-                "token_revoked",
+            return Err(ApiError::new(
+                Code::TokenRevoked,
                 "the token was revoked by a password change",
             ))
         }
         // Not projected yet: only a first-version token can be that new.
         None if claims.ver != 0 => {
-            return Err(ApiError::unauthorized(
-                "invalid_token",
-                "the token is not valid",
-            ))
+            return Err(ApiError::new(Code::InvalidToken, "the token is not valid"))
         }
         None => None,
         // The cached row serves only if it is the version PostgreSQL has.
@@ -320,7 +317,10 @@ impl FromRequest for Authenticated {
             let state =
                 state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("ApiState missing")))?;
             let token = token.ok_or_else(|| {
-                ApiError::unauthorized("unauthenticated", "sign in: Authorization: Bearer <token>")
+                ApiError::new(
+                    Code::Unauthenticated,
+                    "sign in: Authorization: Bearer <token>",
+                )
             })?;
             authenticate_at(&state, &token, needed.as_ref()).await
         })
@@ -339,7 +339,10 @@ mod tests {
         let claims = jwt.verify(&token).unwrap();
         assert_eq!((claims.sub, claims.ver), (user, 3));
         let other = Jwt::new("other secret", Duration::from_secs(60));
-        assert_eq!(other.verify(&token).unwrap_err().code, "invalid_token");
+        assert_eq!(
+            other.verify(&token).unwrap_err().code.as_str(),
+            "invalid_token"
+        );
     }
 
     #[test]
@@ -347,7 +350,10 @@ mod tests {
         let jwt = Jwt::new("secret", Duration::from_secs(0));
         let token = jwt.issue(Uuid::new_v4(), 0);
         std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(jwt.verify(&token).unwrap_err().code, "token_expired");
+        assert_eq!(
+            jwt.verify(&token).unwrap_err().code.as_str(),
+            "token_expired"
+        );
     }
 
     #[tokio::test]

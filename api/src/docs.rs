@@ -95,8 +95,21 @@ impl Spec {
     /// are merged.
     pub fn new(mut openapi: utoipa::openapi::OpenApi, asyncapi: &Value) -> Self {
         common_answers(&mut openapi);
-        let json = openapi.to_pretty_json().expect("the spec serializes");
-        let value = serde_json::from_str(&json).expect("the spec is JSON");
+        let mut value: Value =
+            serde_json::from_str(&openapi.to_pretty_json().expect("the spec serializes"))
+                .expect("the spec is JSON");
+        // Every code a client can see, from the one list of them.
+        value["x-tidings-error-codes"] = tidings_http::codes::Code::ALL
+            .iter()
+            .map(|code| {
+                serde_json::json!({
+                    "code": code.as_str(),
+                    "status": code.status().map(|s| s.as_u16()),
+                    "meaning": code.meaning(),
+                })
+            })
+            .collect();
+        let json = serde_json::to_string_pretty(&value).expect("the spec serializes");
         let asyncapi = serde_json::to_string_pretty(asyncapi).expect("the document serializes");
         Spec {
             json,
@@ -364,6 +377,22 @@ fn render(spec: &Value) -> String {
             }
         }
     }
+    html += "<h2 id=\"errors\">error codes</h2><p>The <code>code</code> of a problem+json answer or a WebSocket error frame. Rejections by an aggregate (<code>email_taken</code>…) are listed with their routes.</p><table>";
+    for code in spec["x-tidings-error-codes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        html += &format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            esc(text(&code["code"])),
+            code["status"]
+                .as_u64()
+                .map_or_else(|| "WebSocket".to_owned(), |s| s.to_string()),
+            esc(text(&code["meaning"])),
+        );
+    }
+    html += "</table>";
     let schemas = spec["components"]["schemas"].as_object().unwrap_or(&empty);
     html += "<h2 id=\"schemas\">schemas</h2>";
     for (name, schema) in schemas {
@@ -442,4 +471,28 @@ fn operation(method: &str, path: &str, op: &Value) -> String {
         }
     }
     html + "</table></div>"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_lists_every_error_code_with_its_status() {
+        let spec = Spec::new(
+            <ApiDoc as utoipa::OpenApi>::openapi(),
+            &serde_json::json!({}),
+        );
+        let listed = spec.value["x-tidings-error-codes"].as_array().unwrap();
+        assert_eq!(listed.len(), tidings_http::codes::Code::ALL.len());
+        let page = render(&spec.value);
+        for code in tidings_http::codes::Code::ALL {
+            assert!(
+                page.contains(&format!("<code>{}</code>", code.as_str())),
+                "{code:?}"
+            );
+        }
+        let not_found = listed.iter().find(|c| c["code"] == "not_found").unwrap();
+        assert_eq!(not_found["status"], 404);
+    }
 }

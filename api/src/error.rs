@@ -6,7 +6,8 @@ use actix_web::{HttpResponse, ResponseError};
 use tidings_commands::{BusError, Outcome};
 use tidings_domain::ErrorKind;
 use tidings_http::auth::TokenError;
-// The rendering is shared with the gateway.
+// The rendering and the codes are shared with the gateway.
+pub use tidings_http::codes::Code;
 pub use tidings_http::problem::{FieldError, Problem};
 
 #[derive(Debug, Clone)]
@@ -19,7 +20,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+    /// The error of `code`, with the status the code answers with.
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        let status = code
+            .status()
+            .expect("an HTTP answer carries a code with an HTTP status");
+        ApiError::of(status, code.as_str(), detail)
+    }
+
+    fn of(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         ApiError {
             status,
             code: code.to_owned(),
@@ -29,61 +38,46 @@ impl ApiError {
         }
     }
 
-    /// 400: the request could not be read at all.
-    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
-    }
-
     /// 422 `validation_failed`, with one entry per offending field.
     pub fn validation(errors: Vec<FieldError>) -> Self {
         ApiError {
             errors,
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                "some fields are not acceptable",
-            )
+            ..ApiError::new(Code::ValidationFailed, "some fields are not acceptable")
         }
-    }
-
-    pub fn unauthorized(code: &str, detail: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, code, detail)
     }
 
     /// 404, also for what exists but the caller may not see.
     pub fn not_found() -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+        ApiError::new(Code::NotFound, "no such resource")
     }
 
     /// 405 `method_not_allowed`: the path exists, not under this method.
     pub fn method_not_allowed(allow: &str) -> Self {
         ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            Code::MethodNotAllowed,
             format!("this path answers {allow} only"),
         )
     }
 
     /// 503 with `Retry-After`: a dependency is down or too slow.
-    pub fn unavailable(code: &str, detail: impl Into<String>, retry_after: u64) -> Self {
+    pub fn unavailable(code: Code, detail: impl Into<String>, retry_after: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+            ..ApiError::new(code, detail)
         }
     }
 
     /// 503 `overloaded` with `Retry-After`: beyond capacity (password
     /// hashing saturated), refused before anything was done.
     pub fn overloaded(detail: impl Into<String>) -> Self {
-        ApiError::unavailable("overloaded", detail, 1)
+        ApiError::unavailable(Code::Overloaded, detail, 1)
     }
 
     /// 422 `idempotency_key_reused`: the key already stands for another
     /// request of the same caller.
     pub fn idempotency_key_reused() -> Self {
         ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
+            Code::IdempotencyKeyReused,
             "this Idempotency-Key was used for another request; use a new key",
         )
     }
@@ -94,8 +88,7 @@ impl ApiError {
         ApiError {
             retry_after: Some(1),
             ..ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_flight",
+                Code::IdempotencyKeyInFlight,
                 "a request with this Idempotency-Key is still in flight; retry shortly",
             )
         }
@@ -106,11 +99,7 @@ impl ApiError {
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         let error = error.into();
         tracing::error!(error = format!("{error:#}"), "internal error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "something went wrong on our side",
-        )
+        ApiError::new(Code::Internal, "something went wrong on our side")
     }
 
     /// A command's rejection, mapped by its kind.
@@ -121,7 +110,7 @@ impl ApiError {
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError::new(status, code, message)
+        ApiError::of(status, code, message)
     }
 }
 
@@ -147,7 +136,7 @@ impl ResponseError for ApiError {
 
 impl From<TokenError> for ApiError {
     fn from(error: TokenError) -> Self {
-        ApiError::unauthorized(error.code, error.detail)
+        ApiError::new(error.code, error.detail)
     }
 }
 
@@ -157,13 +146,13 @@ impl From<BusError> for ApiError {
             BusError::Unavailable(_) => {
                 tracing::warn!(%error, "command log unavailable");
                 ApiError::unavailable(
-                    "log_unavailable",
+                    Code::LogUnavailable,
                     "the command log is unavailable; retry",
                     2,
                 )
             }
             BusError::Timeout(_) => ApiError::unavailable(
-                "command_timeout",
+                Code::CommandTimeout,
                 "the command was not decided in time; retry with the same Idempotency-Key",
                 1,
             ),
@@ -177,7 +166,7 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(%error, "database unavailable");
                 ApiError::unavailable(
-                    "database_unavailable",
+                    Code::DatabaseUnavailable,
                     "the database is unavailable; retry",
                     2,
                 )

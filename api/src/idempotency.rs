@@ -53,7 +53,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::{bearer, Jwt};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::error_response;
 
 /// Set on an answer that was stored and is given again.
@@ -431,8 +431,8 @@ fn key_of(req: &ServiceRequest) -> Result<Option<String>, ApiError> {
         .filter(|k| !k.is_empty() && k.len() <= MAX_KEY)
         .map(|k| Some(k.to_owned()))
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_idempotency_key",
+            ApiError::new(
+                Code::InvalidIdempotencyKey,
                 "Idempotency-Key must be 1 to 255 visible characters",
             )
         })
@@ -441,18 +441,17 @@ fn key_of(req: &ServiceRequest) -> Result<Option<String>, ApiError> {
 async fn read_body(req: &mut ServiceRequest) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            Code::PayloadTooLarge,
             format!("the body is larger than {MAX_BODY} bytes"),
         )
     };
     let payload = req
         .extract::<web::Payload>()
         .await
-        .map_err(|e| ApiError::bad_request("malformed_body", e.to_string()))?;
+        .map_err(|e| ApiError::new(Code::MalformedBody, e.to_string()))?;
     match payload.to_bytes_limited(MAX_BODY).await {
         Ok(Ok(body)) => Ok(body),
-        Ok(Err(error)) => Err(ApiError::bad_request("malformed_body", error.to_string())),
+        Ok(Err(error)) => Err(ApiError::new(Code::MalformedBody, error.to_string())),
         Err(_) => Err(too_large()),
     }
 }

@@ -43,7 +43,7 @@ use tidings_schemas::Position;
 use uuid::Uuid;
 
 use crate::auth::Jwt;
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, Code, FieldError};
 
 /// The largest JSON body accepted; anything larger is a 413.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
@@ -147,23 +147,21 @@ fn json_error(error: JsonPayloadError) -> ApiError {
     match error {
         JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
             ApiError::new(
-                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                Code::PayloadTooLarge,
                 format!("the body is larger than {MAX_JSON_BODY} bytes"),
             )
         }
         JsonPayloadError::ContentType => ApiError::new(
-            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            Code::UnsupportedMediaType,
             "send the body as application/json",
         ),
         JsonPayloadError::Deserialize(error) if error.is_data() => {
             ApiError::validation(vec![FieldError::new(&field_of(&error), error.to_string())])
         }
         JsonPayloadError::Deserialize(error) => {
-            ApiError::bad_request("malformed_json", error.to_string())
+            ApiError::new(Code::MalformedJson, error.to_string())
         }
-        other => ApiError::bad_request("malformed_body", other.to_string()),
+        other => ApiError::new(Code::MalformedBody, other.to_string()),
     }
 }
 
@@ -186,7 +184,7 @@ fn path_error(_error: PathError, _req: &HttpRequest) -> actix_web::Error {
 }
 
 fn query_error(error: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::bad_request("invalid_query", error.to_string()).into()
+    ApiError::new(Code::InvalidQuery, error.to_string()).into()
 }
 
 /// Refuses a JSON body that is an array, before any handler reads it: serde

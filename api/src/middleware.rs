@@ -10,7 +10,7 @@ use tidings_schemas::Position;
 use uuid::Uuid;
 
 use crate::context::RequestId;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::{error_response, ApiState};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -94,7 +94,10 @@ pub async fn read_your_writes(
 
 async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<Position, ApiError> {
     let position: Position = token.and_then(|t| t.parse().ok()).ok_or_else(|| {
-        ApiError::bad_request("invalid_position", "X-Min-Position is not a position token")
+        ApiError::new(
+            Code::InvalidPosition,
+            "X-Min-Position is not a position token",
+        )
     })?;
     let state = req
         .app_data::<web::Data<ApiState>>()
@@ -106,7 +109,7 @@ async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<Position, A
     {
         Ok(()) => Ok(position),
         Err(WaitError::TimedOut(_)) => Err(ApiError::unavailable(
-            "position_not_reached",
+            Code::PositionNotReached,
             "the read model has not caught up with that position yet",
             1,
         )),

@@ -28,7 +28,7 @@ pub struct Claims {
 /// Why a token is refused (401); `code` is the problem's and the frame's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenError {
-    pub code: &'static str,
+    pub code: crate::codes::Code,
     pub detail: &'static str,
 }
 
@@ -70,11 +70,11 @@ impl Jwt {
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 JwtErrorKind::ExpiredSignature => TokenError {
-                    code: "token_expired",
+                    code: crate::codes::Code::TokenExpired,
                     detail: "the token has expired",
                 },
                 _ => TokenError {
-                    code: "invalid_token",
+                    code: crate::codes::Code::InvalidToken,
                     detail: "the token is not valid",
                 },
             })
@@ -130,7 +130,10 @@ mod tests {
         let claims = jwt.verify(&token).unwrap();
         assert_eq!((claims.sub, claims.ver), (user, 3));
         let other = Jwt::new("other secret", Duration::from_secs(60));
-        assert_eq!(other.verify(&token).unwrap_err().code, "invalid_token");
+        assert_eq!(
+            other.verify(&token).unwrap_err().code.as_str(),
+            "invalid_token"
+        );
     }
 
     #[test]
@@ -138,6 +141,9 @@ mod tests {
         let jwt = Jwt::new("secret", Duration::from_secs(0));
         let token = jwt.issue(Uuid::new_v4(), 0);
         std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(jwt.verify(&token).unwrap_err().code, "token_expired");
+        assert_eq!(
+            jwt.verify(&token).unwrap_err().code.as_str(),
+            "token_expired"
+        );
     }
 }

@@ -6,10 +6,12 @@
 //!
 //! - [`auth`]: JWTs, the bearer header, and the [`auth::Authenticator`] a
 //!   gateway is given to check a token against its account;
-//! - [`problem`]: `application/problem+json` with a stable `code`.
+//! - [`problem`]: `application/problem+json` with a stable `code`;
+//! - [`codes`]: every error code a client can see, its status and meaning.
 //!
 //! Depends on nothing of Tidings. Start at [`auth::Jwt`].
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod codes;
 pub mod problem;

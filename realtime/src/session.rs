@@ -15,6 +15,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use tidings_http::auth::{bearer, Rejection};
+use tidings_http::codes::Code;
 use tidings_http::problem::Problem;
 use tidings_projections::outbox::{self, Update};
 use tokio::sync::mpsc;
@@ -74,7 +75,7 @@ pub async fn connect(
     let Some(token) = token else {
         return Problem::new(
             StatusCode::UNAUTHORIZED,
-            "unauthenticated",
+            Code::Unauthenticated.as_str(),
             "sign in: Authorization: Bearer <token> or ?token=",
         )
         .response(None);
@@ -82,8 +83,12 @@ pub async fn connect(
     let (response, ws, stream) = match actix_ws::handle(&req, body) {
         Ok(handshake) => handshake,
         Err(error) => {
-            return Problem::new(StatusCode::BAD_REQUEST, "bad_handshake", error.to_string())
-                .response(None)
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                Code::BadHandshake.as_str(),
+                error.to_string(),
+            )
+            .response(None)
         }
     };
     let stream = stream.max_frame_size(MAX_FRAME);
@@ -255,7 +260,7 @@ impl Session {
                 _ = self.too_slow.cancelled() => Err(End::Close(TOO_SLOW, "too slow to keep up; resume with since")),
                 _ = self.hub.shutdown.cancelled() => Err(End::Close(GOING_AWAY, "gateway shutting down; resume with since")),
                 _ = tokio::time::sleep_until(self.expires_at) => {
-                    let _ = self.send(&ServerFrame::error("token_expired", "the token expired; reconnect with a new one", None)).await;
+                    let _ = self.send(&ServerFrame::error(Code::TokenExpired.as_str(), "the token expired; reconnect with a new one", None)).await;
                     Err(End::Close(UNAUTHORIZED, "token expired"))
                 }
                 _ = heartbeat.tick() => {
@@ -281,8 +286,12 @@ impl Session {
             Message::Text(text) => match serde_json::from_str::<ClientFrame>(&text) {
                 Ok(frame) => self.on_frame(frame).await,
                 Err(error) => {
-                    self.send(&ServerFrame::error("bad_frame", error.to_string(), None))
-                        .await
+                    self.send(&ServerFrame::error(
+                        Code::BadFrame.as_str(),
+                        error.to_string(),
+                        None,
+                    ))
+                    .await
                 }
             },
             Message::Ping(bytes) => write(self.ws.pong(&bytes)).await,
@@ -323,7 +332,7 @@ impl Session {
             ClientFrame::Typing { channel, .. } => {
                 // Typing travels in rooms, which this gateway does not serve yet.
                 self.send(&ServerFrame::error(
-                    "unknown_channel",
+                    Code::UnknownChannel.as_str(),
                     format!("no typing on {channel}"),
                     None,
                 ))
@@ -337,7 +346,7 @@ impl Session {
                 Ok(_) => {
                     let _ = self
                         .send(&ServerFrame::error(
-                            "forbidden",
+                            Code::Forbidden.as_str(),
                             "a token of another user",
                             None,
                         ))
@@ -357,8 +366,14 @@ impl Session {
     fn may_read(&self, channel: &str) -> Result<(), (&'static str, String)> {
         match channel.split_once(':') {
             Some(("user", id)) if id == self.user_id.to_string() => Ok(()),
-            Some(("user", _)) => Err(("forbidden", format!("{channel} is another user's channel"))),
-            _ => Err(("unknown_channel", format!("no channel {channel}"))),
+            Some(("user", _)) => Err((
+                Code::Forbidden.as_str(),
+                format!("{channel} is another user's channel"),
+            )),
+            _ => Err((
+                Code::UnknownChannel.as_str(),
+                format!("no channel {channel}"),
+            )),
         }
     }
 
@@ -432,7 +447,7 @@ impl Session {
                 return self
                     .drop_channel(
                         channel,
-                        "history_truncated",
+                        Code::HistoryTruncated.as_str(),
                         format!("{channel}: updates after seq {last} are no longer kept; subscribe again"),
                         reference,
                     )
@@ -457,7 +472,7 @@ impl Session {
             Some(last) => format!("{channel} could not be read; subscribe again with since {last}"),
             None => format!("{channel} could not be read; subscribe again"),
         };
-        self.drop_channel(channel, "unavailable", message, reference)
+        self.drop_channel(channel, Code::Unavailable.as_str(), message, reference)
             .await
     }
 
