@@ -18,6 +18,7 @@ use tidings_http::auth::{bearer, Rejection};
 use tidings_http::codes::Code;
 use tidings_http::problem::Problem;
 use tidings_projections::outbox::{self, Update};
+use tidings_schemas::channel::{Channel, ReadPolicy};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -361,19 +362,24 @@ impl Session {
         }
     }
 
-    /// Which channels this user may read. Rooms and posts come with their
+    /// Which channels this user may read, by the channel's read policy
+    /// (`tidings_schemas::channel`). Rooms and posts come with their
     /// domains; until then only the own user channel exists.
     fn may_read(&self, channel: &str) -> Result<(), (&'static str, String)> {
-        match channel.split_once(':') {
-            Some(("user", id)) if id == self.user_id.to_string() => Ok(()),
-            Some(("user", _)) => Err((
+        let unknown = || {
+            (
+                Code::UnknownChannel.as_str(),
+                format!("no channel {channel}"),
+            )
+        };
+        let parsed: Channel = channel.parse().map_err(|_| unknown())?;
+        match parsed.read_policy() {
+            ReadPolicy::Owner(owner) if owner == self.user_id => Ok(()),
+            ReadPolicy::Owner(_) => Err((
                 Code::Forbidden.as_str(),
                 format!("{channel} is another user's channel"),
             )),
-            _ => Err((
-                Code::UnknownChannel.as_str(),
-                format!("no channel {channel}"),
-            )),
+            ReadPolicy::RoomReaders(_) | ReadPolicy::PostViewers(_) => Err(unknown()),
         }
     }
 
