@@ -331,31 +331,6 @@ impl FromRequest for Authenticated {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_token_round_trips_and_a_tampered_one_does_not() {
-        let jwt = Jwt::new("secret", Duration::from_secs(60));
-        let user = Uuid::new_v4();
-        let token = jwt.issue(user, 3);
-        let claims = jwt.verify(&token).unwrap();
-        assert_eq!((claims.sub, claims.ver), (user, 3));
-        let other = Jwt::new("other secret", Duration::from_secs(60));
-        assert_eq!(
-            other.verify(&token).unwrap_err().code.as_str(),
-            "invalid_token"
-        );
-    }
-
-    #[test]
-    fn an_expired_token_says_so() {
-        let jwt = Jwt::new("secret", Duration::from_secs(0));
-        let token = jwt.issue(Uuid::new_v4(), 0);
-        std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(
-            jwt.verify(&token).unwrap_err().code.as_str(),
-            "token_expired"
-        );
-    }
-
     #[tokio::test]
     async fn the_dummy_hash_is_well_formed_and_never_matches() {
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
