@@ -120,6 +120,20 @@ impl Spec {
 }
 
 impl Spec {
+    /// Whether the operation of an actix route pattern and method requires
+    /// credentials (it names a security requirement, none of them empty).
+    pub fn secured(&self, pattern: &str, method: &str) -> bool {
+        let operation = &self.value["paths"][openapi_path(pattern)][method.to_lowercase()];
+        operation["security"]
+            .as_array()
+            .is_some_and(|requirements| {
+                !requirements.is_empty()
+                    && requirements
+                        .iter()
+                        .all(|r| r.as_object().is_some_and(|o| !o.is_empty()))
+            })
+    }
+
     /// The methods (upper case) the document gives the path of an actix
     /// route pattern; none for a path it does not know.
     pub fn methods(&self, pattern: &str) -> Vec<String> {

@@ -65,9 +65,11 @@ const MAX_KEY: usize = 255;
 /// How long a key is kept (API.md): a retry later than that is a new request.
 const KEPT_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a claim holds without renewal. A live attempt renews it every
-/// [`RENEW_EVERY`]; one whose process died frees its key within this time.
-const LEASE: Duration = Duration::from_secs(30);
-const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// [`RENEW_EVERY`]; one whose process died frees its key within this time,
+/// so a client retrying after a crash is not held off for long (a process
+/// restarted after `kill -9` takes writes again in about 7 s).
+const LEASE: Duration = Duration::from_secs(10);
+const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// The largest request body fingerprinted; a larger one with a key is a 413.
 /// Bodies are buffered to be fingerprinted, so this must stay small: a route
 /// taking large uploads needs a streamed fingerprint first.
@@ -428,7 +430,11 @@ fn key_of(req: &ServiceRequest) -> Result<Option<String>, ApiError> {
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY)
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        })
         .map(|k| Some(k.to_owned()))
         .ok_or_else(|| {
             ApiError::new(

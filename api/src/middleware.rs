@@ -78,7 +78,17 @@ pub async fn read_your_writes(
         .get("x-min-position")
         .filter(|_| req.method() == actix_web::http::Method::GET)
         .map(|v| v.to_str().map(str::to_owned));
-    if let Some(token) = token {
+    // Without credentials a secured route answers 401 whatever else is wrong
+    // with the request, and reads nothing: no position to wait for.
+    let anonymous_on_secured = crate::auth::bearer(req.request()).is_none()
+        && match (
+            req.match_pattern(),
+            req.app_data::<web::Data<crate::docs::Spec>>(),
+        ) {
+            (Some(pattern), Some(spec)) => spec.secured(&pattern, req.method().as_str()),
+            _ => false,
+        };
+    if let Some(token) = token.filter(|_| !anonymous_on_secured) {
         match wait(&req, token.ok()).await {
             Ok(position) => {
                 req.extensions_mut().insert(MinPosition(position));

@@ -42,8 +42,15 @@ impl Waiters {
         before: impl std::future::Future<Output = Result<(), E>>,
     ) -> Result<Outcome, Unanswered<E>> {
         let mut waiter = self.register(command_id);
-        before.await.map_err(Unanswered::Before)?;
-        tokio::time::timeout(timeout, waiter.outcome())
+        // One bound for the whole wait: a broker that does not take the
+        // command (its produce retries for up to `message.timeout.ms`) must
+        // not hold the caller past the command timeout.
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::time::timeout_at(deadline, before)
+            .await
+            .map_err(|_| Unanswered::TimedOut)?
+            .map_err(Unanswered::Before)?;
+        tokio::time::timeout_at(deadline, waiter.outcome())
             .await
             .ok()
             .flatten()

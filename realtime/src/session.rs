@@ -46,6 +46,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 const GOING_AWAY: u16 = 1001;
+/// RFC 6455 "Try Again Later": the token could not be checked (a dependency
+/// is down); the client keeps its token and reconnects.
+const TRY_AGAIN_LATER: u16 = 1013;
 const UNAUTHORIZED: u16 = 4001;
 const TOO_SLOW: u16 = 4009;
 const PROTOCOL_ERROR: u16 = 4400;
@@ -143,11 +146,20 @@ async fn serve(
         Ok(who) => who,
         Err(error) => {
             let _ = ws
-                .text(ServerFrame::error(&error.code, error.detail, None).to_json())
+                .text(ServerFrame::error(&error.code, error.detail.clone(), None).to_json())
                 .await;
-            metrics::counter!("tidings_ws_closes_total", "code" => UNAUTHORIZED.to_string())
-                .increment(1);
-            close(ws, Some(reason(UNAUTHORIZED, "unauthorized"))).await;
+            // Only a token found wanting is unauthorized; a check that could
+            // not be made says "try again later", so a client keeps its token.
+            let (code, why) = if error.code.starts_with("token_")
+                || error.code == Code::InvalidToken.as_str()
+                || error.code == Code::Unauthenticated.as_str()
+            {
+                (UNAUTHORIZED, "unauthorized")
+            } else {
+                (TRY_AGAIN_LATER, "try again later")
+            };
+            metrics::counter!("tidings_ws_closes_total", "code" => code.to_string()).increment(1);
+            close(ws, Some(reason(code, why))).await;
             return;
         }
     };

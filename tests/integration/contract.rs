@@ -82,6 +82,49 @@ async fn missing_credentials_are_401_before_anything_else_is_looked_at() {
         "{}",
         reply.body
     );
+    // Nor an overlong key, nor an unreadable X-Min-Position on a read.
+    let overlong = "k".repeat(10_000);
+    let reply = client
+        .send(
+            client
+                .patch("/api/profile")
+                .header("Idempotency-Key", overlong.as_str())
+                .json(&json!({"bio": "x"})),
+        )
+        .await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    let reply = client
+        .send(client.get("/api/profile").header("X-Min-Position", "!!!"))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{}",
+        reply.body
+    );
+    // On a public read the position is still checked.
+    let reply = client
+        .send(
+            client
+                .get(&format!("/api/users/{}", uuid::Uuid::new_v4()))
+                .header("X-Min-Position", "!!!"),
+        )
+        .await;
+    assert_eq!(reply.body["code"], "invalid_position", "{}", reply.body);
+    // A key with a control character is not a key.
+    let reply = client
+        .send(
+            client
+                .post("/api/auth/login")
+                .header("Idempotency-Key", "a\tb")
+                .json(&json!({"login": "x", "password": "y"})),
+        )
+        .await;
+    assert_eq!(
+        reply.body["code"], "invalid_idempotency_key",
+        "{}",
+        reply.body
+    );
     // The socket without a token, as a plain request and as a handshake.
     let reply = client.send(client.get("/ws")).await;
     assert_eq!(

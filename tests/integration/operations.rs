@@ -476,6 +476,7 @@ async fn readiness_reports_each_dependency_and_flips_when_one_is_gone() {
     settings.database_url = settings
         .database_url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", postgres.port));
+    settings.command_timeout_ms = 3_000;
     let app = world.start_with(settings, &[tidings::Role::Api]).await;
     let client = Client::new(&app.base);
 
@@ -515,6 +516,16 @@ async fn readiness_reports_each_dependency_and_flips_when_one_is_gone() {
         client.send(client.get("/health")).await.status,
         200,
         "alive all the same"
+    );
+    // A write is answered within the command timeout, not after the
+    // producer's own retries (30 s) have run out.
+    let started = std::time::Instant::now();
+    let reply = client.register("late", "late@example.com").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "answered after {:?}",
+        started.elapsed()
     );
     app.stop().await;
     world.clean_up().await;
