@@ -105,8 +105,11 @@ pub struct Settings {
     #[arg(long, env = "TIDINGS_MIN_POSITION_WAIT_MS", default_value_t = 5_000)]
     pub min_position_wait_ms: u64,
     /// How long a registration may stay unfinished before the sweeper
-    /// abandons it and frees its email and username.
-    #[arg(long, env = "TIDINGS_REGISTRATION_TIMEOUT_SECS", default_value_t = 300)]
+    /// abandons it and frees its email and username. Its three steps take at
+    /// most three command timeouts; a registration answered 503 midway keeps
+    /// its email and username no longer than this (a retry with the same
+    /// `Idempotency-Key` finishes it at once).
+    #[arg(long, env = "TIDINGS_REGISTRATION_TIMEOUT_SECS", default_value_t = 60)]
     pub registration_timeout_secs: u64,
     /// Events folded on a partition between two decider snapshots.
     #[arg(long, env = "TIDINGS_SNAPSHOT_EVERY", default_value_t = 1_000)]
