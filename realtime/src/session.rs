@@ -50,6 +50,7 @@ const GOING_AWAY: u16 = 1001;
 /// is down); the client keeps its token and reconnects.
 const TRY_AGAIN_LATER: u16 = 1013;
 const UNAUTHORIZED: u16 = 4001;
+const FORBIDDEN: u16 = 4003;
 const TOO_SLOW: u16 = 4009;
 const PROTOCOL_ERROR: u16 = 4400;
 
@@ -364,7 +365,7 @@ impl Session {
                             None,
                         ))
                         .await;
-                    Err(End::Close(UNAUTHORIZED, "token of another user"))
+                    Err(End::Close(FORBIDDEN, "token of another user"))
                 }
                 Err(error) => {
                     self.send(&ServerFrame::error(&error.code, error.detail, None))
