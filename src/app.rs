@@ -318,6 +318,7 @@ impl Application {
                 jwt: Jwt::new(&settings.jwt_secret, settings.token_ttl()),
                 settings: ApiSettings {
                     min_position_wait: settings.min_position_wait(),
+                    partitions: settings.partitions,
                 },
             });
             let idempotency = web::Data::new(tidings_api::idempotency::Idempotency::new(

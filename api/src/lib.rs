@@ -53,6 +53,9 @@ pub struct ApiSettings {
     /// The longest a read waits for `X-Min-Position` (and a write for its own
     /// projection) before answering 503.
     pub min_position_wait: Duration,
+    /// Partitions of the topics: a position naming another one names no
+    /// place in the log.
+    pub partitions: i32,
 }
 
 /// What every handler shares.

@@ -112,6 +112,14 @@ async fn wait(req: &ServiceRequest, token: Option<String>) -> Result<Position, A
     let state = req
         .app_data::<web::Data<ApiState>>()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("ApiState missing")))?;
+    if position.partitions().any(|(partition, offset)| {
+        !(0..state.settings.partitions).contains(&partition) || offset < 0
+    }) {
+        return Err(ApiError::new(
+            Code::InvalidPosition,
+            "X-Min-Position names a place that is not in the log",
+        ));
+    }
     match state
         .progress
         .wait_for(&position, state.settings.min_position_wait)

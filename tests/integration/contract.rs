@@ -111,6 +111,20 @@ async fn missing_credentials_are_401_before_anything_else_is_looked_at() {
         )
         .await;
     assert_eq!(reply.body["code"], "invalid_position", "{}", reply.body);
+    // Nor is a position in a partition the topics do not have.
+    let elsewhere: tidings_schemas::Position = {
+        let mut p = tidings_schemas::Position::default();
+        p.include(77, 1);
+        p
+    };
+    let reply = client
+        .send(
+            client
+                .get(&format!("/api/users/{}", uuid::Uuid::new_v4()))
+                .header("X-Min-Position", elsewhere.to_string()),
+        )
+        .await;
+    assert_eq!(reply.body["code"], "invalid_position", "{}", reply.body);
     // A key with a control character is not a key.
     let reply = client
         .send(
