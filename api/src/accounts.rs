@@ -13,6 +13,7 @@ use tidings_commands::registration::{self, RegistrationError, Saga};
 use tidings_commands::AnyCommand;
 use tidings_domain::account;
 use tidings_projections::accounts::{Profile, PublicProfile};
+use tidings_projections::credentials;
 use tidings_schemas::{AggregateRef, Position};
 use uuid::Uuid;
 
@@ -123,11 +124,13 @@ pub(crate) async fn register(
         idempotency_key: ctx.idempotency_key.clone(),
     };
     let password_hash = hash_password(input.password.clone()).await?;
+    // Kept in the private store before the first command: the hash never
+    // enters the log, and login finds it once the account is active.
+    credentials::store(&state.db, user_id, &password_hash).await?;
     let account = account::Register {
         user_id,
         username: input.username.clone(),
         email: input.email.clone(),
-        password_hash,
         display_name: input.display_name.clone(),
         at: ctx.issued_at,
     };
@@ -206,7 +209,10 @@ pub(crate) async fn login(
         ));
     }
     let account = tidings_projections::accounts::by_login(&state.db, &body.login).await?;
-    let hash = account.as_ref().map(|a| a.password_hash.clone());
+    let hash = match &account {
+        Some(account) => credentials::password_hash(&state.db, account.id).await?,
+        None => None,
+    };
     match account {
         Some(account) if verify_password(body.password, hash).await? => {
             let token = state.jwt.issue(account.id, account.token_version);

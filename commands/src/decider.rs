@@ -55,7 +55,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tidings_domain::ErrorKind;
-use tidings_schemas::envelope::{event_id, CURRENT_VERSION};
+use tidings_schemas::envelope::{current_version, event_id};
 use tidings_schemas::kafka::{KafkaSettings, Owned, Topics, ADMIN_TIMEOUT};
 use tidings_schemas::{faults, EventEnvelope, Position};
 use tokio_util::sync::CancellationToken;
@@ -228,8 +228,8 @@ impl Partition {
                         let (event_type, data) = event.encode();
                         let envelope = EventEnvelope {
                             event_id: event_id(command.command_id, index),
+                            version: current_version(&event_type),
                             event_type,
-                            version: CURRENT_VERSION,
                             aggregate: command.aggregate.clone(),
                             sequence: aggregate.cursor.version + 1,
                             previous: aggregate.cursor.last_event,
@@ -1010,7 +1010,6 @@ mod tests {
                 user_id: user(),
                 username: "ada".into(),
                 email: "ada@example.com".into(),
-                password_hash: "$argon2id$stand-in".into(),
                 display_name: "Ada".into(),
                 at: Utc::now(),
             }),

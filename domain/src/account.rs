@@ -32,13 +32,13 @@ pub enum Command {
     UpdateProfile(UpdateProfile),
 }
 
+/// What a registration asks for. The password is not here: its hash is kept
+/// by the API in its private store (`credentials`), never in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register {
     pub user_id: Uuid,
     pub username: String,
     pub email: String,
-    /// An argon2id PHC string; the clear password never enters the log.
-    pub password_hash: String,
     pub display_name: String,
     pub at: DateTime<Utc>,
 }
@@ -93,7 +93,6 @@ pub struct Opened {
     pub user_id: Uuid,
     pub username: String,
     pub email: String,
-    pub password_hash: String,
     pub display_name: String,
     pub opened_at: DateTime<Utc>,
 }
@@ -104,7 +103,6 @@ pub struct Registered {
     pub user_id: Uuid,
     pub username: String,
     pub email: String,
-    pub password_hash: String,
     pub display_name: String,
     pub registered_at: DateTime<Utc>,
 }
@@ -179,7 +177,6 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
             user_id: r.user_id,
             username: r.username.clone(),
             email: r.email.clone(),
-            password_hash: r.password_hash.clone(),
             display_name: r.display_name.clone(),
             opened_at: r.at,
         })]),
@@ -189,7 +186,6 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
             user_id: o.user_id,
             username: o.username.clone(),
             email: o.email.clone(),
-            password_hash: o.password_hash.clone(),
             display_name: o.display_name.clone(),
             registered_at: *at,
         })]),
@@ -313,7 +309,6 @@ mod tests {
             user_id: alice(),
             username: "alice".into(),
             email: "alice@example.com".into(),
-            password_hash: "$argon2id$hash".into(),
             display_name: "Alice".into(),
             at: at(),
         })
@@ -324,7 +319,6 @@ mod tests {
             user_id: alice(),
             username: "alice".into(),
             email: "alice@example.com".into(),
-            password_hash: "$argon2id$hash".into(),
             display_name: "Alice".into(),
             opened_at: at(),
         })
@@ -335,7 +329,6 @@ mod tests {
             user_id: alice(),
             username: "alice".into(),
             email: "alice@example.com".into(),
-            password_hash: "$argon2id$hash".into(),
             display_name: "Alice".into(),
             registered_at: at(),
         })

@@ -17,8 +17,6 @@ pub struct AccountRow {
     pub id: Uuid,
     pub username: String,
     pub email: String,
-    #[serde(skip_serializing, default)]
-    pub password_hash: String,
     pub display_name: String,
     pub bio: Option<String>,
     pub avatar_url: Option<String>,
@@ -139,15 +137,19 @@ async fn apply(
         }
         Event::Registered(r) => {
             finish_pending(tx, id).await?;
+            // Written before v2, the event carried the hash: it moves to the
+            // private store (the upcast event no longer has it).
+            if let (1, Some(hash)) = (envelope.version, envelope.data["password_hash"].as_str()) {
+                crate::credentials::store(&mut **tx, id, hash).await?;
+            }
             let account = sqlx::query_as::<_, AccountRow>(
-                "INSERT INTO accounts (id, username, email, password_hash, display_name, created_at, updated_at, version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+                "INSERT INTO accounts (id, username, email, display_name, created_at, updated_at, version)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6)
                  RETURNING *",
             )
             .bind(id)
             .bind(&r.username)
             .bind(&r.email)
-            .bind(&r.password_hash)
             .bind(&r.display_name)
             .bind(r.registered_at)
             .bind(version)

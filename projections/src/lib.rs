@@ -7,6 +7,7 @@
 //!   the projection of its decider;
 //! - [`accounts`]: the account read model — how events change it and the
 //!   queries the API reads it with;
+//! - [`credentials`]: the private store of password hashes (not from the log);
 //! - [`outbox`]: what each realtime channel receives, and the relay that
 //!   publishes it to `tidings.updates`;
 //! - [`cache`]: the Redis caches, versioned so a stale write never wins and
@@ -20,6 +21,7 @@
 
 pub mod accounts;
 pub mod cache;
+pub mod credentials;
 pub mod db;
 pub mod lag;
 pub mod outbox;

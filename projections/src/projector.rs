@@ -345,7 +345,7 @@ mod tests {
     use chrono::Utc;
     use rdkafka::message::Timestamp;
     use tidings_domain::account;
-    use tidings_schemas::envelope::{event_id, CURRENT_VERSION};
+    use tidings_schemas::envelope::{current_version, event_id};
     use tidings_schemas::AggregateRef;
 
     use super::*;
@@ -418,7 +418,6 @@ mod tests {
                 user_id: history.user,
                 username: format!("user{user}"),
                 email: format!("user{user}@example.com"),
-                password_hash: "$argon2id$stand-in".into(),
                 display_name: "first".into(),
                 opened_at: Utc::now(),
             };
@@ -427,7 +426,6 @@ mod tests {
                 user_id: opened.user_id,
                 username: opened.username,
                 email: opened.email,
-                password_hash: opened.password_hash,
                 display_name: opened.display_name,
                 registered_at: Utc::now(),
             }));
@@ -439,8 +437,8 @@ mod tests {
             let command_id = Uuid::new_v4();
             let envelope = EventEnvelope {
                 event_id: event_id(command_id, 0),
+                version: current_version(&event_type),
                 event_type,
-                version: CURRENT_VERSION,
                 aggregate: AggregateRef::account(self.user),
                 sequence: self.events.len() as u64 + 1,
                 previous: self.events.last().map(|e| e.event_id),

@@ -189,7 +189,11 @@ mod tests {
         for decider in DeciderKind::ALL {
             for event_type in decider.event_types() {
                 assert!(
-                    crate::json::event_data(event_type, crate::envelope::CURRENT_VERSION).is_some(),
+                    crate::json::event_data(
+                        event_type,
+                        crate::envelope::current_version(event_type)
+                    )
+                    .is_some(),
                     "{event_type} has no schema under schemas/json/events/"
                 );
             }

@@ -96,6 +96,18 @@ async fn an_account_is_registered_read_updated_and_logged_into() {
         (401, Some("invalid_credentials"))
     );
 
+    // No password hash is in the log, nor in any command: it is kept in the
+    // private store alone.
+    let topics = world.settings.kafka().topics();
+    for topic in [&topics.events, &topics.commands] {
+        let text = world.payloads(topic).join("\n");
+        assert!(!text.is_empty());
+        assert!(
+            !text.contains("argon2") && !text.contains("password"),
+            "a password hash in {topic}"
+        );
+    }
+
     app.stop().await;
     world.clean_up().await;
 }
@@ -121,7 +133,9 @@ async fn bad_input_gets_a_problem_and_appends_nothing() {
         (client.get("/api/users/not-a-uuid"), 404, "not_found"),
         (client.get("/api/users/00000000-0000-0000-0000-000000000001"), 404, "not_found"),
         (client.get("/api/nothing/here"), 404, "not_found"),
-        (client.get("/api/profile").header("X-Min-Position", "%%%"), 400, "invalid_position"),
+        (client.get("/api/users/00000000-0000-0000-0000-000000000001").header("X-Min-Position", "%%%"), 400, "invalid_position"),
+        // Without credentials a secured route says so first.
+        (client.get("/api/profile").header("X-Min-Position", "%%%"), 401, "unauthenticated"),
     ];
     for (request, status, code) in cases {
         let reply = client.send(request).await;
@@ -326,7 +340,6 @@ async fn an_unfinished_registration_is_swept_and_a_finished_one_kept() {
             user_id: s.user_id,
             username: s.username.clone(),
             email: s.email.clone(),
-            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
             display_name: s.username.clone(),
             at: s.issued_at,
         };

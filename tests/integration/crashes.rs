@@ -20,7 +20,7 @@ const PAUSED_DECIDER: (&str, &str) = ("TIDINGS_PAUSE_AT", "decider.after_events"
 async fn read_models(db: &PgPool) -> Value {
     let mut all = serde_json::Map::new();
     for (name, query) in [
-        ("accounts", "SELECT id, username, email, password_hash, display_name, bio, avatar_url, token_version, created_at, updated_at, version FROM accounts ORDER BY id"),
+        ("accounts", "SELECT id, username, email, display_name, bio, avatar_url, token_version, created_at, updated_at, version FROM accounts ORDER BY id"),
         ("outbox", "SELECT channel, seq, epoch, event, data FROM channel_outbox ORDER BY channel, seq"),
         ("channels", "SELECT channel, seq, epoch FROM channels ORDER BY channel"),
         ("aggregates", "SELECT aggregate_type, aggregate_id, version, last_event FROM projected_aggregates ORDER BY 1, 2"),

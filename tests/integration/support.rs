@@ -145,6 +145,14 @@ impl World {
             .collect()
     }
 
+    /// Every record of a topic, as text.
+    pub fn payloads(&self, topic: &str) -> Vec<String> {
+        self.read_topic(topic)
+            .into_iter()
+            .map(|(_, _, payload)| String::from_utf8_lossy(&payload).into_owned())
+            .collect()
+    }
+
     /// How many records a topic holds.
     pub fn count(&self, topic: &str) -> usize {
         self.read_topic(topic).len()
