@@ -21,7 +21,6 @@ use tidings_http::auth::{Authenticator, Identity, Rejection};
 // JWTs and the bearer header live in `tidings-http`, shared with the gateway.
 pub use tidings_http::auth::{bearer, Claims, Jwt};
 use tidings_projections::accounts::AccountRow;
-use tidings_schemas::Position;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
@@ -239,49 +238,27 @@ pub struct Authenticated {
     pub expires_at: i64,
 }
 
-/// Checks a token against the account it names.
+/// Checks a token against the account it names. The account is read from
+/// PostgreSQL, in one query: its token version must come from there (a cache
+/// entry whose refresh failed must not keep a revoked token working, here or
+/// on any other process), and the row comes with it. A read that carries
+/// `X-Min-Position` has already waited for the projector to pass it.
 pub async fn authenticate(state: &ApiState, token: &str) -> Result<Authenticated, ApiError> {
-    authenticate_at(state, token, None).await
-}
-
-/// Checks a token against the account it names, and reads the account as of
-/// at least `needed`. The token version always comes from PostgreSQL: a
-/// cache entry whose refresh failed must not keep a revoked token working,
-/// here or on any other process.
-pub async fn authenticate_at(
-    state: &ApiState,
-    token: &str,
-    needed: Option<&Position>,
-) -> Result<Authenticated, ApiError> {
     let claims = state.jwt.verify(token)?;
-    let current: Option<(i64, i32)> =
-        sqlx::query_as("SELECT version, token_version FROM accounts WHERE id = $1")
-            .bind(claims.sub)
-            .fetch_optional(&state.db)
-            .await?;
-    let account = match current {
-        Some((_, token_version)) if token_version != claims.ver => {
-            return Err(ApiError::new(
-                Code::TokenRevoked,
-                "the token was revoked by a password change",
-            ))
-        }
+    let account = tidings_projections::accounts::by_id(&state.db, claims.sub).await?;
+    match &account {
+        Some(account) if account.token_version != claims.ver => Err(ApiError::new(
+            Code::TokenRevoked,
+            "the token was revoked by a password change",
+        )),
         // Not projected yet: only a first-version token can be that new.
-        None if claims.ver != 0 => {
-            return Err(ApiError::new(Code::InvalidToken, "the token is not valid"))
-        }
-        None => None,
-        // The cached row serves only if it is the version PostgreSQL has.
-        Some((version, _)) => match state.cache.account(claims.sub, needed).await {
-            Some(cached) if cached.version == version => Some(cached),
-            _ => state.account_from_db(claims.sub).await?,
-        },
-    };
-    Ok(Authenticated {
-        user_id: claims.sub,
-        account,
-        expires_at: claims.exp,
-    })
+        None if claims.ver != 0 => Err(ApiError::new(Code::InvalidToken, "the token is not valid")),
+        _ => Ok(Authenticated {
+            user_id: claims.sub,
+            account,
+            expires_at: claims.exp,
+        }),
+    }
 }
 
 /// The gateway checks tokens the way the API does.
@@ -312,7 +289,6 @@ impl FromRequest for Authenticated {
     fn from_request(req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
         let state = req.app_data::<web::Data<ApiState>>().cloned();
         let token = bearer(req).map(str::to_owned);
-        let needed = crate::middleware::MinPosition::of(req);
         Box::pin(async move {
             let state =
                 state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("ApiState missing")))?;
@@ -322,7 +298,7 @@ impl FromRequest for Authenticated {
                     "sign in: Authorization: Bearer <token>",
                 )
             })?;
-            authenticate_at(&state, &token, needed.as_ref()).await
+            authenticate(&state, &token).await
         })
     }
 }
