@@ -112,9 +112,14 @@ impl Progress {
     /// Waits, at most `limit`, until the projector has passed `position`.
     pub async fn wait_for(&self, position: &Position, limit: Duration) -> Result<(), WaitError> {
         let mut seen = self.offsets.subscribe();
-        // PostgreSQL first: the projector may have passed the position before
-        // this process heard of it.
-        if reached(&self.db, position).await? {
+        // What this process heard is enough when it is that far (offsets
+        // only move forward); else PostgreSQL, for the projector may have
+        // passed the position before this process heard of it.
+        let heard = {
+            let offsets = seen.borrow_and_update();
+            position.reached_by(|p| offsets.get(&p).copied())
+        };
+        if heard || reached(&self.db, position).await? {
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + limit;
@@ -163,12 +168,17 @@ impl Progress {
     }
 }
 
-/// Tells the other processes what a projector just committed.
-pub async fn announce(db: &PgPool, committed: &[(i32, i64)]) -> Result<(), sqlx::Error> {
+/// Tells the other processes what a projector commits: sent inside its
+/// transaction, the notification is delivered with the commit, and never
+/// without it.
+pub async fn announce(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    committed: &[(i32, i64)],
+) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(PROGRESS_CHANNEL)
         .bind(format_offsets(committed))
-        .execute(db)
+        .execute(&mut **tx)
         .await?;
     Ok(())
 }

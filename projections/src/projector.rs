@@ -114,10 +114,6 @@ pub async fn run(
         // The next offset of each partition of the batch, as now committed.
         let committed = &projected.offsets;
         settings.progress.advance(committed.iter().copied());
-        if let Err(error) = crate::db::announce(&db, committed).await {
-            // Other processes' waiters then hear of it at their next refresh.
-            tracing::warn!(%error, "announcing the projector's progress");
-        }
         if let Some(cache) = &cache {
             for account in &projected.effects.accounts {
                 // The row reflects at least the batch's partitions as now
@@ -289,9 +285,11 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
         .execute(&mut *tx)
         .await?;
     }
+    projected.offsets = offsets.into_iter().collect();
+    // Waiters in other processes hear of the commit with it.
+    crate::db::announce(&mut tx, &projected.offsets).await?;
     faults::pause_at("projector.before_commit");
     tx.commit().await?;
-    projected.offsets = offsets.into_iter().collect();
     Ok(projected)
 }
 
