@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use tidings_schemas::kafka::{KafkaSettings, Topics, ADMIN_TIMEOUT};
+use rdkafka::Message;
+use tidings_schemas::kafka::{assign_at_end, KafkaSettings, Topics};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -132,17 +132,11 @@ impl CommandBus {
         let topics = settings.topics();
         let producer: FutureProducer = settings.producer().create()?;
         let consumer: StreamConsumer = settings.consumer(None).create()?;
-        // Start exactly at each partition's current end, resolved now rather
-        // than at the first fetch: a result produced in between is not lost.
-        // librdkafka's metadata calls block: off the async threads.
+        // Start exactly at each partition's current end: a result produced
+        // in between is not lost.
         let (results, partitions) = (topics.results.clone(), settings.partitions);
         let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {
-            let mut assignment = TopicPartitionList::new();
-            for partition in 0..partitions {
-                let (_, high) = consumer.fetch_watermarks(&results, partition, ADMIN_TIMEOUT)?;
-                assignment.add_partition_offset(&results, partition, Offset::Offset(high))?;
-            }
-            consumer.assign(&assignment)?;
+            assign_at_end(&consumer, &results, partitions)?;
             Ok(consumer)
         })
         .await??;

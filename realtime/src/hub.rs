@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::Message;
 use tidings_projections::outbox::Update;
-use tidings_schemas::kafka::{KafkaSettings, ADMIN_TIMEOUT};
+use tidings_schemas::kafka::{assign_at_end, KafkaSettings};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -55,14 +55,9 @@ impl Hub {
     pub async fn start(kafka: &KafkaSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let consumer: StreamConsumer = kafka.consumer(None).create()?;
         let (topic, partitions) = (kafka.topics().updates, kafka.partitions);
-        // librdkafka's metadata calls block: off the async threads.
+        // Live from now on; what came before is the outbox's to replay.
         let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {
-            let mut assignment = TopicPartitionList::new();
-            for partition in 0..partitions {
-                let (_, high) = consumer.fetch_watermarks(&topic, partition, ADMIN_TIMEOUT)?;
-                assignment.add_partition_offset(&topic, partition, Offset::Offset(high))?;
-            }
-            consumer.assign(&assignment)?;
+            assign_at_end(&consumer, &topic, partitions)?;
             Ok(consumer)
         })
         .await??;

@@ -211,6 +211,22 @@ pub enum TopicsError {
     Unavailable(String),
 }
 
+/// Assigns `consumer` every partition of `topic` at its end as of now (not as
+/// of its first fetch: a record written in between is not skipped). It
+/// blocks on metadata calls: run it on the blocking pool.
+pub fn assign_at_end<C: rdkafka::consumer::Consumer>(
+    consumer: &C,
+    topic: &str,
+    partitions: i32,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT)?;
+        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment)
+}
+
 /// How many partitions a consumer-group member owns, kept from its rebalance
 /// callbacks, and which of them it halted at an event it cannot read:
 /// `/ready` says not ready while a role that should own some owns none, or
