@@ -29,9 +29,12 @@ async fn metrics_are_exported_and_move_with_traffic() {
     let world = World::new().await;
     let app = world.start(&ALL_ROLES).await;
     let client = Client::new(&app.base);
-    let (_, token, position) = client.user("mia").await;
+    let (id, token, position) = client.user("mia").await;
     let profile = client.own_profile(&token, &position).await;
     assert_eq!(profile.status, 200);
+    // Public profiles are read through the cache.
+    let public = client.send(client.get(&format!("/api/users/{id}"))).await;
+    assert_eq!(public.status, 200);
     let first = metrics(&client).await;
     let registered = sample(
         &first,
