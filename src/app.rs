@@ -21,12 +21,14 @@ use futures_util::FutureExt;
 use tidings_api::auth::Jwt;
 use tidings_api::health::{RoleReport, Roles};
 use tidings_api::{ApiSettings, ApiState};
-use tidings_commands::decider::{self, DeciderSettings};
+use tidings_commands::bus::BusShortcuts;
+use tidings_commands::decider::{self, DeciderSettings, DeciderShortcuts};
 use tidings_commands::CommandBus;
 use tidings_projections::projector::{self, ProjectorSettings};
 use tidings_projections::{db, lag, outbox, Cache};
 use tidings_realtime::{Gateway, Hub};
 use tidings_schemas::kafka::Owned;
+use tidings_schemas::shortcut::Shortcut;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -216,12 +218,22 @@ impl Application {
             tasks.spawn(async move { (role, run.await) });
         };
 
+        // Roles of this process hand each other their records as the broker
+        // took them, ahead of the topics (a shortcut no role here reads
+        // stays closed and costs nothing).
+        let bus_shortcuts = BusShortcuts::default();
+        let events_shortcut = Shortcut::default();
+        let updates_shortcut = Shortcut::default();
         if roles.contains(&Role::Deciders) {
             let owned = Owned::default();
             let settings = DeciderSettings {
                 kafka: kafka.clone(),
                 snapshot_every: settings.snapshot_every,
                 owned: owned.clone(),
+                shortcuts: DeciderShortcuts {
+                    bus: bus_shortcuts.clone(),
+                    events: events_shortcut.clone(),
+                },
             };
             let (db, stop) = (pool("deciders", ROLE_POOL)?, roles_stop.clone());
             supervised(
@@ -236,6 +248,8 @@ impl Application {
                 kafka: kafka.clone(),
                 owned: owned.clone(),
                 progress: progress.clone(),
+                events: events_shortcut.clone(),
+                updates: updates_shortcut.clone(),
             };
             let (db, stop, cache) = (
                 pool("projector", ROLE_POOL)?,
@@ -277,9 +291,14 @@ impl Application {
 
         let serves_http = roles.contains(&Role::Api) || roles.contains(&Role::Realtime);
         let bus = if serves_http || roles.contains(&Role::Deciders) {
-            let bus = CommandBus::connect(&kafka, settings.command_timeout(), roles_stop.clone())
-                .await
-                .context("connecting the command bus")?;
+            let bus = CommandBus::connect(
+                &kafka,
+                settings.command_timeout(),
+                bus_shortcuts.clone(),
+                roles_stop.clone(),
+            )
+            .await
+            .context("connecting the command bus")?;
             Some(bus)
         } else {
             None
@@ -335,7 +354,9 @@ impl Application {
                 }),
             );
             let hub = if roles.contains(&Role::Realtime) {
-                let hub = web::Data::new(Hub::start(&kafka, shutdown.clone()).await?);
+                let hub = web::Data::new(
+                    Hub::start(&kafka, updates_shortcut.clone(), shutdown.clone()).await?,
+                );
                 // The gateway checks tokens as the API does, without
                 // depending on it.
                 let gateway = web::Data::new(Gateway {

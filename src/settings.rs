@@ -84,6 +84,14 @@ pub struct Settings {
         default_value_t = 10_000
     )]
     pub kafka_session_timeout_ms: u32,
+    /// How long the broker may hold a fetch of a consumer that follows a
+    /// topic (`fetch.wait.max.ms`). tansu holds every fetch this long before
+    /// it answers, so a record that crosses a topic between processes waits
+    /// about this; between roles of one process the shortcuts skip the wait.
+    /// Each parked fetch costs the broker CPU while idle: a longer wait costs
+    /// less (DESIGN.md has the figures).
+    #[arg(long, env = "TIDINGS_KAFKA_FETCH_WAIT_MS", default_value_t = 100)]
+    pub kafka_fetch_wait_ms: u32,
     /// This process's name in its consumer groups (Kafka static membership,
     /// `group.instance.id`): a process restarted under the same name takes
     /// its partitions back at once, where a new name waits for the dead one
@@ -178,6 +186,10 @@ impl Settings {
                 "TIDINGS_KAFKA_SESSION_TIMEOUT_MS",
                 self.kafka_session_timeout_ms.to_string(),
             ),
+            (
+                "TIDINGS_KAFKA_FETCH_WAIT_MS",
+                self.kafka_fetch_wait_ms.to_string(),
+            ),
             ("TIDINGS_JWT_SECRET", self.jwt_secret.clone()),
             ("TIDINGS_TOKEN_TTL_SECS", self.token_ttl_secs.to_string()),
             (
@@ -257,6 +269,7 @@ impl Settings {
             topic_prefix: self.topic_prefix.clone(),
             partitions: self.partitions,
             session_timeout_ms: self.kafka_session_timeout_ms,
+            fetch_wait_ms: self.kafka_fetch_wait_ms,
             instance_id: Some(self.instance_id()),
         }
     }

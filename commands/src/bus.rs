@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tidings_schemas::kafka::{assign_at_end, KafkaSettings, Topics};
+use tidings_schemas::shortcut::{self, Shortcut};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -109,6 +111,17 @@ pub struct CommandBus {
     topics: Topics,
     waiters: Waiters,
     timeout: Duration,
+    /// Each command as appended, to the deciders of this process.
+    to_deciders: Shortcut<OwnedMessage>,
+}
+
+/// The shortcuts between the command bus and the deciders of its process.
+#[derive(Debug, Clone, Default)]
+pub struct BusShortcuts {
+    /// Commands as appended, bus → deciders.
+    pub commands: Shortcut<OwnedMessage>,
+    /// Outcomes as decided, deciders → bus.
+    pub results: Shortcut<CommandResult>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +140,7 @@ impl CommandBus {
     pub async fn connect(
         settings: &KafkaSettings,
         timeout: Duration,
+        shortcuts: BusShortcuts,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let topics = settings.topics();
@@ -141,12 +155,26 @@ impl CommandBus {
         })
         .await??;
         let waiters = Waiters::default();
-        tokio::spawn(follow_results(consumer, waiters.clone(), shutdown));
+        tokio::spawn(follow_results(consumer, waiters.clone(), shutdown.clone()));
+        let mut early = shortcuts.results.open();
+        let answering = waiters.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = early.recv() => match result {
+                        Some(result) => answering.answer(&result),
+                        None => return,
+                    },
+                }
+            }
+        });
         Ok(CommandBus {
             producer,
             topics,
             waiters,
             timeout,
+            to_deciders: shortcuts.commands,
         })
     }
 
@@ -173,11 +201,21 @@ impl CommandBus {
             let record = FutureRecord::to(&self.topics.commands)
                 .key(&key)
                 .payload(&payload);
-            self.producer
+            let delivery = self
+                .producer
                 .send(record, Duration::from_secs(5))
                 .await
-                .map(|_| ())
-                .map_err(|(error, _)| BusError::Unavailable(error))
+                .map_err(|(error, _)| BusError::Unavailable(error))?;
+            if self.to_deciders.is_open() {
+                self.to_deciders.offer(shortcut::record(
+                    &self.topics.commands,
+                    delivery.partition,
+                    delivery.offset,
+                    key.as_bytes(),
+                    &payload,
+                ));
+            }
+            Ok(())
         };
         match self
             .waiters

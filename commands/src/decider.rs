@@ -29,6 +29,15 @@
 //! 5. publishes the outcomes to `tidings.command-results`;
 //! 6. commits the commands' offsets.
 //!
+//! Where the API runs in the same process, commands also arrive straight
+//! from its command bus as the broker acknowledged them, and are taken in
+//! log order with the ones fetched from the topic ([`Merge`]); outcomes go
+//! straight back to the bus, and the events straight to the projector
+//! ([`tidings_schemas::shortcut`]). Reading back one's own writes needs no
+//! fetch when they landed right where the state stands: the broker's
+//! offsets say that nothing came between, and the decider folds what it
+//! wrote. Only when another writer came between does it read the log.
+//!
 //! A crash anywhere leaves the commands uncommitted: the next owner rebuilds
 //! from the log, finds the commands whose events are already there among the
 //! handled ones, and answers them without writing again.
@@ -56,12 +65,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tidings_domain::ErrorKind;
 use tidings_schemas::envelope::{current_version, event_id};
-use tidings_schemas::kafka::{KafkaSettings, Owned, Topics, ADMIN_TIMEOUT};
+use tidings_schemas::kafka::{KafkaSettings, Owned, Topics, ADMIN_TIMEOUT, READING_FETCH_WAIT_MS};
+use tidings_schemas::shortcut::{self, Merge, Origin, Shortcut};
 use tidings_schemas::{faults, EventEnvelope, Position};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::aggregate::{Aggregate, Applied};
+use crate::bus::BusShortcuts;
 use crate::envelope::{CommandEnvelope, CommandResult, Outcome};
 
 /// Commands taken from the log in one batch, at most.
@@ -92,6 +103,16 @@ pub struct DeciderSettings {
     pub snapshot_every: u64,
     /// Kept up to date with how many partitions this decider owns.
     pub owned: Owned,
+    pub shortcuts: DeciderShortcuts,
+}
+
+/// The shortcuts of the deciders to the other roles of their process.
+#[derive(Debug, Clone, Default)]
+pub struct DeciderShortcuts {
+    /// Commands from, and outcomes to, the command bus.
+    pub bus: BusShortcuts,
+    /// Events as written, to the projector.
+    pub events: Shortcut<OwnedMessage>,
 }
 
 /// Records which partitions the group took away, for the loop to drop their
@@ -348,6 +369,12 @@ pub struct Decider {
     db: PgPool,
     partitions: HashMap<i32, Partition>,
     snapshot_every: u64,
+    /// Commands from the log and from the bus, in log order.
+    merge: Merge,
+    shortcuts: DeciderShortcuts,
+    /// Whether `tail` is assigned: only while it reads (a rebuild, a
+    /// read-back past another writer), so that it parks no fetch otherwise.
+    tail_assigned: bool,
 }
 
 /// Runs a decider until `shutdown`.
@@ -368,7 +395,11 @@ pub async fn run(
         .context("creating the commands consumer")?;
     commands.subscribe(&[&topics.commands])?;
     let mut decider = Decider {
-        tail: settings.kafka.consumer(None).create()?,
+        tail: settings
+            .kafka
+            .consumer(None)
+            .set("fetch.wait.max.ms", READING_FETCH_WAIT_MS.to_string())
+            .create()?,
         meta: Arc::new(settings.kafka.consumer(None).create()?),
         producer: settings.kafka.producer().create()?,
         topics,
@@ -376,12 +407,17 @@ pub async fn run(
         db,
         partitions: HashMap::new(),
         snapshot_every: settings.snapshot_every,
+        merge: Merge::default(),
+        shortcuts: settings.shortcuts.clone(),
+        tail_assigned: false,
     };
+    let mut early = settings.shortcuts.bus.commands.open();
     tracing::info!(%group, "decider started");
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
-            message = decider.commands.recv() => message.map(|m| m.detach()),
+            message = decider.commands.recv() => message.map(|m| (Origin::Log, m.detach())),
+            Some(message) = early.recv() => Ok((Origin::Shortcut, message)),
         };
         let mut batch = match first {
             Ok(message) => vec![message],
@@ -392,9 +428,17 @@ pub async fn run(
             }
         };
         while batch.len() < MAX_BATCH {
-            match decider.commands.recv().now_or_never() {
-                Some(Ok(message)) => batch.push(message.detach()),
-                _ => break,
+            let mut more = false;
+            if let Ok(message) = early.try_recv() {
+                batch.push((Origin::Shortcut, message));
+                more = true;
+            }
+            if let Some(Ok(message)) = decider.commands.recv().now_or_never() {
+                batch.push((Origin::Log, message.detach()));
+                more = true;
+            }
+            if !more {
+                break;
             }
         }
         decider.handle(batch).await?;
@@ -415,6 +459,13 @@ struct Decision {
     version_after: u64,
 }
 
+/// One event as the broker took it.
+struct Written {
+    offset: i64,
+    key: String,
+    payload: Vec<u8>,
+}
+
 /// What one partition of a batch decided and wrote.
 struct Decided {
     partition: i32,
@@ -423,7 +474,7 @@ struct Decided {
 }
 
 impl Decider {
-    async fn handle(&mut self, batch: Vec<OwnedMessage>) -> anyhow::Result<()> {
+    async fn handle(&mut self, batch: Vec<(Origin, OwnedMessage)>) -> anyhow::Result<()> {
         self.drop_revoked();
         let owned: Vec<i32> = self
             .commands
@@ -432,11 +483,12 @@ impl Decider {
             .iter()
             .map(|e| e.partition())
             .collect();
+        let batch = batch
+            .into_iter()
+            .filter(|(_, message)| owned.contains(&message.partition()))
+            .collect();
         let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
-        for message in batch {
-            if !owned.contains(&message.partition()) {
-                continue;
-            }
+        for message in self.merge.admit(batch) {
             match by_partition
                 .iter_mut()
                 .find(|(p, _)| *p == message.partition())
@@ -481,6 +533,12 @@ impl Decider {
             groups.push((partition, commands));
         }
         results.extend(self.process(groups).await?);
+        // The waiting API hears first; the topic is for the other processes.
+        if self.shortcuts.bus.results.is_open() {
+            for result in &results {
+                self.shortcuts.bus.results.offer(result.clone());
+            }
+        }
         self.publish(&results).await?;
         for result in &results {
             let kind = types
@@ -543,13 +601,12 @@ impl Decider {
         }
         for partition in &revoked {
             self.partitions.remove(partition);
+            self.merge.forget(*partition);
             metrics::gauge!("tidings_reader_halted", "reader" => "decider", "partition" => partition.to_string())
                 .set(0.0);
         }
         tracing::info!(?revoked, "partitions revoked; their state is dropped");
-        if let Err(error) = self.assign_tail() {
-            tracing::warn!(%error, "reassigning the events reader");
-        }
+        self.release_tail();
     }
 
     /// The end of a partition of the events, read on the blocking pool.
@@ -597,6 +654,7 @@ impl Decider {
                 Err(_) => break,
             }
         }
+        self.release_tail();
         let aggregates = self.partitions[&partition].aggregates.len();
         tracing::info!(partition, from, to = high, aggregates, elapsed = ?started.elapsed(), "partition rebuilt");
         Ok(())
@@ -604,7 +662,7 @@ impl Decider {
 
     /// Points the events reader at every owned partition, each from where
     /// its state stands.
-    fn assign_tail(&self) -> anyhow::Result<()> {
+    fn assign_tail(&mut self) -> anyhow::Result<()> {
         let mut list = TopicPartitionList::new();
         for (&partition, state) in &self.partitions {
             list.add_partition_offset(
@@ -614,7 +672,20 @@ impl Decider {
             )?;
         }
         self.tail.assign(&list)?;
+        self.tail_assigned = true;
         Ok(())
+    }
+
+    /// Stops the events reader until it is needed again; the next
+    /// [`Decider::assign_tail`] starts it where the states then stand.
+    fn release_tail(&mut self) {
+        if !self.tail_assigned {
+            return;
+        }
+        if let Err(error) = self.tail.unassign() {
+            tracing::warn!(%error, "releasing the events reader");
+        }
+        self.tail_assigned = false;
     }
 
     /// Folds events of owned partitions until `partition` has read up to
@@ -625,6 +696,9 @@ impl Decider {
             .get(&partition)
             .is_some_and(|p| p.next_offset < target && p.halted.is_none())
         {
+            if !self.tail_assigned {
+                self.assign_tail()?;
+            }
             let message = tokio::time::timeout(READ_BACK_TIMEOUT, self.tail.recv())
                 .await
                 .context("reading the events back timed out")??
@@ -667,8 +741,14 @@ impl Decider {
             )
             .await;
             let mut targets = Vec::with_capacity(batches.len());
+            let mut wrote = Vec::with_capacity(batches.len());
             for (batch, written) in batches.iter().zip(writes) {
-                let mut end = written?.into_iter().max().map_or(0, |last| last + 1);
+                let written = written?;
+                let mut end = written
+                    .iter()
+                    .map(|w| w.offset)
+                    .max()
+                    .map_or(0, |last| last + 1);
                 // A rejection or a no-op was decided on what this decider had
                 // read: it stands only if nothing else was written before it,
                 // so read to the end of the partition, not just to our writes.
@@ -676,13 +756,18 @@ impl Decider {
                     end = end.max(self.end_of(batch.partition).await?);
                 }
                 targets.push((batch.partition, end));
+                wrote.push((batch.partition, written));
             }
             if batches.iter().any(|b| !b.events.is_empty()) {
                 faults::pause_at("decider.after_events");
             }
+            for (partition, written) in wrote {
+                self.take_own_writes(partition, &written);
+            }
             for (partition, end) in targets {
                 self.catch_up(partition, end).await?;
             }
+            self.release_tail();
             pending = Vec::new();
             for batch in batches {
                 let (stood, lost) = self.partitions[&batch.partition].check(batch.decisions);
@@ -756,11 +841,43 @@ impl Decider {
         Ok((answered, fresh))
     }
 
+    /// Folds what this decider just wrote without reading it back, when
+    /// the broker put it right where the partition's state stands: nothing
+    /// came between, so the log holds exactly these records there. Otherwise
+    /// [`Decider::catch_up`] reads the log. Either way the projector of this
+    /// process gets the records at once.
+    fn take_own_writes(&mut self, partition: i32, written: &[Written]) {
+        if self.shortcuts.events.is_open() {
+            for w in written {
+                self.shortcuts.events.offer(shortcut::record(
+                    &self.topics.events,
+                    partition,
+                    w.offset,
+                    w.key.as_bytes(),
+                    &w.payload,
+                ));
+            }
+        }
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let start = state.next_offset;
+        let in_place = written
+            .iter()
+            .enumerate()
+            .all(|(i, w)| w.offset == start + i as i64);
+        if in_place {
+            for w in written {
+                state.fold(partition, w.offset, &w.payload);
+            }
+        }
+    }
+
     async fn write_events(
         &self,
         partition: i32,
         events: &[EventEnvelope],
-    ) -> anyhow::Result<Vec<i64>> {
+    ) -> anyhow::Result<Vec<Written>> {
         let sends = events.iter().map(|envelope| async move {
             let key = envelope.aggregate.key();
             let payload = envelope.to_json();
@@ -779,11 +896,17 @@ impl Decider {
                 .key(&key)
                 .payload(&payload)
                 .headers(headers);
-            self.producer
+            let offset = self
+                .producer
                 .send(record, Duration::from_secs(30))
                 .await
                 .map(|delivery| delivery.offset)
-                .map_err(|(error, _)| error)
+                .map_err(|(error, _)| error)?;
+            Ok::<_, rdkafka::error::KafkaError>(Written {
+                offset,
+                key,
+                payload,
+            })
         });
         try_join_all(sends).await.context("writing events")
     }

@@ -86,11 +86,13 @@ pub struct Update {
     pub data: serde_json::Value,
 }
 
-/// Numbers and appends updates inside the projector's transaction.
+/// Numbers and appends updates inside the projector's transaction, and
+/// returns them numbered.
 pub async fn append(
     tx: &mut Transaction<'_, Postgres>,
     updates: &[ChannelUpdate],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Update>, sqlx::Error> {
+    let mut numbered = Vec::with_capacity(updates.len());
     for update in updates {
         let (seq, epoch): (i64, i64) = sqlx::query_as(
             "INSERT INTO channels (channel, seq) VALUES ($1, 1)
@@ -108,6 +110,13 @@ pub async fn append(
             .bind(&update.data)
             .execute(&mut **tx)
             .await?;
+        numbered.push(Update {
+            channel: update.channel.clone(),
+            seq,
+            epoch,
+            event: update.event.clone(),
+            data: update.data.clone(),
+        });
     }
     if !updates.is_empty() {
         sqlx::query("SELECT pg_notify($1, '')")
@@ -115,7 +124,7 @@ pub async fn append(
             .execute(&mut **tx)
             .await?;
     }
-    Ok(())
+    Ok(numbered)
 }
 
 /// Where a channel stands: its last `seq`, its `epoch`, and the oldest `seq`

@@ -7,6 +7,11 @@
 //! even a message fetched before the seek, or a batch replayed after a crash
 //! before commit, is applied exactly once. Each event is also held to the
 //! sequence rule, the same one the deciders apply.
+//!
+//! Where the deciders run in the same process, their events also arrive
+//! straight from them, and are taken in log order with the ones fetched
+//! ([`Merge`]); the channel updates of a commit go straight to the gateway
+//! of the process, ahead of the outbox relay ([`tidings_schemas::shortcut`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +24,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset};
 use sqlx::{PgPool, Postgres, Transaction};
 use tidings_schemas::kafka::{KafkaSettings, Owned};
+use tidings_schemas::shortcut::{Merge, Origin, Shortcut};
 use tidings_schemas::{faults, Cursor, DomainEvent, EventEnvelope};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -28,11 +34,9 @@ use crate::db::Progress;
 use crate::outbox;
 use crate::projection::{self, Effects};
 
-/// Events per transaction, at most.
+/// Events per transaction, at most. A batch is what has arrived while the
+/// last transaction ran: nothing waits to make it larger.
 const MAX_BATCH: usize = 500;
-/// How long the projector keeps collecting a batch once it has one event:
-/// a little latency buys fewer, larger transactions under load.
-const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
@@ -41,6 +45,10 @@ pub struct ProjectorSettings {
     pub owned: Owned,
     /// Told of every commit, to wake the readers waiting for a position.
     pub progress: Progress,
+    /// Events as the deciders of this process wrote them.
+    pub events: Shortcut<OwnedMessage>,
+    /// Channel updates as committed, to the gateway of this process.
+    pub updates: Shortcut<outbox::Update>,
 }
 
 /// Notes partitions the group hands over, for the loop to seek them to the
@@ -82,13 +90,17 @@ pub async fn run(
             .context("creating the projector consumer")?,
     );
     consumer.subscribe(&[&topic])?;
+    let mut early = settings.events.open();
+    let mut merge = Merge::default();
+    let mut halted: Vec<i32> = Vec::new();
     tracing::info!(%group, "projector started");
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
-            message = consumer.recv() => message.map(|m| m.detach()),
+            message = consumer.recv() => message.map(|m| (Origin::Log, m.detach())),
+            Some(message) = early.recv() => Ok((Origin::Shortcut, message)),
         };
-        seek_assigned(&consumer, &topic, &db).await;
+        seek_assigned(&consumer, &topic, &db, &mut merge).await;
         let mut batch = match first {
             Ok(message) => vec![message],
             Err(error) => {
@@ -97,22 +109,44 @@ pub async fn run(
                 continue;
             }
         };
-        let window = tokio::time::Instant::now() + BATCH_WINDOW;
         while batch.len() < MAX_BATCH {
-            match consumer.recv().now_or_never() {
-                Some(Ok(message)) => batch.push(message.detach()),
-                Some(Err(_)) => break,
-                None if tokio::time::Instant::now() < window => tokio::task::yield_now().await,
-                None => break,
+            let mut more = false;
+            if let Ok(message) = early.try_recv() {
+                batch.push((Origin::Shortcut, message));
+                more = true;
             }
+            if let Some(Ok(message)) = consumer.recv().now_or_never() {
+                batch.push((Origin::Log, message.detach()));
+                more = true;
+            }
+            if !more {
+                break;
+            }
+        }
+        batch.retain(|(_, message)| !halted.contains(&message.partition()));
+        let batch = merge.admit(batch);
+        if batch.is_empty() {
+            continue;
         }
         let projected = project(&db, &batch).await?;
         for (partition, offset, reason) in &projected.halted {
             halt(&consumer, &topic, *partition, *offset, reason);
             settings.owned.halt(*partition);
+            // Nothing more of it is taken, from the log or a shortcut, until
+            // a restart with a build that reads the event.
+            halted.push(*partition);
+            merge.forget(*partition);
         }
         // The next offset of each partition of the batch, as now committed.
         let committed = &projected.offsets;
+        for &(partition, next) in committed {
+            merge.expect(partition, next);
+        }
+        if settings.updates.is_open() {
+            for update in &projected.numbered {
+                settings.updates.offer(update.clone());
+            }
+        }
         settings.progress.advance(committed.iter().copied());
         if let Some(cache) = &cache {
             for account in &projected.effects.accounts {
@@ -154,7 +188,12 @@ fn halt(
 /// Seeks newly assigned partitions to the offsets stored with the read
 /// models. A failed seek costs only re-reading: the transaction passes over
 /// what it already applied.
-async fn seek_assigned(consumer: &StreamConsumer<Assignments>, topic: &str, db: &PgPool) {
+async fn seek_assigned(
+    consumer: &StreamConsumer<Assignments>,
+    topic: &str,
+    db: &PgPool,
+    merge: &mut Merge,
+) {
     let assigned: Vec<i32> = std::mem::take(
         &mut *consumer
             .context()
@@ -179,10 +218,15 @@ async fn seek_assigned(consumer: &StreamConsumer<Assignments>, topic: &str, db: 
         }
     };
     for partition in assigned {
+        // Where it stood before it may have moved on in another process.
+        merge.forget(partition);
         let offset = stored
             .iter()
             .find(|(p, _)| *p == partition)
             .map_or(Offset::Beginning, |(_, next)| Offset::Offset(*next));
+        if let Offset::Offset(next) = offset {
+            merge.expect(partition, next);
+        }
         if let Err(error) = consumer.seek(topic, partition, offset, Duration::from_secs(5)) {
             tracing::debug!(%error, partition, "seek failed; reading from the committed position");
         } else {
@@ -202,6 +246,8 @@ pub struct Projected {
     pub halted: Vec<(i32, i64, String)>,
     /// The next offset of each partition of the batch, as committed.
     pub offsets: Vec<(i32, i64)>,
+    /// The channel updates appended to the outbox, numbered.
+    pub numbered: Vec<outbox::Update>,
 }
 
 /// Projects one batch in one transaction.
@@ -269,7 +315,7 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
             .effects
             .extend(projection::apply(&mut tx, &envelope, &event).await?);
     }
-    outbox::append(&mut tx, &projected.effects.updates).await?;
+    projected.numbered = outbox::append(&mut tx, &projected.effects.updates).await?;
     for ((kind, id), cursor) in &cursors {
         save_cursor(&mut tx, kind, id, cursor).await?;
     }

@@ -4,6 +4,12 @@
 //! `Command` channel; it hands each update to the sessions subscribed to its
 //! channel. A session whose queue is full is too slow to keep up: the hub
 //! drops it and tells it so, and the client resumes with `since`.
+//!
+//! Where the projector runs in the same process, updates also come straight
+//! from its commits, ahead of the relay and the topic
+//! ([`tidings_schemas::shortcut`]). So an update may come twice: the hub
+//! passes each channel's updates on only past the highest `seq` it passed
+//! on, and each session fills whatever gap it sees from the outbox.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +18,7 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::Message;
 use tidings_projections::outbox::Update;
 use tidings_schemas::kafka::{assign_at_end, KafkaSettings};
+use tidings_schemas::shortcut::Shortcut;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -51,8 +58,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts the hub and the follower of `tidings.updates`.
-    pub async fn start(kafka: &KafkaSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    /// Starts the hub, the follower of `tidings.updates` and the reader of
+    /// the projector's shortcut.
+    pub async fn start(
+        kafka: &KafkaSettings,
+        early: Shortcut<Update>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let consumer: StreamConsumer = kafka.consumer(None).create()?;
         let (topic, partitions) = (kafka.topics().updates, kafka.partitions);
         // Live from now on; what came before is the outbox's to replay.
@@ -64,6 +76,20 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(rx));
         tokio::spawn(follow(consumer, tx.clone(), shutdown.clone()));
+        let (mut early, hub) = (early.open(), tx.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let update = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    update = early.recv() => update,
+                };
+                let Some(update) = update else { return };
+                if hub.send(Command::Deliver(update)).is_err() {
+                    return;
+                }
+            }
+        });
         Ok(Hub {
             commands: tx,
             shutdown,
@@ -76,8 +102,16 @@ impl Hub {
     }
 }
 
+/// The subscribers of one channel, and the highest `(epoch, seq)` passed on
+/// to them.
+#[derive(Default)]
+struct Subscribers {
+    sessions: HashMap<Uuid, Subscriber>,
+    passed: (i64, i64),
+}
+
 async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut channels: HashMap<String, HashMap<Uuid, Subscriber>> = HashMap::new();
+    let mut channels: HashMap<String, Subscribers> = HashMap::new();
     while let Some(command) = commands.recv().await {
         match command {
             Command::Subscribe {
@@ -89,27 +123,35 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
                 channels
                     .entry(channel)
                     .or_default()
+                    .sessions
                     .insert(session, Subscriber { queue, too_slow });
             }
             Command::Unsubscribe { session, channel } => {
                 if let Some(subscribers) = channels.get_mut(&channel) {
-                    subscribers.remove(&session);
-                    if subscribers.is_empty() {
+                    subscribers.sessions.remove(&session);
+                    if subscribers.sessions.is_empty() {
                         channels.remove(&channel);
                     }
                 }
             }
             Command::Leave { session } => {
                 channels.retain(|_, subscribers| {
-                    subscribers.remove(&session);
-                    !subscribers.is_empty()
+                    subscribers.sessions.remove(&session);
+                    !subscribers.sessions.is_empty()
                 });
             }
             Command::Deliver(update) => {
                 let Some(subscribers) = channels.get_mut(&update.channel) else {
                     continue;
                 };
-                subscribers.retain(|_, subscriber| {
+                // A second copy (shortcut and topic), or one older than what
+                // went out: the sessions have it, or fill it from the outbox.
+                let (epoch, seq) = subscribers.passed;
+                if update.epoch == epoch && update.seq <= seq {
+                    continue;
+                }
+                subscribers.passed = (update.epoch, update.seq);
+                subscribers.sessions.retain(|_, subscriber| {
                     match subscriber.queue.try_send(update.clone()) {
                         Ok(()) => true,
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -119,7 +161,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
                         Err(mpsc::error::TrySendError::Closed(_)) => false,
                     }
                 });
-                if subscribers.is_empty() {
+                if subscribers.sessions.is_empty() {
                     channels.remove(&update.channel);
                 }
             }
@@ -223,6 +265,20 @@ mod tests {
         assert_eq!(next(&mut a).await, Some(1));
         assert_eq!(next(&mut b).await, Some(1));
         assert_eq!(next(&mut other).await, None);
+    }
+
+    #[tokio::test]
+    async fn an_update_that_comes_twice_is_passed_on_once() {
+        let hub = hub();
+        let mut a = session(8);
+        subscribe(&hub, &a, "user:1");
+        for seq in [1, 2, 1, 2, 3] {
+            hub.send(Command::Deliver(update("user:1", seq))).unwrap();
+        }
+        for seq in 1..=3 {
+            assert_eq!(next(&mut a).await, Some(seq));
+        }
+        assert_eq!(next(&mut a).await, None);
     }
 
     #[tokio::test]

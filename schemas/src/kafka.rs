@@ -28,6 +28,11 @@ pub struct KafkaSettings {
     /// How long a consumer-group member may stay silent before its partitions
     /// move to another; a join takes about half of it, so tests keep it short.
     pub session_timeout_ms: u32,
+    /// How long the broker may hold a fetch of a consumer that follows a
+    /// topic. A record crossing a topic waits about this long on tansu; see
+    /// [`KafkaSettings::consumer`].
+    #[serde(default = "default_fetch_wait_ms")]
+    pub fetch_wait_ms: u32,
     /// This process's `group.instance.id` in every group it joins (static
     /// membership): restarted under the same id, it takes its partitions
     /// back at once. tansu 0.6 expires a dead member only inside a later
@@ -50,6 +55,15 @@ impl Topics {
         [&self.commands, &self.events, &self.results, &self.updates]
     }
 }
+
+fn default_fetch_wait_ms() -> u32 {
+    100
+}
+
+/// The fetch wait of a consumer that reads on purpose, to an end it knows
+/// (a rebuild, reading back one's own writes): it parks no fetch for long,
+/// and its reads are on a write's path.
+pub const READING_FETCH_WAIT_MS: u32 = 10;
 
 /// The shortest session timeout under which members join with their
 /// `group.instance.id`. tansu 0.6 holds a static member's join and its sync
@@ -98,14 +112,16 @@ impl KafkaSettings {
     }
 
     /// A consumer that commits nothing by itself. With a `group` it joins
-    /// that consumer group; without, partitions are assigned by hand.
+    /// that consumer group; without, partitions are assigned by hand. It
+    /// follows its topic with [`KafkaSettings::fetch_wait_ms`]; one that
+    /// reads to a known end sets [`READING_FETCH_WAIT_MS`] instead.
     pub fn consumer(&self, group: Option<&str>) -> ClientConfig {
         let mut config = self.client();
         config
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
             .set("fetch.min.bytes", "1")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set(

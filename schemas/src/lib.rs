@@ -10,6 +10,8 @@
 //! - [`sequence`]: the one rule that decides whether an event applies;
 //! - [`position`]: the opaque "this far into the log" token;
 //! - [`kafka`]: topic names and client settings shared by every role;
+//! - [`shortcut`]: early in-process copies of records past a log hop, merged
+//!   back into log order by their readers;
 //! - [`channel`]: realtime channel names and who may read them;
 //! - [`asyncapi`]: the AsyncAPI 3 document of the WebSocket protocol and topics;
 //! - [`json`]: the JSON Schemas under `schemas/json/`, one per event type and
@@ -27,6 +29,7 @@ pub mod kafka;
 pub mod position;
 pub mod registry;
 pub mod sequence;
+pub mod shortcut;
 
 pub use channel::Channel;
 pub use envelope::{AggregateRef, EventEnvelope};

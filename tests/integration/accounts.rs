@@ -319,6 +319,7 @@ async fn an_unfinished_registration_is_swept_and_a_finished_one_kept() {
     let bus = CommandBus::connect(
         &world.settings.kafka(),
         std::time::Duration::from_secs(15),
+        Default::default(),
         tokio_util::sync::CancellationToken::new(),
     )
     .await
