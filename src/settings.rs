@@ -90,7 +90,7 @@ pub struct Settings {
     /// about this; between roles of one process the shortcuts skip the wait.
     /// Each parked fetch costs the broker CPU while idle: a longer wait costs
     /// less (DESIGN.md has the figures).
-    #[arg(long, env = "TIDINGS_KAFKA_FETCH_WAIT_MS", default_value_t = 100)]
+    #[arg(long, env = "TIDINGS_KAFKA_FETCH_WAIT_MS", default_value_t = 500)]
     pub kafka_fetch_wait_ms: u32,
     /// This process's name in its consumer groups (Kafka static membership,
     /// `group.instance.id`): a process restarted under the same name takes

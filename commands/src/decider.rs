@@ -27,7 +27,8 @@
 //!    [`MAX_ATTEMPTS`] they are answered `write_conflict`, and a retry is
 //!    decided afresh;
 //! 5. publishes the outcomes to `tidings.command-results`;
-//! 6. commits the commands' offsets.
+//! 6. commits the commands' offsets — steps 5 and 6 in the background while
+//!    the next batch is decided, one batch at a time and in order.
 //!
 //! Where the API runs in the same process, commands also arrive straight
 //! from its command bus as the broker acknowledged them, and are taken in
@@ -360,7 +361,7 @@ struct Snapshot {
 
 pub struct Decider {
     topics: Topics,
-    commands: StreamConsumer<Ownership>,
+    commands: Arc<StreamConsumer<Ownership>>,
     tail: StreamConsumer,
     /// For the ends of partitions: metadata calls block, so they run on the
     /// blocking pool with this client.
@@ -375,6 +376,10 @@ pub struct Decider {
     /// Whether `tail` is assigned: only while it reads (a rebuild, a
     /// read-back past another writer), so that it parks no fetch otherwise.
     tail_assigned: bool,
+    /// The last batch's outcomes going to `tidings.command-results`, then its
+    /// offsets being committed: the next batch is decided meanwhile, and
+    /// waits for it before it sends its own (one at a time, in order).
+    sending: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// Runs a decider until `shutdown`.
@@ -394,6 +399,7 @@ pub async fn run(
         })
         .context("creating the commands consumer")?;
     commands.subscribe(&[&topics.commands])?;
+    let commands = Arc::new(commands);
     let mut decider = Decider {
         tail: settings
             .kafka
@@ -410,6 +416,7 @@ pub async fn run(
         merge: Merge::default(),
         shortcuts: settings.shortcuts.clone(),
         tail_assigned: false,
+        sending: None,
     };
     let mut early = settings.shortcuts.bus.commands.open();
     tracing::info!(%group, "decider started");
@@ -443,6 +450,7 @@ pub async fn run(
         }
         decider.handle(batch).await?;
     }
+    decider.sent().await?;
     decider.commands.unsubscribe();
     Ok(())
 }
@@ -457,6 +465,30 @@ struct Decision {
     answer: Option<Outcome>,
     /// The aggregate's version right after this decision, as decided.
     version_after: u64,
+}
+
+/// Publishes outcomes to `tidings.command-results`, for the API processes
+/// that wait for them.
+async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    results: &[CommandResult],
+) -> anyhow::Result<()> {
+    let sends = results.iter().map(|result| {
+        let key = result.command_id.to_string();
+        let payload = serde_json::to_vec(result).expect("results serialize to JSON");
+        async move {
+            let record = FutureRecord::to(topic).key(&key).payload(&payload);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(error, _)| error)
+        }
+    });
+    try_join_all(sends)
+        .await
+        .context("publishing command results")?;
+    Ok(())
 }
 
 /// One event as the broker took it.
@@ -539,7 +571,6 @@ impl Decider {
                 self.shortcuts.bus.results.offer(result.clone());
             }
         }
-        self.publish(&results).await?;
         for result in &results {
             let kind = types
                 .get(&result.command_id)
@@ -563,13 +594,23 @@ impl Decider {
                 )?;
             }
         }
-        if commit.count() > 0 {
-            if let Err(error) = self.commands.commit(&commit, CommitMode::Async) {
-                // Not fatal: the commands are answered again, from the handled
-                // ones, after a rebalance.
-                tracing::warn!(%error, "committing command offsets");
+        self.sent().await?;
+        let (producer, topic, commands) = (
+            self.producer.clone(),
+            self.topics.results.clone(),
+            self.commands.clone(),
+        );
+        self.sending = Some(tokio::spawn(async move {
+            publish(&producer, &topic, &results).await?;
+            if commit.count() > 0 {
+                if let Err(error) = commands.commit(&commit, CommitMode::Async) {
+                    // Not fatal: the commands are answered again, from the
+                    // handled ones, after a rebalance.
+                    tracing::warn!(%error, "committing command offsets");
+                }
             }
-        }
+            Ok(())
+        }));
         for (&partition, state) in &self.partitions {
             if state.halted.is_some() {
                 self.commands.context().owned.halt(partition);
@@ -911,24 +952,13 @@ impl Decider {
         try_join_all(sends).await.context("writing events")
     }
 
-    async fn publish(&self, results: &[CommandResult]) -> anyhow::Result<()> {
-        let sends = results.iter().map(|result| {
-            let key = result.command_id.to_string();
-            let payload = serde_json::to_vec(result).expect("results serialize to JSON");
-            async move {
-                let record = FutureRecord::to(&self.topics.results)
-                    .key(&key)
-                    .payload(&payload);
-                self.producer
-                    .send(record, Duration::from_secs(30))
-                    .await
-                    .map_err(|(error, _)| error)
-            }
-        });
-        try_join_all(sends)
-            .await
-            .context("publishing command results")?;
-        Ok(())
+    /// Waits until the last batch's outcomes are published and its offsets
+    /// committed.
+    async fn sent(&mut self) -> anyhow::Result<()> {
+        match self.sending.take() {
+            Some(sending) => sending.await.context("publishing command results")?,
+            None => Ok(()),
+        }
     }
 
     /// Saves the partition's state, and the commands handled since the last

@@ -86,45 +86,70 @@ pub struct Update {
     pub data: serde_json::Value,
 }
 
-/// Numbers and appends updates inside the projector's transaction, and
-/// returns them numbered.
+/// Numbers and appends updates inside the projector's transaction, in one
+/// statement whatever their number, and returns them numbered, in order.
 pub async fn append(
     tx: &mut Transaction<'_, Postgres>,
     updates: &[ChannelUpdate],
 ) -> Result<Vec<Update>, sqlx::Error> {
-    let mut numbered = Vec::with_capacity(updates.len());
+    if updates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut channels = Vec::with_capacity(updates.len());
+    let mut events = Vec::with_capacity(updates.len());
+    let mut data = Vec::with_capacity(updates.len());
     for update in updates {
-        let (seq, epoch): (i64, i64) = sqlx::query_as(
-            "INSERT INTO channels (channel, seq) VALUES ($1, 1)
-             ON CONFLICT (channel) DO UPDATE SET seq = channels.seq + 1
-             RETURNING seq, epoch",
+        channels.push(update.channel.as_str());
+        events.push(update.event.as_str());
+        data.push(&update.data);
+    }
+    // Each channel's counter moves once by its number of updates; the
+    // updates take the numbers below the new value in their order.
+    let mut rows: Vec<(i64, Update)> = sqlx::query_as::<_, (i64, String, i64, i64, String, serde_json::Value)>(
+        "WITH input AS (
+           SELECT channel, event, data, ord
+           FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(channel, event, data, ord)
+         ), counts AS (
+           SELECT channel, count(*) AS n FROM input GROUP BY channel
+         ), bumped AS (
+           INSERT INTO channels (channel, seq) SELECT channel, n FROM counts ORDER BY channel
+           ON CONFLICT (channel) DO UPDATE SET seq = channels.seq + EXCLUDED.seq
+           RETURNING channel, seq, epoch
+         ), numbered AS (
+           SELECT i.ord, i.channel,
+                  b.seq - c.n + row_number() OVER (PARTITION BY i.channel ORDER BY i.ord) AS seq,
+                  b.epoch, i.event, i.data
+           FROM input i JOIN counts c USING (channel) JOIN bumped b USING (channel)
+         )
+         INSERT INTO channel_outbox (channel, seq, epoch, event, data)
+         SELECT channel, seq, epoch, event, data FROM numbered ORDER BY ord
+         RETURNING id, channel, seq, epoch, event, data",
+    )
+    .bind(&channels)
+    .bind(&events)
+    .bind(&data)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|(id, channel, seq, epoch, event, data)| {
+        (
+            id,
+            Update {
+                channel,
+                seq,
+                epoch,
+                event,
+                data,
+            },
         )
-        .bind(&update.channel)
-        .fetch_one(&mut **tx)
+    })
+    .collect();
+    rows.sort_by_key(|(id, _)| *id);
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut **tx)
         .await?;
-        sqlx::query("INSERT INTO channel_outbox (channel, seq, epoch, event, data) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&update.channel)
-            .bind(seq)
-            .bind(epoch)
-            .bind(&update.event)
-            .bind(&update.data)
-            .execute(&mut **tx)
-            .await?;
-        numbered.push(Update {
-            channel: update.channel.clone(),
-            seq,
-            epoch,
-            event: update.event.clone(),
-            data: update.data.clone(),
-        });
-    }
-    if !updates.is_empty() {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(NOTIFY_CHANNEL)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(numbered)
+    Ok(rows.into_iter().map(|(_, update)| update).collect())
 }
 
 /// Where a channel stands: its last `seq`, its `epoch`, and the oldest `seq`
@@ -252,6 +277,11 @@ async fn publish_pending(
     topic: &str,
 ) -> anyhow::Result<usize> {
     let mut tx = db.begin().await?;
+    // A mark lost with a crash of PostgreSQL only publishes its rows again;
+    // readers drop what they have by `seq`.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let rows: Vec<(i64, Update)> =
         sqlx::query_as::<_, (i64, String, i64, i64, String, serde_json::Value)>(
             "SELECT id, channel, seq, epoch, event, data FROM channel_outbox

@@ -258,6 +258,13 @@ pub struct Projected {
 /// partition. Skipping would leave the read models silently wrong.
 pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Projected> {
     let mut tx = db.begin().await?;
+    // The commit does not wait for the disk: what a crash of PostgreSQL
+    // could lose is the rows *and* the offsets of the last batches together,
+    // and the projector projects those events again from the log. The wait
+    // was most of a small batch's time (about 3 ms of 3.5 here).
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let mut partitions: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
     partitions.sort_unstable();
     partitions.dedup();
@@ -269,9 +276,10 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
     .await?
     .into_iter()
     .collect();
-    let mut cursors: HashMap<(String, String), Cursor> = HashMap::new();
     let mut projected = Projected::default();
-    let mut last_event_at: HashMap<i32, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    // Read first, so that the cursors of every aggregate of the batch are
+    // locked and read in one statement.
+    let mut events = Vec::with_capacity(batch.len());
     for message in batch {
         let (partition, offset) = (message.partition(), message.offset());
         if projected.halted.iter().any(|(p, _, _)| *p == partition) {
@@ -283,28 +291,25 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
         }
         let decoded = EventEnvelope::from_json(message.payload().unwrap_or_default())
             .and_then(|envelope| DomainEvent::decode(&envelope).map(|event| (envelope, event)));
-        let (envelope, event) = match decoded {
-            Ok(decoded) => decoded,
-            Err(error) => {
-                projected
-                    .halted
-                    .push((partition, offset, error.to_string()));
-                continue;
+        match decoded {
+            Ok((envelope, event)) => {
+                *next = offset + 1;
+                events.push((partition, envelope, event));
             }
-        };
-        *next = offset + 1;
+            Err(error) => projected
+                .halted
+                .push((partition, offset, error.to_string())),
+        }
+    }
+    let mut cursors = load_cursors(&mut tx, &events).await?;
+    let mut last_event_at: HashMap<i32, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    for (partition, envelope, event) in &events {
         let key = (
             envelope.aggregate.kind.as_str().to_owned(),
             envelope.aggregate.id.clone(),
         );
-        let cursor = match cursors.entry(key) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let cursor = load_cursor(&mut tx, &entry.key().0, &entry.key().1).await?;
-                entry.insert(cursor)
-            }
-        };
-        last_event_at.insert(partition, envelope.occurred_at);
+        let cursor = cursors.entry(key).or_default();
+        last_event_at.insert(*partition, envelope.occurred_at);
         metrics::counter!("tidings_projector_events_total").increment(1);
         if !envelope.admit(cursor) {
             metrics::counter!("tidings_events_skipped_total", "reader" => "projector").increment(1);
@@ -313,25 +318,27 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
         }
         projected
             .effects
-            .extend(projection::apply(&mut tx, &envelope, &event).await?);
+            .extend(projection::apply(&mut tx, envelope, event).await?);
     }
     projected.numbered = outbox::append(&mut tx, &projected.effects.updates).await?;
-    for ((kind, id), cursor) in &cursors {
-        save_cursor(&mut tx, kind, id, cursor).await?;
-    }
-    for (partition, next) in &offsets {
-        sqlx::query(
-            "INSERT INTO projector_offsets (partition, next_offset, updated_at, last_event_at) VALUES ($1, $2, now(), $3)
-             ON CONFLICT (partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now(),
-               last_event_at = coalesce(EXCLUDED.last_event_at, projector_offsets.last_event_at)",
-        )
-        .bind(partition)
-        .bind(next)
-        .bind(last_event_at.get(partition))
-        .execute(&mut *tx)
-        .await?;
-    }
+    save_cursors(&mut tx, &cursors).await?;
     projected.offsets = offsets.into_iter().collect();
+    let (parts, nexts): (Vec<i32>, Vec<i64>) = projected.offsets.iter().copied().unzip();
+    let times: Vec<Option<chrono::DateTime<chrono::Utc>>> = parts
+        .iter()
+        .map(|p| last_event_at.get(p).copied())
+        .collect();
+    sqlx::query(
+        "INSERT INTO projector_offsets (partition, next_offset, updated_at, last_event_at)
+         SELECT p, n, now(), t FROM UNNEST($1::integer[], $2::bigint[], $3::timestamptz[]) AS u(p, n, t)
+         ON CONFLICT (partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now(),
+           last_event_at = coalesce(EXCLUDED.last_event_at, projector_offsets.last_event_at)",
+    )
+    .bind(&parts)
+    .bind(&nexts)
+    .bind(&times)
+    .execute(&mut *tx)
+    .await?;
     // Waiters in other processes hear of the commit with it.
     crate::db::announce(&mut tx, &projected.offsets).await?;
     faults::pause_at("projector.before_commit");
@@ -339,43 +346,72 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
     Ok(projected)
 }
 
-async fn load_cursor(
+type AggregateKey = (String, String);
+
+/// Locks and reads the cursors of every aggregate the events touch, in one
+/// statement; an aggregate not projected yet starts from the beginning.
+async fn load_cursors(
     tx: &mut Transaction<'_, Postgres>,
-    kind: &str,
-    id: &str,
-) -> Result<Cursor, sqlx::Error> {
-    let row: Option<(i64, Option<Uuid>)> = sqlx::query_as(
-        "SELECT version, last_event FROM projected_aggregates
-         WHERE aggregate_type = $1 AND aggregate_id = $2 FOR UPDATE",
+    events: &[(i32, EventEnvelope, DomainEvent)],
+) -> Result<HashMap<AggregateKey, Cursor>, sqlx::Error> {
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(events.len());
+    for (_, envelope, _) in events {
+        kinds.push(envelope.aggregate.kind.as_str().to_owned());
+        ids.push(envelope.aggregate.id.clone());
+    }
+    let rows: Vec<(String, String, i64, Option<Uuid>)> = sqlx::query_as(
+        "SELECT p.aggregate_type, p.aggregate_id, p.version, p.last_event
+         FROM projected_aggregates p
+         JOIN (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[])) AS k(aggregate_type, aggregate_id)
+           ON p.aggregate_type = k.aggregate_type AND p.aggregate_id = k.aggregate_id
+         ORDER BY p.aggregate_type, p.aggregate_id
+         FOR UPDATE OF p",
     )
-    .bind(kind)
-    .bind(id)
-    .fetch_optional(&mut **tx)
+    .bind(&kinds)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(
-        row.map_or_else(Cursor::default, |(version, last_event)| Cursor {
-            version: version as u64,
-            last_event,
-        }),
-    )
+    Ok(rows
+        .into_iter()
+        .map(|(kind, id, version, last_event)| {
+            let cursor = Cursor {
+                version: version as u64,
+                last_event,
+            };
+            ((kind, id), cursor)
+        })
+        .collect())
 }
 
-async fn save_cursor(
+/// Stores the cursors of a batch, in one statement.
+async fn save_cursors(
     tx: &mut Transaction<'_, Postgres>,
-    kind: &str,
-    id: &str,
-    cursor: &Cursor,
+    cursors: &HashMap<AggregateKey, Cursor>,
 ) -> Result<(), sqlx::Error> {
+    if cursors.is_empty() {
+        return Ok(());
+    }
+    let mut kinds = Vec::with_capacity(cursors.len());
+    let mut ids = Vec::with_capacity(cursors.len());
+    let mut versions = Vec::with_capacity(cursors.len());
+    let mut lasts = Vec::with_capacity(cursors.len());
+    for ((kind, id), cursor) in cursors {
+        kinds.push(kind.as_str());
+        ids.push(id.as_str());
+        versions.push(cursor.version as i64);
+        lasts.push(cursor.last_event);
+    }
     sqlx::query(
         "INSERT INTO projected_aggregates (aggregate_type, aggregate_id, version, last_event)
-         VALUES ($1, $2, $3, $4)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::uuid[])
          ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
            SET version = EXCLUDED.version, last_event = EXCLUDED.last_event",
     )
-    .bind(kind)
-    .bind(id)
-    .bind(cursor.version as i64)
-    .bind(cursor.last_event)
+    .bind(&kinds)
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&lasts)
     .execute(&mut **tx)
     .await?;
     Ok(())

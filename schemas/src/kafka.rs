@@ -57,7 +57,7 @@ impl Topics {
 }
 
 fn default_fetch_wait_ms() -> u32 {
-    100
+    500
 }
 
 /// The fetch wait of a consumer that reads on purpose, to an end it knows
@@ -105,7 +105,7 @@ impl KafkaSettings {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "1")
+            .set("linger.ms", "0")
             .set("message.timeout.ms", "30000");
         config.remove("allow.auto.create.topics");
         config

@@ -312,8 +312,9 @@ async fn an_unfinished_registration_is_swept_and_a_finished_one_kept() {
 
     let world = World::new().await;
     let mut settings = world.settings.clone();
-    // Long enough for the steps below to finish before the sweeper looks.
-    settings.registration_timeout_secs = 3;
+    // Long enough for the steps below to finish before the sweeper looks:
+    // the test's own command bus crosses the topics, a fetch wait each way.
+    settings.registration_timeout_secs = 12;
     let app = world.start_with(settings, &ALL_ROLES).await;
     let client = Client::new(&app.base);
     let bus = CommandBus::connect(
@@ -358,7 +359,7 @@ async fn an_unfinished_registration_is_swept_and_a_finished_one_kept() {
         reply.status, reply.body
     );
     crate::support::eventually(
-        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(45),
         "the dead registration's claims are freed",
         || async { client.register("dead", "dead@example.com").await.status == 201 },
     )
