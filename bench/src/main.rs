@@ -219,7 +219,10 @@ async fn run_target(
                 &format!("Setup, {} engine", engine.label()),
             );
             failed.error = Some(format!("{e:#}"));
-            eprintln!("tidings-bench: setup of the {} engine failed: {e:#}", engine.label());
+            eprintln!(
+                "tidings-bench: setup of the {} engine failed: {e:#}",
+                engine.label()
+            );
             scenarios.push(failed);
         }
         Ok((target, users, scratch)) => {

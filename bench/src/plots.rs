@@ -52,12 +52,15 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// One engine's steps, `(concurrency, writes/s, p99 ms)`, and its raw
+/// produce rate.
+type Engine = (String, Vec<(f64, f64, f64)>, f64);
+
 /// What the scenarios hand over for plotting.
 #[derive(Default)]
 pub struct Plots {
     latencies: Vec<(String, Vec<(f64, f64)>)>,
-    /// Per engine: `(concurrency, writes/s, p99 ms)` and the raw produce rate.
-    throughput: Vec<(String, Vec<(f64, f64, f64)>, f64)>,
+    throughput: Vec<Engine>,
     socket_memory: Vec<(String, f64)>,
     fanout: Vec<(String, f64)>,
 }

@@ -167,6 +167,23 @@ pub fn figure(value: f64) -> String {
     }
 }
 
+/// A ratio with two significant digits at least: a small one must not
+/// read as zero.
+pub fn ratio(r: f64) -> String {
+    let magnitude = r.abs();
+    if !r.is_finite() {
+        "—".to_owned()
+    } else if magnitude >= 10.0 {
+        format!("{r:.1}")
+    } else if magnitude >= 0.1 || magnitude == 0.0 {
+        format!("{r:.2}")
+    } else {
+        // Digits down to the second significant one.
+        let decimals = (-magnitude.log10()).floor() as usize + 2;
+        format!("{r:.decimals$}")
+    }
+}
+
 fn with_unit(value: f64, unit: &str) -> String {
     if unit.is_empty() {
         figure(value)
@@ -183,7 +200,7 @@ impl Row {
         );
         let ratio = self
             .ratio
-            .map_or_else(|| "—".to_owned(), |r| format!("{r:.2}×"));
+            .map_or_else(|| "—".to_owned(), |r| format!("{}×", ratio(r)));
         let target = self.target.as_ref().map_or_else(
             || "—".to_owned(),
             |t| format!("{} {}", t.text, if t.met { "✔" } else { "✘" }),
@@ -324,10 +341,20 @@ mod tests {
     }
 
     #[test]
+    fn a_small_ratio_keeps_two_digits() {
+        assert_eq!(ratio(0.0023), "0.0023");
+        assert_eq!(ratio(0.043), "0.043");
+        assert_eq!(ratio(0.43), "0.43");
+        assert_eq!(ratio(143.35), "143.3");
+    }
+
+    #[test]
     fn a_ratio_target_is_met_or_not() {
-        let row = Row::new("x", 8.0, "/s")
-            .against("raw", 10.0)
-            .ratio_target(Bound::AtLeast, 0.8, "≥ 80 % of raw");
+        let row = Row::new("x", 8.0, "/s").against("raw", 10.0).ratio_target(
+            Bound::AtLeast,
+            0.8,
+            "≥ 80 % of raw",
+        );
         assert!(row.target.unwrap().met);
         let row = Row::new("x", 6.0, "ms").target(Bound::AtMost, 5.0, "p50 ≤ 5 ms");
         assert!(!row.target.unwrap().met);

@@ -324,7 +324,10 @@ impl Managed {
                 bail!("tidings exited ({status}); its log:\n{log}");
             }
             if Instant::now() > deadline {
-                bail!("tidings did not come up within {within:?}; log: {}", self.log.display());
+                bail!(
+                    "tidings did not come up within {within:?}; log: {}",
+                    self.log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -72,11 +72,20 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     );
     let writes = (f64::from(plan.fanout_rate) * plan.step.as_secs_f64()).round() as usize;
     // A user of its own: no other socket of the run listens on its channel.
-    let user = ctx.target.api.register(&format!("f{}", ctx.run)).await?.user;
+    let user = ctx
+        .target
+        .api
+        .register(&format!("f{}", ctx.run))
+        .await?
+        .user;
 
     let tracker = Tracker::new(writes, KEEP);
     let sockets = ctx
-        .tidings_sockets(&[user.token.as_str()], plan.fanout_sockets, Some(tracker.clone()))
+        .tidings_sockets(
+            &[user.token.as_str()],
+            plan.fanout_sockets,
+            Some(tracker.clone()),
+        )
         .await;
     if sockets.failed > 0 {
         anyhow::bail!(
@@ -141,7 +150,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     );
     if let Some(faster) = faster {
         row = row
-            .against(format!("faster peer ({})", faster.name), faster.per_cpu_second)
+            .against(
+                format!("faster peer ({})", faster.name),
+                faster.per_cpu_second,
+            )
             .ratio_target(Bound::AtLeast, 2.0, "≥ 2 × the faster peer");
     }
     scenario.rows.push(row);

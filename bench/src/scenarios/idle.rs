@@ -22,7 +22,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     ]);
     tokio::time::sleep(plan.idle).await;
     let cpu = cpu.stop();
-    let open = sockets.len() - sockets.ended_early.load(std::sync::atomic::Ordering::Relaxed);
+    let open = sockets.len()
+        - sockets
+            .ended_early
+            .load(std::sync::atomic::Ordering::Relaxed);
     sockets.close().await;
     let seconds = format!("{:.0} s", cpu.seconds);
     scenario.rows.push(

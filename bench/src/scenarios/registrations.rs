@@ -33,10 +33,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
 
     // The raw rate first, Tidings idle: every core hashing.
     let hashing = plan.argon2;
-    let (raw, hashes) = tokio::task::spawn_blocking(move || {
-        crate::limits::argon2_rate(cores, hashing)
-    })
-    .await?;
+    let (raw, hashes) =
+        tokio::task::spawn_blocking(move || crate::limits::argon2_rate(cores, hashing)).await?;
 
     let peak_reset = procfs::reset_peak(pid);
     let before = procfs::rss_mib(pid).unwrap_or(0.0);
@@ -46,7 +44,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         async move {
             let (mut peak, mut killed) = (0.0_f64, false);
             while !done.load(Ordering::Relaxed) {
-                let Some(rss) = procfs::rss_mib(pid) else { break };
+                let Some(rss) = procfs::rss_mib(pid) else {
+                    break;
+                };
                 peak = peak.max(rss);
                 if rss - before > KILL_AT_MIB {
                     let _ = nix::sys::signal::kill(
@@ -82,7 +82,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     let hwm = procfs::memory_kib(pid, "VmHWM").map_or(0.0, |k| k as f64 / 1024.0);
     // With the peak reset the high-water mark belongs to the burst; without
     // it (an old kernel) only the samples do.
-    let peak = if peak_reset { hwm.max(peak_seen) } else { peak_seen };
+    let peak = if peak_reset {
+        hwm.max(peak_seen)
+    } else {
+        peak_seen
+    };
     let growth = peak - before;
     if killed {
         anyhow::bail!("Tidings grew past {KILL_AT_MIB} MiB and was killed");

@@ -85,7 +85,10 @@ async fn rounds(
         let rss_open_mib = rss()?;
         let (opened, failed) = (sockets.len(), sockets.failed);
         if let Some(error) = &sockets.first_error {
-            eprintln!("  {name}, round {}: {failed} sockets failed: {error}", round + 1);
+            eprintln!(
+                "  {name}, round {}: {failed} sockets failed: {error}",
+                round + 1
+            );
         }
         sockets.close().await;
         tokio::time::sleep(plan.close_settle).await;
@@ -114,9 +117,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     );
     let tokens: Vec<String> = ctx.users.iter().map(|u| u.token.clone()).collect();
     let api = ctx.target.api.clone();
-    let tidings = rounds(ctx, "Tidings", ctx.target.pid, crate::ws::Protocol::Tidings, |i| {
-        api.ws_url(&tokens[i % tokens.len()])
-    })
+    let tidings = rounds(
+        ctx,
+        "Tidings",
+        ctx.target.pid,
+        crate::ws::Protocol::Tidings,
+        |i| api.ws_url(&tokens[i % tokens.len()]),
+    )
     .await?;
 
     let mut peers = Vec::new();
@@ -136,15 +143,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         Err(why) => scenario.notes.push(format!("no peers: {why}")),
     }
 
-    let mut row = Row::new(
-        "RSS per idle socket",
-        tidings.kib_per_socket(),
-        "KiB",
-    );
+    let mut row = Row::new("RSS per idle socket", tidings.kib_per_socket(), "KiB");
     if let Some(ws) = peers.iter().find(|p| p.name == Kind::Ws.label()) {
-        row = row
-            .against("npm ws", ws.kib_per_socket())
-            .ratio_target(Bound::AtMost, 0.75, "≤ 0.75 × npm ws");
+        row = row.against("npm ws", ws.kib_per_socket()).ratio_target(
+            Bound::AtMost,
+            0.75,
+            "≤ 0.75 × npm ws",
+        );
     }
     scenario.rows.push(row);
     if let Some(io) = peers.iter().find(|p| p.name == Kind::SocketIo.label()) {
@@ -153,8 +158,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
                 .against("socket.io", io.kib_per_socket()),
         );
     }
-    let mut after = Row::new("RSS after close, over the start (worst round)", tidings.after_close_mib(), "MiB")
-        .target(Bound::AtMost, 50.0, "≤ 50 MiB");
+    let mut after = Row::new(
+        "RSS after close, over the start (worst round)",
+        tidings.after_close_mib(),
+        "MiB",
+    )
+    .target(Bound::AtMost, 50.0, "≤ 50 MiB");
     if let Some(ws) = peers.iter().find(|p| p.name == Kind::Ws.label()) {
         after = Row {
             limit: Some(("npm ws".into(), ws.after_close_mib())),

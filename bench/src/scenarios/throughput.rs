@@ -118,8 +118,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
 
     // The same payloads, raw: the command records this scenario wrote.
     let commands = format!("{}.commands", ctx.target.topic_prefix);
-    let mut payloads =
-        crate::limits::capture(&ctx.target.broker, &commands, "bench-", 64).await?;
+    let mut payloads = crate::limits::capture(&ctx.target.broker, &commands, "bench-", 64).await?;
     if payloads.is_empty() {
         notes.push("no command record could be read back: the raw produce sends frames of 600 bytes instead".into());
         payloads.push(crate::ws::payload(0, 600));

@@ -42,8 +42,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
 
     // The same bytes as a command of Tidings, where they can be read.
     let commands = format!("{}.commands", ctx.target.topic_prefix);
-    let captured =
-        crate::limits::capture(&ctx.target.broker, &commands, "bench-", 1).await?;
+    let captured = crate::limits::capture(&ctx.target.broker, &commands, "bench-", 1).await?;
     let payload = captured
         .into_iter()
         .next()
@@ -81,10 +80,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     // A registration: one hash, then three command round trips (open the
     // account, both claims at once, activate), each at least a write.
     let register_floor = h.p50 + 3.0 * f.p50;
-    scenario.rows.push(
-        Row::new("register → 201, p50", r.p50, "ms")
-            .against("1 argon2id hash + 3 × (produce + commit), p50", register_floor),
-    );
+    scenario
+        .rows
+        .push(Row::new("register → 201, p50", r.p50, "ms").against(
+            "1 argon2id hash + 3 × (produce + commit), p50",
+            register_floor,
+        ));
     scenario.notes.push(format!(
         "{} sequential writes; the floor's produce p50 {:.2} ms, commit p50 {:.2} ms; \
          a broker round trip (produce, then consume back with fetch.wait.max.ms 10 as Tidings does) p50 {:.2} ms, p99 {:.2} ms",
