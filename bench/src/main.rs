@@ -170,6 +170,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Vec::new()
         }
     };
+    if let Some(readme) = &args.readme {
+        report.update_readme(readme, &out, &drawn)?;
+        eprintln!("tidings-bench: {} updated", readme.display());
+    }
     println!("\n{}", report.text_table());
     for scenario in &report.scenarios {
         for note in &scenario.notes {

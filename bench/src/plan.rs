@@ -92,6 +92,10 @@ pub struct Args {
     /// Seconds each load step runs (open-loop rates, concurrency steps).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Rewrites the results block of this README (between its markers)
+    /// with the table and plots of this run.
+    #[arg(long)]
+    pub readme: Option<PathBuf>,
     /// The commit measured, written with the results.
     #[arg(long, env = "BENCH_COMMIT")]
     pub commit: Option<String>,

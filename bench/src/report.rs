@@ -215,6 +215,10 @@ impl Row {
     }
 }
 
+/// The markers of the generated block in the README.
+pub const README_BEGIN: &str = "<!-- bench results: written by scripts/bench -->";
+pub const README_END: &str = "<!-- end of bench results -->";
+
 const HEADER: [&str; 6] = [
     "scenario",
     "measure",
@@ -276,6 +280,17 @@ impl Report {
         out
     }
 
+    fn markdown_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "| {} |", HEADER.join(" | "));
+        let _ = writeln!(out, "|{}", " --- |".repeat(HEADER.len()));
+        for row in self.table_rows() {
+            let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+        out
+    }
+
     /// The table in Markdown, with the machine and the notes.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -295,12 +310,7 @@ impl Report {
             let _ = writeln!(out, "- {line}");
         }
         out.push('\n');
-        let _ = writeln!(out, "| {} |", HEADER.join(" | "));
-        let _ = writeln!(out, "|{}", " --- |".repeat(HEADER.len()));
-        for row in self.table_rows() {
-            let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
-            let _ = writeln!(out, "| {} |", cells.join(" | "));
-        }
+        out.push_str(&self.markdown_table());
         out.push_str("\nRatios are Tidings over the limit measured beside it in the same run.\n");
         let noted: Vec<&Scenario> = self
             .scenarios
@@ -316,6 +326,62 @@ impl Report {
             }
         }
         out
+    }
+
+    /// The block of the README's "Performance" section: the machine, the
+    /// table, and the plots (paths as written, relative to the README).
+    pub fn readme_block(&self, results: &Path, plots: &[std::path::PathBuf]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Latest full run: {}{}, on {}. Notes and every figure: [`{}`]({}) and `results.json` beside it.\n",
+            self.finished_at,
+            self.commit
+                .as_ref()
+                .map(|c| format!(" (commit `{c}`)"))
+                .unwrap_or_default(),
+            self.machine.describe(),
+            results.join("results.md").display(),
+            results.join("results.md").display(),
+        );
+        out.push_str(&self.markdown_table());
+        if !plots.is_empty() {
+            out.push('\n');
+            for plot in plots {
+                let name = plot
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let _ = writeln!(out, "![{name}]({})", plot.display());
+            }
+        }
+        out
+    }
+
+    /// Replaces what stands between [`README_BEGIN`] and [`README_END`] in
+    /// `readme` with [`Report::readme_block`].
+    pub fn update_readme(
+        &self,
+        readme: &Path,
+        results: &Path,
+        plots: &[std::path::PathBuf],
+    ) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(readme)
+            .with_context(|| format!("reading {}", readme.display()))?;
+        let (Some(begin), Some(end)) = (text.find(README_BEGIN), text.find(README_END)) else {
+            anyhow::bail!(
+                "{} has no {README_BEGIN} … {README_END} block",
+                readme.display()
+            );
+        };
+        let updated = format!(
+            "{}{README_BEGIN}\n{}{}",
+            &text[..begin],
+            self.readme_block(results, plots),
+            &text[end..]
+        );
+        std::fs::write(readme, updated)?;
+        Ok(())
     }
 
     /// Writes `results.json` and `results.md` into `dir`.
