@@ -242,7 +242,35 @@ async fn run_target(
             for id in selected {
                 eprintln!("tidings-bench: {id} ({} engine)…", engine.label());
                 let started = Instant::now();
-                let mut scenario = run_scenario(&ctx, id).await.unwrap_or_else(|e| {
+                let result = if procfs::cpu_seconds(ctx.target.pid).is_some() {
+                    let (waited, quiet) = settle(ctx.target.pid, plan.settle).await;
+                    if !quiet || waited > Duration::from_secs(5) {
+                        eprintln!(
+                            "  waited {:.0} s for Tidings to go quiet{}",
+                            waited.as_secs_f64(),
+                            if quiet { "" } else { " (it did not)" }
+                        );
+                    }
+                    run_scenario(&ctx, id).await.map(|mut s| {
+                        if !quiet {
+                            s.notes.push(format!(
+                                "Tidings was still busy with what came before after {:.0} s of waiting",
+                                waited.as_secs_f64()
+                            ));
+                        }
+                        s
+                    })
+                } else {
+                    Err(anyhow::anyhow!(
+                        "the Tidings under test (pid {}) is gone{}",
+                        ctx.target.pid,
+                        managed
+                            .as_ref()
+                            .map(|m| format!("; its log: {}", m.log.display()))
+                            .unwrap_or_default()
+                    ))
+                };
+                let mut scenario = result.unwrap_or_else(|e| {
                     let mut failed = Scenario::new(id, id);
                     failed.error = Some(format!("{e:#}"));
                     failed
@@ -265,6 +293,28 @@ async fn run_target(
         }
     }
     (scenarios, plots, setup)
+}
+
+/// Below this share of a core over a second, Tidings counts as quiet (it
+/// idles at a few per cent: heartbeats, parked fetches).
+const QUIET_PCT: f64 = 15.0;
+
+/// Waits until Tidings is quiet, `within` at most: a scenario must not pay
+/// for the backlog the previous one left. How long it waited, and whether
+/// Tidings went quiet.
+async fn settle(pid: u32, within: Duration) -> (Duration, bool) {
+    let started = Instant::now();
+    loop {
+        let watch = procfs::CpuWatch::start(&[("tidings", pid)]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = watch.stop().pct("tidings").unwrap_or(0.0);
+        if busy < QUIET_PCT {
+            return (started.elapsed(), true);
+        }
+        if started.elapsed() >= within {
+            return (started.elapsed(), false);
+        }
+    }
 }
 
 async fn run_scenario(ctx: &Ctx, id: &str) -> anyhow::Result<Scenario> {

@@ -127,6 +127,10 @@ pub struct Plan {
     pub fanout_rate: u32,
     /// How long deliveries still in flight are waited for after a load.
     pub drain: Duration,
+    /// How long the bench waits at most, before each scenario, for Tidings
+    /// to work off what the previous one left (an overload leaves a
+    /// backlog of commands in the log).
+    pub settle: Duration,
 }
 
 impl Plan {
@@ -154,6 +158,7 @@ impl Plan {
                 fanout_sockets: 100,
                 fanout_rate: 10,
                 drain: Duration::from_secs(5),
+                settle: Duration::from_secs(15),
             }
         } else {
             Plan {
@@ -180,6 +185,7 @@ impl Plan {
                 fanout_sockets: 1_000,
                 fanout_rate: 10,
                 drain: Duration::from_secs(10),
+                settle: Duration::from_secs(180),
             }
         };
         if let Some(n) = args.sockets {
@@ -222,7 +228,7 @@ impl Plan {
                 self.step.as_secs_f64()
             ),
             format!(
-                "open-loop write rates {:?}/s; closed-loop concurrency {:?}… up to {} until p99 > 50 ms",
+                "open-loop write rates {:?}/s; closed-loop concurrency {:?}, then ×4 up to {} while p99 ≤ 50 ms",
                 self.latency_rates, self.concurrency, self.max_concurrency
             ),
             format!(

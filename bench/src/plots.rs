@@ -127,7 +127,8 @@ impl Plots {
         let values = self
             .latencies
             .iter()
-            .flat_map(|(_, c)| c.iter().map(|(_, ms)| *ms));
+            .flat_map(|(_, c)| c.iter().map(|(_, ms)| *ms))
+            .filter(|ms| ms.is_finite());
         let (low, high) = values.fold((f64::MAX, 0.0_f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let (low, high) = ((low * 0.8).max(0.01), (high * 1.25).max(0.1));
         let mut chart = ChartBuilder::on(&root)
@@ -153,7 +154,7 @@ impl Plots {
             let color = COLORS[i % COLORS.len()];
             let points: Vec<(f64, f64)> = curve
                 .iter()
-                .filter(|(p, _)| *p <= 99.9)
+                .filter(|(p, ms)| *p <= 99.9 && ms.is_finite())
                 .map(|(p, ms)| (stretch(*p), ms.max(low)))
                 .collect();
             chart

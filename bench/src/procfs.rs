@@ -96,7 +96,8 @@ impl CpuUse {
     pub fn generator_bound(&self) -> bool {
         let cores = cores() as f64;
         let generator_share = self.generator_pct / (cores * 100.0);
-        self.machine_busy_pct >= 90.0 && generator_share >= 0.3
+        // Shorter than a second is a few clock ticks: too coarse to say.
+        self.seconds >= 1.0 && self.machine_busy_pct >= 90.0 && generator_share >= 0.3
     }
 
     /// A line for the notes of a scenario.

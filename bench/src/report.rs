@@ -140,8 +140,11 @@ pub struct Report {
 /// A figure as the table shows it: three significant digits or so.
 pub fn figure(value: f64) -> String {
     let magnitude = value.abs();
-    if !value.is_finite() {
+    if value.is_nan() {
         "—".to_owned()
+    } else if value.is_infinite() {
+        // A latency of what never came.
+        "∞".to_owned()
     } else if magnitude >= 1000.0 {
         let whole = value.round() as i64;
         // Thousands separated by a comma, as the README writes figures.

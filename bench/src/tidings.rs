@@ -170,8 +170,9 @@ impl Api {
         }
     }
 
-    /// `PATCH /api/profile {bio}`; the status.
-    pub async fn patch_bio(&self, token: &str, bio: &str) -> anyhow::Result<u16> {
+    /// `PATCH /api/profile {bio}`: its status, and the `code` of a
+    /// problem answer.
+    pub async fn patch_bio(&self, token: &str, bio: &str) -> anyhow::Result<(u16, String)> {
         let response = self
             .http
             .patch(format!("{}/api/profile", self.base))
@@ -181,8 +182,27 @@ impl Api {
             .await?;
         let status = response.status().as_u16();
         // The body is read to the end so the connection goes back to the pool.
-        let _ = response.bytes().await?;
-        Ok(status)
+        let body = response.bytes().await?;
+        let code = if status >= 400 {
+            serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|b| b["code"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((status, code))
+    }
+
+    /// A write as the scenarios count it: `Ok(())` when Tidings accepted it
+    /// (200, or 202 when its projector lags), else what it answered.
+    pub async fn write(&self, token: &str, bio: &str) -> Result<(), String> {
+        match self.patch_bio(token, bio).await {
+            Ok((200 | 202, _)) => Ok(()),
+            Ok((status, code)) if code.is_empty() => Err(status.to_string()),
+            Ok((status, code)) => Err(format!("{status} {code}")),
+            Err(_) => Err("no answer".into()),
+        }
     }
 
     /// Whether `/ready` says 200.
@@ -341,6 +361,9 @@ impl Managed {
     /// database and Redis keys. Its topics stay: deleting a topic under a
     /// consumer that is still closing breaks tansu 0.6's SQLite engine.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // A process that ended by itself keeps its log for whoever looks
+        // into why.
+        let ended = self.child.try_wait()?;
         if let Some(pid) = self.child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -355,8 +378,16 @@ impl Managed {
         }
         drop_database(&self.name).await?;
         delete_redis_keys(&self.name).await?;
-        let _ = std::fs::remove_file(&self.log);
-        Ok(())
+        match ended {
+            Some(status) => bail!(
+                "tidings had ended by itself ({status}) before the bench stopped it; its log: {}",
+                self.log.display()
+            ),
+            None => {
+                let _ = std::fs::remove_file(&self.log);
+                Ok(())
+            }
+        }
     }
 }
 

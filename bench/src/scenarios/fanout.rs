@@ -105,8 +105,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         let replies = replies.clone();
         tracker.sent(k, due);
         async move {
-            let status = api.patch_bio(&token, &marker(k)).await.unwrap_or(0);
-            replies.push(due.elapsed().as_secs_f64() * 1e3, status);
+            let answer = api.write(&token, &marker(k)).await;
+            replies.push(due.elapsed().as_secs_f64() * 1e3, answer);
         }
     })
     .await;
@@ -231,11 +231,12 @@ async fn broadcast(
         tracker.sent(k, due);
         let (trigger, answers) = (trigger.clone(), answers.clone());
         async move {
-            let status = match trigger.broadcast(payload(k, frame_bytes)).await {
-                Ok(_) => 200,
-                Err(_) => 0,
-            };
-            answers.push(due.elapsed().as_secs_f64() * 1e3, status);
+            let answer = trigger
+                .broadcast(payload(k, frame_bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"));
+            answers.push(due.elapsed().as_secs_f64() * 1e3, answer);
         }
     })
     .await;

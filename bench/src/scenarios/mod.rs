@@ -125,28 +125,30 @@ pub async fn wait_for(within: Duration, mut done: impl FnMut() -> bool) -> bool 
     true
 }
 
-/// Replies of writes: latency (ms, from when each was due) and status.
+/// Answers of writes: latency (ms, from when each was due) and whether it
+/// was accepted, or what was answered instead.
 #[derive(Default)]
-pub struct Replies(Mutex<Vec<(f64, u16)>>);
+pub struct Replies(Mutex<Vec<(f64, Result<(), String>)>>);
+
+/// How many writes got each answer that was not an acceptance.
+pub type Refused = std::collections::BTreeMap<String, usize>;
 
 impl Replies {
-    pub fn push(&self, ms: f64, status: u16) {
+    pub fn push(&self, ms: f64, answer: Result<(), String>) {
         if let Ok(mut replies) = self.0.lock() {
-            replies.push((ms, status));
+            replies.push((ms, answer));
         }
     }
 
-    /// Latencies of the writes Tidings accepted (200, or 202 when its
-    /// projector lags), and how many of each other status (0 = no answer).
-    pub fn split(&self) -> (Vec<f64>, std::collections::BTreeMap<u16, usize>) {
-        let replies = self.0.lock().map(|r| r.clone()).unwrap_or_default();
+    /// Latencies of the accepted writes, and the other answers counted.
+    pub fn split(&self) -> (Vec<f64>, Refused) {
+        let replies = std::mem::take(&mut *self.0.lock().expect("no panic holds it"));
         let mut accepted = Vec::new();
-        let mut others = std::collections::BTreeMap::new();
-        for (ms, status) in replies {
-            if status == 200 || status == 202 {
-                accepted.push(ms);
-            } else {
-                *others.entry(status).or_default() += 1;
+        let mut others = Refused::new();
+        for (ms, answer) in replies {
+            match answer {
+                Ok(()) => accepted.push(ms),
+                Err(what) => *others.entry(what).or_default() += 1,
             }
         }
         (accepted, others)
@@ -154,17 +156,11 @@ impl Replies {
 }
 
 /// A note for anything but a clean run of writes.
-pub fn refused_note(others: &std::collections::BTreeMap<u16, usize>) -> Option<String> {
+pub fn refused_note(others: &Refused) -> Option<String> {
     (!others.is_empty()).then(|| {
         let parts: Vec<String> = others
             .iter()
-            .map(|(status, n)| {
-                if *status == 0 {
-                    format!("{n} without an answer")
-                } else {
-                    format!("{n} × {status}")
-                }
-            })
+            .map(|(what, n)| format!("{n} × {what}"))
             .collect();
         format!("writes not accepted: {}", parts.join(", "))
     })

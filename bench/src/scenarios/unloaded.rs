@@ -26,16 +26,16 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     // Markers far from the other scenarios': each write changes the bio.
     let base = 1_000_000_000;
     for k in 0..WARM_UP {
-        api.patch_bio(&user.token, &marker(base + k)).await?;
+        let _ = api.patch_bio(&user.token, &marker(base + k)).await?;
     }
     let mut writes = Vec::with_capacity(plan.unloaded_writes);
     for k in 0..plan.unloaded_writes {
         let started = Instant::now();
-        let status = api
+        let (status, code) = api
             .patch_bio(&user.token, &marker(base + WARM_UP + k))
             .await?;
         if status != 200 {
-            bail!("PATCH /api/profile answered {status}");
+            bail!("PATCH /api/profile answered {status} {code}");
         }
         writes.push(started.elapsed());
     }
