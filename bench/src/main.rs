@@ -57,20 +57,47 @@ use crate::tidings::{Api, Engine, Managed, Target, User};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("tidings-bench: {e:#}");
-            ExitCode::from(2)
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    tokio::select! {
+        outcome = run(args, &run_id) => match outcome {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("tidings-bench: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        // The run is dropped: the processes it started are killed with it
+        // (kill_on_drop); what they made is removed here.
+        () = interrupted() => {
+            eprintln!("tidings-bench: interrupted; removing this run's databases and keys");
+            if let Err(e) = tidings::clean_up_run(&run_id).await {
+                eprintln!("tidings-bench: cleaning up: {e:#}");
+            }
+            ExitCode::from(130)
         }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
     }
 }
 
 /// Runs the suite; whether every scenario ran (a scenario that could not
 /// run is in the report with its error, and fails the command: CI runs
 /// `--quick` to prove the bench works, and asserts nothing about speed).
-async fn run(args: Args) -> anyhow::Result<bool> {
+async fn run(args: Args, run_id: &str) -> anyhow::Result<bool> {
     let plan = Plan::new(&args);
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(if plan.quick {
@@ -84,7 +111,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let files = procfs::raise_open_files(wanted)?;
     let started_at = chrono::Utc::now();
     let machine = procfs::Machine::read();
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let mut setup = plan.describe();
     eprintln!(
         "tidings-bench ({} run) on {}; results in {}",
@@ -118,7 +144,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         primary,
         &args.kafka,
         &selected,
-        &run_id,
+        run_id,
         peers.clone(),
     )
     .await;
@@ -138,7 +164,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 Engine::Memory,
                 &args.memory_kafka,
                 &["throughput"],
-                &run_id,
+                run_id,
                 peers.clone(),
             )
             .await;
@@ -251,7 +277,20 @@ async fn run_target(
                             if quiet { "" } else { " (it did not)" }
                         );
                     }
-                    run_scenario(&ctx, id).await.map(|mut s| {
+                    // A Tidings whose roles own no partition (its group
+                    // rebalancing after an overload) answers no write: what
+                    // a scenario would measure then is a timeout.
+                    match ctx.target.api.wait_ready(plan.settle).await {
+                        Ok(()) => run_scenario(&ctx, id).await,
+                        Err(e) => Err(e.context(format!(
+                            "Tidings is not ready (GET /ready){}",
+                            managed
+                                .as_ref()
+                                .map(|m| format!("; its log: {}", m.log.display()))
+                                .unwrap_or_default()
+                        ))),
+                    }
+                    .map(|mut s| {
                         if !quiet {
                             s.notes.push(format!(
                                 "Tidings was still busy with what came before after {:.0} s of waiting",
@@ -345,7 +384,8 @@ async fn prepare(
 ) -> anyhow::Result<(Target, Vec<User>, limits::Scratch)> {
     let (base, pid, prefix) = match &args.tidings_bin {
         Some(bin) => {
-            let started = Managed::start(bin, broker, engine).await?;
+            let name = format!("tidings_bench_{run_id}_{}", engine.label());
+            let started = Managed::start(bin, broker, &name).await?;
             let found = (started.base.clone(), started.pid(), started.name.clone());
             setup.push(format!(
                 "{} engine: Tidings {} started by the bench on {} (broker {broker}, prefix {})",
