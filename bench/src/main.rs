@@ -269,12 +269,14 @@ async fn run_target(
                 eprintln!("tidings-bench: {id} ({} engine)…", engine.label());
                 let started = Instant::now();
                 let result = if procfs::cpu_seconds(ctx.target.pid).is_some() {
-                    let (waited, quiet) = settle(ctx.target.pid, plan.settle).await;
-                    if !quiet || waited > Duration::from_secs(5) {
+                    let (waited, busy) = settle(&ctx.target, plan.settle).await;
+                    if busy.is_some() || waited > Duration::from_secs(5) {
                         eprintln!(
                             "  waited {:.0} s for Tidings to go quiet{}",
                             waited.as_secs_f64(),
-                            if quiet { "" } else { " (it did not)" }
+                            busy.as_deref()
+                                .map(|b| format!(" ({b})"))
+                                .unwrap_or_default()
                         );
                     }
                     // A Tidings whose roles own no partition (its group
@@ -291,9 +293,9 @@ async fn run_target(
                         ))),
                     }
                     .map(|mut s| {
-                        if !quiet {
+                        if let Some(busy) = &busy {
                             s.notes.push(format!(
-                                "Tidings was still busy with what came before after {:.0} s of waiting",
+                                "when it started, after {:.0} s of waiting, Tidings had not worked off what came before: {busy}",
                                 waited.as_secs_f64()
                             ));
                         }
@@ -338,20 +340,27 @@ async fn run_target(
 /// idles at a few per cent: heartbeats, parked fetches).
 const QUIET_PCT: f64 = 15.0;
 
-/// Waits until Tidings is quiet, `within` at most: a scenario must not pay
-/// for the backlog the previous one left. How long it waited, and whether
-/// Tidings went quiet.
-async fn settle(pid: u32, within: Duration) -> (Duration, bool) {
+/// Waits until Tidings is quiet and has decided and projected everything
+/// (its lag metrics at 0), `within` at most: a scenario must not pay for
+/// the backlog the previous one left. How long it waited, and what was
+/// still left if it gave up.
+async fn settle(target: &Target, within: Duration) -> (Duration, Option<String>) {
     let started = Instant::now();
     loop {
-        let watch = procfs::CpuWatch::start(&[("tidings", pid)]);
+        let watch = procfs::CpuWatch::start(&[("tidings", target.pid)]);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let busy = watch.stop().pct("tidings").unwrap_or(0.0);
-        if busy < QUIET_PCT {
-            return (started.elapsed(), true);
+        let cpu = watch.stop().pct("tidings").unwrap_or(0.0);
+        let (commands, events) = target.api.lag().await.unwrap_or((0.0, 0.0));
+        if cpu < QUIET_PCT && commands == 0.0 && events == 0.0 {
+            return (started.elapsed(), None);
         }
         if started.elapsed() >= within {
-            return (started.elapsed(), false);
+            return (
+                started.elapsed(),
+                Some(format!(
+                    "{cpu:.0} % of a core busy, {commands} commands not decided, {events} events not projected"
+                )),
+            );
         }
     }
 }

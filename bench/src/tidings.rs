@@ -205,6 +205,32 @@ impl Api {
         }
     }
 
+    /// Commands not decided yet and events not projected yet, summed over
+    /// the partitions, from `/metrics` (`tidings_decider_lag_commands`,
+    /// `tidings_projector_lag_events`); `None` if it cannot be read.
+    pub async fn lag(&self) -> Option<(f64, f64)> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let sum = |metric: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .filter(|v| *v > 0.0)
+                .sum()
+        };
+        Some((
+            sum("tidings_decider_lag_commands"),
+            sum("tidings_projector_lag_events"),
+        ))
+    }
+
     /// Whether `/ready` says 200.
     pub async fn ready(&self) -> bool {
         match self.http.get(format!("{}/ready", self.base)).send().await {
