@@ -123,6 +123,7 @@ async fn run(args: Args, run_id: &str) -> anyhow::Result<bool> {
             "open files limited to {files} (wanted {wanted}): sockets past it fail"
         ));
     }
+    setup.push(machine_state(&args.kafka).await);
     let peers = peers::installed(&args.peers);
     if let Err(why) = &peers {
         setup.push(why.clone());
@@ -216,6 +217,23 @@ async fn run(args: Args, run_id: &str) -> anyhow::Result<bool> {
             .join(", ")
     );
     Ok(report.scenarios.iter().all(|s| s.error.is_none()))
+}
+
+/// What else the machine is doing before the run: the figures are read
+/// with it (the brokers and cores are shared).
+async fn machine_state(broker: &str) -> String {
+    let broker_pid = procfs::find_broker(broker).ok();
+    let pids: Vec<(&str, u32)> = broker_pid.iter().map(|p| ("broker", *p)).collect();
+    let watch = procfs::CpuWatch::start(&pids);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = watch.stop();
+    format!(
+        "before the run: the machine {:.0} % busy, the broker on {broker} at {}, {} other tidings processes running",
+        cpu.machine_busy_pct,
+        cpu.pct("broker")
+            .map_or_else(|| "?".to_owned(), |p| format!("{p:.0} % of a core")),
+        procfs::tidings_running()
+    )
 }
 
 async fn listening(addr: &str) -> bool {

@@ -244,6 +244,14 @@ fn processes_named(name: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// How many `tidings serve` processes run on the machine.
+pub fn tidings_running() -> usize {
+    processes_named("tidings")
+        .iter()
+        .filter(|(_, cmd)| cmd.contains("serve"))
+        .count()
+}
+
 /// The tansu broker listening on `addr` (`host:port`): the one process named
 /// `tansu` whose listener URL names that port.
 pub fn find_broker(addr: &str) -> anyhow::Result<u32> {

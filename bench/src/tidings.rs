@@ -56,8 +56,13 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn overloaded(&self) -> bool {
-        self.status == 503 && self.body.contains("\"overloaded\"")
+    /// An answer that tells the client to try again: 503 (`overloaded`
+    /// before anything was done, `command_timeout` when the command was not
+    /// decided in time) or 409 `idempotency_key_in_flight` (the same request
+    /// still running).
+    pub fn try_again(&self) -> bool {
+        self.status == 503
+            || (self.status == 409 && self.body.contains("\"idempotency_key_in_flight\""))
     }
 }
 
@@ -73,7 +78,7 @@ pub struct Registration {
     pub user: User,
     /// From the first try to the 201.
     pub took: Duration,
-    /// Tries refused with 503 `overloaded` before the 201.
+    /// Tries answered "try again" (503, 409 in flight) before the 201.
     pub refused: usize,
 }
 
@@ -122,10 +127,11 @@ impl Api {
         })
     }
 
-    pub async fn register_once(&self, username: &str) -> anyhow::Result<Answer> {
+    pub async fn register_once(&self, username: &str, key: &str) -> anyhow::Result<Answer> {
         let response = self
             .http
             .post(format!("{}/api/auth/register", self.base))
+            .header("Idempotency-Key", key)
             .json(&json!({
                 "username": username,
                 "email": format!("{username}@bench.example.com"),
@@ -136,13 +142,15 @@ impl Api {
         Self::answer(response).await
     }
 
-    /// Registers `username`, retrying what is refused with 503 `overloaded`
-    /// after its `Retry-After`, as a client is told to.
+    /// Registers `username` as a client is told to: under one
+    /// `Idempotency-Key`, retried after its `Retry-After` (1 s without one)
+    /// while the answer says to try again.
     pub async fn register(&self, username: &str) -> anyhow::Result<Registration> {
         let started = Instant::now();
+        let key = uuid::Uuid::new_v4().to_string();
         let mut refused = 0;
         loop {
-            let answer = self.register_once(username).await?;
+            let answer = self.register_once(username, &key).await?;
             if answer.status == 201 {
                 let body: Value = serde_json::from_str(&answer.body)?;
                 let user = User {
@@ -157,7 +165,7 @@ impl Api {
                     refused,
                 });
             }
-            if !answer.overloaded() || refused >= MAX_REGISTER_TRIES {
+            if !answer.try_again() || refused >= MAX_REGISTER_TRIES {
                 bail!(
                     "register {username}: {} {}",
                     answer.status,
