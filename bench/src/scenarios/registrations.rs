@@ -1,5 +1,5 @@
-//! Registrations: 1,000 at once (each under its `Idempotency-Key`, retried
-//! after `Retry-After` while told to try again, as clients are), how many per
+//! Registrations: 1,000 at once (each retried after its `Retry-After` when
+//! refused with 503 `overloaded`, as clients are told to), how many per
 //! second get through, and how much Tidings' resident memory grows at peak;
 //! beside the raw argon2id hashes per second of the same cores with the
 //! same parameters. What `bench/register_burst.rs` measured once, with the
@@ -118,7 +118,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         ),
     );
     scenario.notes.push(format!(
-        "{} registered in {:.1} s ({} answers to try again — 503 overloaded or command_timeout, 409 in flight — retried after Retry-After under the same Idempotency-Key), {} failed; 201 p50 {:.0} ms, p99 {:.0} ms from the first try; one hash p50 {:.1} ms; RSS {before:.0} MiB before, peak {peak:.0} MiB",
+        "{} registered in {:.1} s ({} refusals with 503 overloaded, retried after Retry-After), {} failed; 201 p50 {:.0} ms, p99 {:.0} ms from the first try; one hash p50 {:.1} ms; RSS {before:.0} MiB before, peak {peak:.0} MiB",
         took.len(),
         wall.as_secs_f64(),
         refusals.load(Ordering::Relaxed),
