@@ -2,7 +2,8 @@
 //! not fit in its short queue is refused with 503 `overloaded` before
 //! anything is done. Measured on a real `tidings` process, from `/proc`.
 //!
-//! `bench/register_burst.rs` runs the same burst and writes its figures.
+//! The registrations scenario of the bench (`scripts/bench`, `bench/`) runs
+//! the same burst, its refusals retried, beside the raw argon2id rate.
 
 use std::time::{Duration, Instant};
 
