@@ -6,6 +6,24 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tidings::{telemetry, Application, Role, Settings};
 
+/// jemalloc instead of glibc's malloc: the gateway allocates and frees a few
+/// kilobytes per WebSocket in waves of connections, and glibc keeps what was
+/// freed in its per-thread arenas, so the process stayed at its peak after
+/// the sockets closed (and grew with every wave). jemalloc hands it back.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (`_RJEM_MALLOC_CONF` in the environment overrides
+/// them): a background thread returns freed pages even while the process is
+/// idle (otherwise only allocations do it); they go back after about a
+/// second (`dirty_decay_ms`, 10 s by default); and they are returned at once
+/// (`muzzy_decay_ms:0`) rather than first marked lazily free, which leaves
+/// them counted in the resident set until the kernel needs them.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// Settings come from flags, then `TIDINGS_*` environment variables, then the
 /// settings file (`--config`), then defaults. `.env.example` lists them all.
 #[derive(Parser)]
