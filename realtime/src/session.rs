@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::frames::{ClientFrame, ServerFrame};
 use crate::hub::{Command, Hub, SESSION_QUEUE};
+use crate::socket::{self, Writer};
 use crate::Gateway;
 
 /// How often the server pings (the first ping one period after `welcome`);
@@ -45,10 +46,10 @@ const MAX_FRAME: usize = 16 * 1024;
 /// Updates read from the outbox per query when resuming or filling a gap.
 const REPLAY_PAGE: i64 = 500;
 /// The longest one frame may wait to be written. A client that stops
-/// reading fills the socket's buffers, then actix-ws's queue, and a write
-/// waits; past this the session ends (4009, as for a full hub queue) instead
-/// of holding its subscriptions and buffers for as long as the client
-/// lingers.
+/// reading fills the socket's buffers, then what the session may have
+/// waiting ([`socket::PENDING_LIMIT`]), and a write waits; past this the
+/// session ends (4009, as for a full hub queue) instead of holding its
+/// subscriptions and buffers for as long as the client lingers.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last frame (a close) gets before the session is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -93,7 +94,7 @@ pub async fn connect(
         )
         .response(None);
     };
-    let (response, ws, stream) = match actix_ws::handle(&req, body) {
+    let (response, ws, stream) = match socket::open(&req, body) {
         Ok(handshake) => handshake,
         Err(error) => {
             return Problem::new(
@@ -123,7 +124,7 @@ struct Session {
     next_ping: Instant,
     /// When the client was last heard from.
     last_heard: Instant,
-    ws: actix_ws::Session,
+    ws: Writer,
     gateway: Arc<Gateway>,
     hub: Hub,
     queue: mpsc::Sender<Update>,
@@ -169,7 +170,7 @@ async fn serve(
     gateway: Arc<Gateway>,
     hub: Hub,
     token: String,
-    ws: actix_ws::Session,
+    ws: Writer,
     mut stream: actix_ws::MessageStream,
 ) {
     let Some((mut session, mut updates)) = Box::pin(open(gateway, hub, token, ws)).await else {
@@ -188,7 +189,7 @@ async fn open(
     gateway: Arc<Gateway>,
     hub: Hub,
     token: String,
-    mut ws: actix_ws::Session,
+    mut ws: Writer,
 ) -> Option<(Session, mpsc::Receiver<Update>)> {
     let (user_id, expires_at) = match check(&gateway, &token).await {
         Ok(who) => who,
@@ -246,7 +247,7 @@ fn reason(code: u16, description: &str) -> CloseReason {
 
 /// Sends a Close frame, bounded: a client that does not read does not get to
 /// hold the session.
-async fn close(ws: actix_ws::Session, reason: Option<CloseReason>) {
+async fn close(ws: Writer, reason: Option<CloseReason>) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(reason)).await;
 }
 
