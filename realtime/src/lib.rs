@@ -6,7 +6,9 @@
 //! - [`hub`]: one task that owns every subscription, fed by a follower of
 //!   `tidings.updates`, talked to over a `Command` channel;
 //! - [`session`]: one task per socket — authentication, subscriptions with
-//!   resume (`since`), gap filling from the outbox, heartbeats, backpressure.
+//!   resume (`since`), gap filling from the outbox, heartbeats, backpressure;
+//! - [`socket`]: the socket's writing half, frames encoded straight into the
+//!   response body (reading is actix-ws's).
 //!
 //! Depends on `tidings-http` (tokens, problem+json) and
 //! `tidings-projections` (the outbox); never on `tidings-api`, whose token
@@ -16,6 +18,7 @@
 pub mod frames;
 pub mod hub;
 pub mod session;
+pub mod socket;
 
 use std::sync::Arc;
 

@@ -6,6 +6,14 @@
 //! is numbered by its channel's `seq`: a duplicate is dropped, and a gap is
 //! filled from the outbox before the update that revealed it, so a client
 //! sees each channel's updates exactly once and in order.
+//!
+//! A session spends nearly all its life waiting, so its task is shaped for
+//! that: the future the task holds keeps only what an idle session waits on
+//! (the client's stream, its update queue, two cancellations and one
+//! timer), and everything else (authentication, handling what woke it, the
+//! close) runs in a box of its own for as long as it takes. Handling a
+//! frame can read the outbox, whose query futures take kilobytes; inline,
+//! every idle socket would carry that space for its whole life.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +34,11 @@ use uuid::Uuid;
 
 use crate::frames::{ClientFrame, ServerFrame};
 use crate::hub::{Command, Hub, SESSION_QUEUE};
+use crate::socket::{self, Writer};
 use crate::Gateway;
 
-/// How often the server pings; a client that stays silent for
-/// [`CLIENT_TIMEOUT`] is gone.
+/// How often the server pings (the first ping one period after `welcome`);
+/// a client that stays silent for [`CLIENT_TIMEOUT`] is gone.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 /// The largest frame a client may send.
@@ -37,10 +46,10 @@ const MAX_FRAME: usize = 16 * 1024;
 /// Updates read from the outbox per query when resuming or filling a gap.
 const REPLAY_PAGE: i64 = 500;
 /// The longest one frame may wait to be written. A client that stops
-/// reading fills the socket's buffers, then actix-ws's queue, and a write
-/// waits; past this the session ends (4009, as for a full hub queue) instead
-/// of holding its subscriptions and buffers for as long as the client
-/// lingers.
+/// reading fills the socket's buffers, then what the session may have
+/// waiting ([`socket::PENDING_LIMIT`]), and a write waits; past this the
+/// session ends (4009, as for a full hub queue) instead of holding its
+/// subscriptions and buffers for as long as the client lingers.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last frame (a close) gets before the session is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -85,7 +94,7 @@ pub async fn connect(
         )
         .response(None);
     };
-    let (response, ws, stream) = match actix_ws::handle(&req, body) {
+    let (response, ws, stream) = match socket::open(&req, body) {
         Ok(handshake) => handshake,
         Err(error) => {
             return Problem::new(
@@ -111,17 +120,38 @@ struct Session {
     id: Uuid,
     user_id: Uuid,
     expires_at: Instant,
-    ws: actix_ws::Session,
+    /// When the next heartbeat is due.
+    next_ping: Instant,
+    /// When the client was last heard from.
+    last_heard: Instant,
+    ws: Writer,
     gateway: Arc<Gateway>,
     hub: Hub,
     queue: mpsc::Sender<Update>,
     too_slow: CancellationToken,
-    /// The last `seq` sent to the client, per subscribed channel.
-    last_seq: HashMap<String, i64>,
-    /// The first `seq` sent on each channel since it was subscribed: from
-    /// there to `last_seq` the client has everything, and a repeated
-    /// subscribe resends none of it.
-    first_sent: HashMap<String, i64>,
+    /// What was sent on each subscribed channel.
+    sent: HashMap<String, Sent>,
+}
+
+/// What a subscribed channel has sent to the client.
+struct Sent {
+    /// The first `seq` sent since the channel was subscribed: from there to
+    /// `last` the client has everything, and a repeated subscribe resends
+    /// none of it.
+    first: Option<i64>,
+    /// The last `seq` sent (or the one the client had when it subscribed).
+    last: i64,
+}
+
+/// What woke an idle session.
+enum Wake {
+    /// A message from the client, a broken stream, or its end.
+    Client(Option<Result<Message, ProtocolError>>),
+    Update(Update),
+    TooSlow,
+    ShuttingDown,
+    /// A heartbeat is due, or the token expired.
+    Timer,
 }
 
 /// Why a session ends.
@@ -140,9 +170,27 @@ async fn serve(
     gateway: Arc<Gateway>,
     hub: Hub,
     token: String,
-    mut ws: actix_ws::Session,
+    ws: Writer,
     mut stream: actix_ws::MessageStream,
 ) {
+    let Some((mut session, mut updates)) = Box::pin(open(gateway, hub, token, ws)).await else {
+        return;
+    };
+    metrics::gauge!("tidings_ws_connections").increment(1.0);
+    let end = session.run(&mut stream, &mut updates).await;
+    metrics::gauge!("tidings_ws_connections").decrement(1.0);
+    Box::pin(session.finish(end)).await;
+}
+
+/// Authenticates the client; a session for it, or `None` once a client
+/// whose token fails its check has been told and closed. The token is not
+/// kept: a session needs only whose it is and when it expires.
+async fn open(
+    gateway: Arc<Gateway>,
+    hub: Hub,
+    token: String,
+    mut ws: Writer,
+) -> Option<(Session, mpsc::Receiver<Update>)> {
     let (user_id, expires_at) = match check(&gateway, &token).await {
         Ok(who) => who,
         Err(error) => {
@@ -161,48 +209,25 @@ async fn serve(
             };
             metrics::counter!("tidings_ws_closes_total", "code" => code.to_string()).increment(1);
             close(ws, Some(reason(code, why))).await;
-            return;
+            return None;
         }
     };
-    let (queue, mut updates) = mpsc::channel(SESSION_QUEUE);
-    let mut session = Session {
+    let (queue, updates) = mpsc::channel(SESSION_QUEUE);
+    let now = Instant::now();
+    let session = Session {
         id: Uuid::new_v4(),
         user_id,
         expires_at,
+        next_ping: now + HEARTBEAT,
+        last_heard: now,
         ws,
         gateway,
         hub,
         queue,
         too_slow: CancellationToken::new(),
-        last_seq: HashMap::new(),
-        first_sent: HashMap::new(),
+        sent: HashMap::new(),
     };
-    metrics::gauge!("tidings_ws_connections").increment(1.0);
-    let end = session.run(&mut stream, &mut updates).await;
-    metrics::gauge!("tidings_ws_connections").decrement(1.0);
-    session.hub.send(Command::Leave {
-        session: session.id,
-    });
-    let code = match &end {
-        End::ClientClosed(_) | End::ClientLeft => "client".to_owned(),
-        End::Stalled => TOO_SLOW.to_string(),
-        End::Close(code, _) => code.to_string(),
-    };
-    tracing::debug!(session = %session.id, code, "socket closed");
-    metrics::counter!("tidings_ws_closes_total", "code" => code).increment(1);
-    match end {
-        End::ClientClosed(client) => {
-            let echo = client.map(|c| CloseReason {
-                code: c.code,
-                description: None,
-            });
-            close(session.ws, echo).await;
-        }
-        End::Close(code, why) => close(session.ws, Some(reason(code, why))).await,
-        // Nothing more can be written to a client that does not read; a
-        // client that left hears nothing.
-        End::Stalled | End::ClientLeft => {}
-    }
+    Some((session, updates))
 }
 
 /// Authenticates a token the way the REST API does; on success, who it is
@@ -222,7 +247,7 @@ fn reason(code: u16, description: &str) -> CloseReason {
 
 /// Sends a Close frame, bounded: a client that does not read does not get to
 /// hold the session.
-async fn close(ws: actix_ws::Session, reason: Option<CloseReason>) {
+async fn close(ws: Writer, reason: Option<CloseReason>) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(reason)).await;
 }
 
@@ -238,56 +263,112 @@ async fn write(
 }
 
 impl Session {
+    /// Serves the client until the session ends. Only the waiting happens
+    /// here; what woke the session is handled in a box (see the module's
+    /// documentation).
     async fn run(
         &mut self,
         stream: &mut actix_ws::MessageStream,
         updates: &mut mpsc::Receiver<Update>,
     ) -> End {
+        if let Err(end) = Box::pin(self.start()).await {
+            return end;
+        }
+        loop {
+            let wake = tokio::select! {
+                message = stream.recv() => Wake::Client(message),
+                Some(update) = updates.recv() => Wake::Update(update),
+                _ = self.too_slow.cancelled() => Wake::TooSlow,
+                _ = self.hub.shutdown.cancelled() => Wake::ShuttingDown,
+                _ = tokio::time::sleep_until(self.next_ping.min(self.expires_at)) => Wake::Timer,
+            };
+            if let Err(end) = Box::pin(self.on_wake(wake)).await {
+                return end;
+            }
+        }
+    }
+
+    /// Says `welcome` and subscribes the client to its own channel.
+    async fn start(&mut self) -> Result<(), End> {
         let welcome = ServerFrame::Welcome {
             session_id: self.id,
             user_id: self.user_id,
             heartbeat_ms: HEARTBEAT.as_millis() as u64,
         };
         if self.send(&welcome).await.is_err() {
-            return End::ClientLeft;
+            return Err(End::ClientLeft);
         }
         let own = format!("user:{}", self.user_id);
-        if let Err(end) = self.subscribe(own, None, None, None).await {
-            return end;
-        }
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        let mut last_heard = Instant::now();
-        loop {
-            let step = tokio::select! {
-                message = stream.recv() => match message {
-                    Some(Ok(message)) => {
-                        last_heard = Instant::now();
-                        self.on_message(message).await
-                    }
-                    // The connection ended without a Close frame: the
-                    // client went away, it did not break the protocol.
-                    Some(Err(ProtocolError::Io(error))) if error.kind() != std::io::ErrorKind::InvalidData => Err(End::ClientLeft),
-                    Some(Err(_)) => Err(End::Close(PROTOCOL_ERROR, "protocol error")),
-                    None => Err(End::ClientLeft),
-                },
-                Some(update) = updates.recv() => self.deliver(update).await,
-                _ = self.too_slow.cancelled() => Err(End::Close(TOO_SLOW, "too slow to keep up; resume with since")),
-                _ = self.hub.shutdown.cancelled() => Err(End::Close(GOING_AWAY, "gateway shutting down; resume with since")),
-                _ = tokio::time::sleep_until(self.expires_at) => {
-                    let _ = self.send(&ServerFrame::error(Code::TokenExpired.as_str(), "the token expired; reconnect with a new one", None)).await;
-                    Err(End::Close(UNAUTHORIZED, "token expired"))
-                }
-                _ = heartbeat.tick() => {
-                    if last_heard.elapsed() > CLIENT_TIMEOUT {
-                        Err(End::ClientLeft)
-                    } else {
-                        write(self.ws.ping(b"")).await
-                    }
-                }
-            };
-            if let Err(end) = step {
-                return end;
+        self.subscribe(own, None, None, None).await
+    }
+
+    async fn on_wake(&mut self, wake: Wake) -> Result<(), End> {
+        match wake {
+            Wake::Client(Some(Ok(message))) => {
+                self.last_heard = Instant::now();
+                self.on_message(message).await
             }
+            // The connection ended without a Close frame: the client went
+            // away, it did not break the protocol.
+            Wake::Client(Some(Err(ProtocolError::Io(error))))
+                if error.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                Err(End::ClientLeft)
+            }
+            Wake::Client(Some(Err(_))) => Err(End::Close(PROTOCOL_ERROR, "protocol error")),
+            Wake::Client(None) => Err(End::ClientLeft),
+            Wake::Update(update) => self.deliver(update).await,
+            Wake::TooSlow => Err(End::Close(
+                TOO_SLOW,
+                "too slow to keep up; resume with since",
+            )),
+            Wake::ShuttingDown => Err(End::Close(
+                GOING_AWAY,
+                "gateway shutting down; resume with since",
+            )),
+            Wake::Timer if Instant::now() >= self.expires_at => {
+                let _ = self
+                    .send(&ServerFrame::error(
+                        Code::TokenExpired.as_str(),
+                        "the token expired; reconnect with a new one",
+                        None,
+                    ))
+                    .await;
+                Err(End::Close(UNAUTHORIZED, "token expired"))
+            }
+            Wake::Timer => {
+                if self.last_heard.elapsed() > CLIENT_TIMEOUT {
+                    return Err(End::ClientLeft);
+                }
+                self.next_ping = Instant::now() + HEARTBEAT;
+                write(self.ws.ping(b"")).await
+            }
+        }
+    }
+
+    /// Leaves the hub, counts the close, and answers or tells the client as
+    /// the end calls for.
+    async fn finish(self, end: End) {
+        self.hub.send(Command::Leave { session: self.id });
+        let code = match &end {
+            End::ClientClosed(_) | End::ClientLeft => "client".to_owned(),
+            End::Stalled => TOO_SLOW.to_string(),
+            End::Close(code, _) => code.to_string(),
+        };
+        tracing::debug!(session = %self.id, code, "socket closed");
+        metrics::counter!("tidings_ws_closes_total", "code" => code).increment(1);
+        match end {
+            End::ClientClosed(client) => {
+                let echo = client.map(|c| CloseReason {
+                    code: c.code,
+                    description: None,
+                });
+                close(self.ws, echo).await;
+            }
+            End::Close(code, why) => close(self.ws, Some(reason(code, why))).await,
+            // Nothing more can be written to a client that does not read; a
+            // client that left hears nothing.
+            End::Stalled | End::ClientLeft => {}
         }
     }
 
@@ -334,8 +415,7 @@ impl Session {
                 self.subscribe(channel, since, epoch, reference).await
             }
             ClientFrame::Unsubscribe { channel, .. } => {
-                self.first_sent.remove(&channel);
-                if self.last_seq.remove(&channel).is_some() {
+                if self.sent.remove(&channel).is_some() {
                     self.hub.send(Command::Unsubscribe {
                         session: self.id,
                         channel,
@@ -418,14 +498,14 @@ impl Session {
             Err(error) => return self.unavailable(&channel, reference, error).await,
         };
         let sent = self
-            .first_sent
+            .sent
             .get(&channel)
-            .zip(self.last_seq.get(&channel));
+            .and_then(|sent| Some((sent.first?, sent.last)));
         let (start, recovered) = match sent {
             // Each seq goes out once per subscription: the client has
             // everything from the first sent to the last, and what it asks
             // for before that is not resent (unsubscribe first to replay).
-            Some((&first, &last)) => (last, since.is_some_and(|s| s >= first - 1)),
+            Some((first, last)) => (last, since.is_some_and(|s| s >= first - 1)),
             None => {
                 let resumable = since.is_some_and(|s| head.can_resume(s))
                     && epoch.is_none_or(|e| e == head.epoch);
@@ -435,7 +515,13 @@ impl Session {
                 }
             }
         };
-        self.last_seq.insert(channel.clone(), start);
+        self.sent
+            .entry(channel.clone())
+            .or_insert(Sent {
+                first: None,
+                last: start,
+            })
+            .last = start;
         self.send(&ServerFrame::Subscribed {
             channel: channel.clone(),
             seq: head.seq,
@@ -455,7 +541,7 @@ impl Session {
         until: i64,
         reference: Option<String>,
     ) -> Result<(), End> {
-        while let Some(&last) = self.last_seq.get(channel).filter(|&&last| last < until) {
+        while let Some(last) = self.last_sent(channel).filter(|&last| last < until) {
             let page = match outbox::since(&self.gateway.db, channel, last, REPLAY_PAGE).await {
                 Ok(page) => page,
                 Err(error) => return self.unavailable(channel, reference, error).await,
@@ -479,6 +565,11 @@ impl Session {
         Ok(())
     }
 
+    /// The last `seq` sent on a subscribed channel.
+    fn last_sent(&self, channel: &str) -> Option<i64> {
+        self.sent.get(channel).map(|sent| sent.last)
+    }
+
     /// A channel whose outbox could not be read.
     async fn unavailable(
         &mut self,
@@ -487,7 +578,7 @@ impl Session {
         error: sqlx::Error,
     ) -> Result<(), End> {
         tracing::warn!(%error, %channel, "reading the outbox");
-        let message = match self.last_seq.get(channel) {
+        let message = match self.last_sent(channel) {
             Some(last) => format!("{channel} could not be read; subscribe again with since {last}"),
             None => format!("{channel} could not be read; subscribe again"),
         };
@@ -503,8 +594,7 @@ impl Session {
         message: String,
         reference: Option<String>,
     ) -> Result<(), End> {
-        self.last_seq.remove(channel);
-        self.first_sent.remove(channel);
+        self.sent.remove(channel);
         self.hub.send(Command::Unsubscribe {
             session: self.id,
             channel: channel.to_owned(),
@@ -514,7 +604,7 @@ impl Session {
     }
 
     async fn deliver(&mut self, update: Update) -> Result<(), End> {
-        let Some(&last) = self.last_seq.get(&update.channel) else {
+        let Some(last) = self.last_sent(&update.channel) else {
             return Ok(());
         };
         if update.seq > last + 1 {
@@ -526,16 +616,14 @@ impl Session {
 
     /// Sends an update the client does not have yet.
     async fn forward(&mut self, update: Update) -> Result<(), End> {
-        let Some(last) = self.last_seq.get_mut(&update.channel) else {
+        let Some(sent) = self.sent.get_mut(&update.channel) else {
             return Ok(());
         };
-        if update.seq <= *last {
+        if update.seq <= sent.last {
             return Ok(());
         }
-        *last = update.seq;
-        self.first_sent
-            .entry(update.channel.clone())
-            .or_insert(update.seq);
+        sent.last = update.seq;
+        sent.first.get_or_insert(update.seq);
         metrics::counter!("tidings_ws_deliveries_total").increment(1);
         self.send(&ServerFrame::Event {
             channel: update.channel,
