@@ -86,6 +86,21 @@ pub struct Update {
     pub data: serde_json::Value,
 }
 
+/// A row of the outbox: its id (the order the relay publishes in) and the
+/// update.
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    #[sqlx(flatten)]
+    update: Update,
+}
+
+impl OutboxRow {
+    fn into_pair(self) -> (i64, Update) {
+        (self.id, self.update)
+    }
+}
+
 /// Numbers and appends updates inside the projector's transaction, in one
 /// statement whatever their number, and returns them numbered, in order.
 pub async fn append(
@@ -105,7 +120,7 @@ pub async fn append(
     }
     // Each channel's counter moves once by its number of updates; the
     // updates take the numbers below the new value in their order.
-    let mut rows: Vec<(i64, Update)> = sqlx::query_as::<_, (i64, String, i64, i64, String, serde_json::Value)>(
+    let mut rows: Vec<(i64, Update)> = sqlx::query_as::<_, OutboxRow>(
         "WITH input AS (
            SELECT channel, event, data, ord
            FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(channel, event, data, ord)
@@ -131,18 +146,7 @@ pub async fn append(
     .fetch_all(&mut **tx)
     .await?
     .into_iter()
-    .map(|(id, channel, seq, epoch, event, data)| {
-        (
-            id,
-            Update {
-                channel,
-                seq,
-                epoch,
-                event,
-                data,
-            },
-        )
-    })
+    .map(OutboxRow::into_pair)
     .collect();
     rows.sort_by_key(|(id, _)| *id);
     sqlx::query("SELECT pg_notify($1, '')")
@@ -282,28 +286,16 @@ async fn publish_pending(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    let rows: Vec<(i64, Update)> =
-        sqlx::query_as::<_, (i64, String, i64, i64, String, serde_json::Value)>(
-            "SELECT id, channel, seq, epoch, event, data FROM channel_outbox
+    let rows: Vec<(i64, Update)> = sqlx::query_as::<_, OutboxRow>(
+        "SELECT id, channel, seq, epoch, event, data FROM channel_outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(RELAY_BATCH)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(id, channel, seq, epoch, event, data)| {
-            (
-                id,
-                Update {
-                    channel,
-                    seq,
-                    epoch,
-                    event,
-                    data,
-                },
-            )
-        })
-        .collect();
+    )
+    .bind(RELAY_BATCH)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(OutboxRow::into_pair)
+    .collect();
     if rows.is_empty() {
         return Ok(0);
     }
