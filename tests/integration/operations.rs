@@ -24,6 +24,31 @@ pub(crate) async fn metrics(client: &Client) -> String {
     reply.body.as_str().unwrap_or_default().to_owned()
 }
 
+/// With every role in one process, records go from role to role without
+/// waiting on a fetch: the shortcuts are taken, not only offered.
+#[tokio::test]
+async fn the_roles_of_one_process_hand_records_over_without_the_topics() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, token, _) = client.user("sol").await;
+    for bio in ["one", "two", "three"] {
+        let reply = client
+            .send(
+                client
+                    .patch("/api/profile")
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({ "bio": bio })),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let taken = sample(&metrics(&client).await, "tidings_shortcut_taken_total", &[]);
+    assert!(taken.is_some_and(|n| n >= 3.0), "taken: {taken:?}");
+    app.stop().await;
+    world.clean_up().await;
+}
+
 #[tokio::test]
 async fn metrics_are_exported_and_move_with_traffic() {
     let world = World::new().await;
