@@ -92,6 +92,11 @@ pub struct Settings {
     /// less (DESIGN.md has the figures).
     #[arg(long, env = "TIDINGS_KAFKA_FETCH_WAIT_MS", default_value_t = 500)]
     pub kafka_fetch_wait_ms: u32,
+    /// How long a producer holds a record to send it with others
+    /// (`linger.ms`, fractions allowed). Each hop of a lone write waits
+    /// about this; more batches more records per request under load.
+    #[arg(long, env = "TIDINGS_KAFKA_LINGER_MS", default_value_t = tidings_schemas::kafka::DEFAULT_LINGER_MS)]
+    pub kafka_linger_ms: f64,
     /// This process's name in its consumer groups (Kafka static membership,
     /// `group.instance.id`): a process restarted under the same name takes
     /// its partitions back at once, where a new name waits for the dead one
@@ -190,6 +195,7 @@ impl Settings {
                 "TIDINGS_KAFKA_FETCH_WAIT_MS",
                 self.kafka_fetch_wait_ms.to_string(),
             ),
+            ("TIDINGS_KAFKA_LINGER_MS", self.kafka_linger_ms.to_string()),
             ("TIDINGS_JWT_SECRET", self.jwt_secret.clone()),
             ("TIDINGS_TOKEN_TTL_SECS", self.token_ttl_secs.to_string()),
             (
@@ -260,6 +266,9 @@ impl Settings {
                 return Err(format!("TIDINGS_JWT_SECRET must be at least {MIN_PRODUCTION_SECRET} bytes in production"));
             }
         }
+        if !(0.0..=900_000.0).contains(&self.kafka_linger_ms) {
+            return Err("TIDINGS_KAFKA_LINGER_MS must be between 0 and 900000".into());
+        }
         Ok(())
     }
 
@@ -270,6 +279,7 @@ impl Settings {
             partitions: self.partitions,
             session_timeout_ms: self.kafka_session_timeout_ms,
             fetch_wait_ms: self.kafka_fetch_wait_ms,
+            linger_ms: self.kafka_linger_ms,
             instance_id: Some(self.instance_id()),
         }
     }
