@@ -83,15 +83,16 @@ pub const STATIC_MEMBERSHIP_MIN_SESSION_MS: u32 = 8_000;
 /// How long a client waits on a metadata or admin answer before giving up.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a producer holds a record for a batch, by default. Not 0: an
-/// idempotent producer has at most 5 requests in flight, and while records
-/// wait for a free slot librdkafka wakes its broker thread every `linger.ms`
-/// to look again. At 0 that thread spun: its share of Tidings' CPU samples
-/// at a thousand writes a second fell from 44 % to 15 % at 0.2 ms. A lone
-/// record waits 0.2 ms. A longer linger batches more records per request at
-/// that much latency per hop (on tansu's SQLite engine 2 ms took no more
-/// writes per second than 0.2 ms: its bound is elsewhere, see DESIGN.md).
-pub const DEFAULT_LINGER_MS: f64 = 0.2;
+/// How long a producer holds a record for a batch, by default: not at all,
+/// for a lone write crosses two produces before its reply. Measured here
+/// (tidings-bench, memory engine): under load, while records wait for one
+/// of the idempotent producer's 5 request slots, librdkafka's broker thread
+/// wakes every `linger.ms` to look again, and at 0 it spins (44 % of
+/// Tidings' CPU samples at a thousand writes a second, 15 % at 0.2 ms); but
+/// 0.2 ms made an unloaded write's reply 1.5–2 ms slower at p50 (librdkafka
+/// sleeps in whole milliseconds) and took no measurably more writes per
+/// second, and 2 ms took no more on tansu's SQLite engine either.
+pub const DEFAULT_LINGER_MS: f64 = 0.0;
 
 impl KafkaSettings {
     pub fn topics(&self) -> Topics {
