@@ -15,7 +15,10 @@ use sqlx::{Postgres, Transaction};
 use tidings_schemas::{DomainEvent, EventEnvelope};
 
 use crate::accounts::{AccountRow, Accounts};
+use crate::follows::Follows;
+use crate::notifications::Inbox;
 use crate::outbox::ChannelUpdate;
+use crate::posts::Posts;
 
 /// What applying events asks for beyond their rows.
 #[derive(Debug, Default)]
@@ -64,5 +67,8 @@ pub async fn apply(
         DomainEvent::Account(event) => Accounts::apply(tx, envelope, event).await,
         // Claims guard uniqueness for the deciders; no read model shows them.
         DomainEvent::Claim(_) => Ok(Effects::default()),
+        DomainEvent::Post(event) => Posts::apply(tx, envelope, event).await,
+        DomainEvent::Follow(event) => Follows::apply(tx, envelope, event).await,
+        DomainEvent::Inbox(event) => Inbox::apply(tx, envelope, event).await,
     }
 }

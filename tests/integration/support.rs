@@ -424,6 +424,14 @@ impl Client {
         self.http.patch(format!("{}{path}", self.base))
     }
 
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.put(format!("{}{path}", self.base))
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.delete(format!("{}{path}", self.base))
+    }
+
     pub async fn register(&self, username: &str, email: &str) -> Reply {
         self.send(self.post("/api/auth/register").json(&json!({
             "username": username, "email": email, "password": "correct horse battery"
