@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tidings_commands::AnyCommand;
 use tidings_domain::post::{self, Reaction, Visibility};
+use tidings_projections::cache::FEED_CAP;
 use tidings_projections::posts::{self as read, CommentView, PostView, Source};
 use tidings_schemas::{AggregateRef, AggregateType, Position};
 use uuid::Uuid;
@@ -515,12 +516,57 @@ pub(crate) async fn user_posts(
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id))]
 pub(crate) async fn feed(
     state: web::Data<ApiState>,
+    req: actix_web::HttpRequest,
     me: Authenticated,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = Page::try_from(&*query)?;
-    let items = read::list(&state.db, me.user_id, Source::Feed, page.after, page.limit).await?;
+    // A read at a position is answered from PostgreSQL, which has reached
+    // it: the cached feeds are changed only after the read models advance.
+    let items = match crate::middleware::MinPosition::of(&req) {
+        Some(_) => read::list(&state.db, me.user_id, Source::Feed, page.after, page.limit).await?,
+        None => cached_feed(&state, me.user_id, page).await?,
+    };
     Ok(HttpResponse::Ok().json(Paged::of(items, page, |p| (p.created_at, p.id))))
+}
+
+/// A page of the feed by way of its cache (a Redis sorted set per user,
+/// kept by the projector): the ids come from the cache, filled from
+/// PostgreSQL when cold; the posts themselves, with their counts and the
+/// viewer's visibility, from PostgreSQL. Redis down, or a page deeper than
+/// the cache holds, reads PostgreSQL alone.
+async fn cached_feed(
+    state: &ApiState,
+    viewer: Uuid,
+    page: Page,
+) -> Result<Vec<PostView>, ApiError> {
+    let from_db = || read::list(&state.db, viewer, Source::Feed, page.after, page.limit);
+    let entries = match state.cache.feed(viewer).await {
+        Some(entries) => entries,
+        None => {
+            let Some(generation) = state.cache.feed_generation(viewer).await else {
+                return Ok(from_db().await?);
+            };
+            let entries: Vec<(Uuid, i64)> = read::feed_index(&state.db, viewer, FEED_CAP as i64)
+                .await?
+                .into_iter()
+                .map(|(id, at)| (id, at.timestamp_micros()))
+                .collect();
+            state.cache.fill_feed(viewer, generation, &entries).await;
+            entries
+        }
+    };
+    let after = page.after.map(|(at, id)| (at.timestamp_micros(), id));
+    let ids: Vec<Uuid> = entries
+        .iter()
+        .filter(|(id, micros)| after.is_none_or(|after| (*micros, *id) < after))
+        .map(|(id, _)| *id)
+        .take(page.limit as usize)
+        .collect();
+    if (ids.len() as i64) < page.limit && entries.len() >= FEED_CAP {
+        return Ok(from_db().await?);
+    }
+    Ok(read::by_ids(&state.db, viewer, &ids).await?)
 }
 
 #[cfg(test)]

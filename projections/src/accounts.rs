@@ -166,7 +166,7 @@ async fn apply(
             .await?;
             Ok(Effects {
                 accounts: vec![account],
-                updates: vec![],
+                ..Effects::default()
             })
         }
         Event::ProfileUpdated(u) => {
@@ -190,6 +190,7 @@ async fn apply(
             Ok(Effects {
                 accounts: vec![account],
                 updates: vec![update],
+                ..Effects::default()
             })
         }
     }

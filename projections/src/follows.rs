@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::accounts;
 use crate::notifications::{Kind, Notify};
-use crate::projection::{Effects, Projection};
+use crate::projection::{Effects, FeedChange, Projection};
 
 /// A user in a followers or following list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -77,6 +77,10 @@ impl Projection for Follows {
         effects
             .accounts
             .extend(accounts::add_to_counts(tx, *follower, 0, delta, 0).await?);
+        // The follower's feed gains or loses a whole author.
+        effects.feeds.push(FeedChange::Reset {
+            users: vec![*follower],
+        });
         effects
             .accounts
             .extend(accounts::add_to_counts(tx, *followee, delta, 0, 0).await?);

@@ -165,12 +165,12 @@ impl Projection for Inbox {
         .await?;
         let unread = unread_count(&mut **tx, *user_id).await?;
         Ok(Effects {
-            accounts: vec![],
             updates: vec![ChannelUpdate::new(
                 Channel::User(*user_id),
                 "notifications.read",
                 serde_json::json!({ "unread_count": unread }),
             )],
+            ..Effects::default()
         })
     }
 }

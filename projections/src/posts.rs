@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::accounts;
 use crate::notifications::{self, Kind, Notify};
 use crate::outbox::ChannelUpdate;
-use crate::projection::{Effects, Projection};
+use crate::projection::{Effects, FeedChange, Projection};
 
 /// Who wrote a post or a comment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -159,6 +159,11 @@ async fn apply(
             effects
                 .accounts
                 .extend(accounts::add_to_counts(tx, c.author, 0, 0, 1).await?);
+            effects.feeds.push(FeedChange::Add {
+                users: feed_readers(tx, c.author).await?,
+                post_id: c.post_id,
+                at: c.created_at,
+            });
             let visibility = c.visibility;
             effects.updates.extend(
                 mention(tx, envelope, &c.text, c.author, c.post_id, None, visibility).await?,
@@ -173,6 +178,9 @@ async fn apply(
             effects
                 .accounts
                 .extend(accounts::add_to_counts(tx, d.author, 0, 0, -1).await?);
+            effects.feeds.push(FeedChange::Reset {
+                users: feed_readers(tx, d.author).await?,
+            });
         }
         Event::Reacted(r) => {
             sqlx::query(
@@ -261,6 +269,20 @@ async fn apply(
         }
     }
     Ok(effects)
+}
+
+/// Whose home feeds hold the posts of `author`: the author's and the
+/// followers'.
+async fn feed_readers(
+    tx: &mut Transaction<'_, Postgres>,
+    author: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT $1::uuid UNION ALL SELECT follower_id FROM follows WHERE followee_id = $1",
+    )
+    .bind(author)
+    .fetch_all(&mut **tx)
+    .await
 }
 
 async fn add_likes(
@@ -438,4 +460,45 @@ pub async fn comment(
     .fetch_optional(db)
     .await?;
     Ok(row.map(CommentView::from))
+}
+
+/// The newest `limit` posts of the viewer's home feed, as `(id, created_at)`:
+/// what the feed cache holds.
+pub async fn feed_index(
+    db: impl PgExecutor<'_>,
+    viewer: Uuid,
+    limit: i64,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT p.id, p.created_at FROM posts p
+         WHERE (p.author_id = $1 OR p.author_id IN (SELECT followee_id FROM follows WHERE follower_id = $1))
+           AND {VISIBLE}
+         ORDER BY p.created_at DESC, p.id DESC
+         LIMIT $2"
+    ))
+    .bind(viewer)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The posts of `ids` the viewer may see, in the order of `ids`.
+pub async fn by_ids(
+    db: impl PgExecutor<'_>,
+    viewer: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<PostView>, sqlx::Error> {
+    let rows: Vec<PostRow> = sqlx::query_as(&format!(
+        "SELECT {POST_COLUMNS} FROM posts p LEFT JOIN accounts a ON a.id = p.author_id
+         WHERE p.id = ANY($2) AND {VISIBLE}"
+    ))
+    .bind(viewer)
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    let mut found: std::collections::HashMap<Uuid, PostView> = rows
+        .into_iter()
+        .map(|row| (row.id, PostView::from(row)))
+        .collect();
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
 }

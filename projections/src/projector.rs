@@ -154,6 +154,7 @@ pub async fn run(
                 // committed; it claims nothing of the others.
                 cache.put_account(account, committed).await;
             }
+            cache.apply_feeds(&projected.effects.feeds).await;
         }
     }
     consumer.unsubscribe();

@@ -499,18 +499,7 @@ async fn the_feed_holds_own_and_followed_posts_newest_first_page_by_page() {
     }
     expected.reverse();
 
-    let mut seen = Vec::new();
-    let mut path = "/api/feed?limit=2".to_owned();
-    loop {
-        let page = get(&client, &alice, &path).await;
-        assert_eq!(page.status, 200, "{}", page.body);
-        seen.extend(ids(&page));
-        match page.body["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/api/feed?limit=2&cursor={cursor}"),
-            None => break,
-        }
-    }
-    assert_eq!(seen, expected);
+    assert_eq!(whole_feed(&client, &alice).await, expected);
     let bobs: Vec<String> = ids(&get(&client, &bob, "/api/feed").await);
     assert_eq!(bobs.len(), 2, "bob follows nobody: only his own posts");
 
@@ -773,6 +762,127 @@ async fn likes_comments_follows_and_mentions_notify_and_are_pushed_and_marked_re
         get(&client, &bob, "/api/notifications").await.headers["x-unread-count"],
         "0"
     );
+
+    app.stop().await;
+    world.clean_up().await;
+}
+
+/// The feed's ids as `alice` reads them, page by page (`limit` 2).
+async fn whole_feed(client: &Client, who: &User) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut path = "/api/feed?limit=2".to_owned();
+    loop {
+        let page = get(client, who, &path).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        seen.extend(ids(&page));
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/feed?limit=2&cursor={cursor}"),
+            None => return seen,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_cached_feed_follows_posts_deletions_and_follows() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let carol = user(&client, "carol").await;
+    put(
+        &client,
+        &alice,
+        &format!("/api/users/{}/follow", bob.id),
+        None,
+    )
+    .await;
+    let first = posted(&client, &bob, "one", "followers").await;
+    let own = posted(&client, &alice, "mine", "public").await;
+    let carols = posted(&client, &carol, "carol's", "public").await;
+
+    // The first read fills the cache; the next ones are served from it.
+    assert_eq!(whole_feed(&client, &alice).await, [own.as_str(), &first]);
+    let key = format!("{}:feed:{}", world.settings.redis_prefix, alice.id);
+    let cached = world.redis_zcard(&key).await;
+    assert_eq!(cached, 2, "the feed is cached");
+    assert_eq!(whole_feed(&client, &alice).await, [own.as_str(), &first]);
+
+    // A post of a followed user enters the cached feed.
+    let second = posted(&client, &bob, "two", "public").await;
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "the post enters the cache",
+        || async { world.redis_zcard(&key).await == 3 },
+    )
+    .await;
+    assert_eq!(
+        whole_feed(&client, &alice).await,
+        [second.as_str(), &own, &first]
+    );
+
+    // A deleted post leaves it.
+    delete(&client, &bob, &format!("/api/posts/{first}")).await;
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "the deletion reaches the feed",
+        || async { whole_feed(&client, &alice).await == [second.as_str(), &own] },
+    )
+    .await;
+
+    // Following brings a user's posts in; unfollowing takes them out.
+    put(
+        &client,
+        &alice,
+        &format!("/api/users/{}/follow", carol.id),
+        None,
+    )
+    .await;
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "a follow reaches the feed",
+        || async { whole_feed(&client, &alice).await == [second.as_str(), &carols, &own] },
+    )
+    .await;
+    delete(&client, &alice, &format!("/api/users/{}/follow", bob.id)).await;
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "an unfollow reaches the feed",
+        || async { whole_feed(&client, &alice).await == [carols.as_str(), &own] },
+    )
+    .await;
+
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn with_redis_down_the_feed_is_served_from_postgresql() {
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    // Nothing listens on port 1: every Redis call fails fast.
+    settings.redis_url = "redis://127.0.0.1:1".into();
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    put(
+        &client,
+        &alice,
+        &format!("/api/users/{}/follow", bob.id),
+        None,
+    )
+    .await;
+    let mut expected = Vec::new();
+    for i in 0..3 {
+        expected.push(posted(&client, &bob, &format!("bob {i}"), "followers").await);
+        expected.push(posted(&client, &alice, &format!("alice {i}"), "public").await);
+    }
+    expected.reverse();
+    assert_eq!(whole_feed(&client, &alice).await, expected);
+    delete(&client, &bob, &format!("/api/posts/{}", expected[1])).await;
+    expected.remove(1);
+    assert_eq!(whole_feed(&client, &alice).await, expected);
 
     app.stop().await;
     world.clean_up().await;

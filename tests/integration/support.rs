@@ -685,6 +685,18 @@ impl World {
         (!entry.is_empty()).then_some(entry)
     }
 
+    /// How many members the sorted set at `key` has (0 when it does not
+    /// exist).
+    pub async fn redis_zcard(&self, key: &str) -> i64 {
+        let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("ZCARD")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
     /// The seconds an account's cache entry has left to live.
     pub async fn cached_account_ttl(&self, id: &str) -> i64 {
         let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
