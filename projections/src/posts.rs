@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, Postgres, Transaction};
 use tidings_domain::post::{Event, Reaction, Visibility};
-use tidings_schemas::EventEnvelope;
+use tidings_schemas::{Channel, EventEnvelope};
 use uuid::Uuid;
 
 use crate::accounts;
@@ -159,8 +159,37 @@ async fn apply(
             effects
                 .accounts
                 .extend(accounts::add_to_counts(tx, c.author, 0, 0, 1).await?);
+            let readers = feed_readers(tx, c.author).await?;
+            // Each follower is told of the new entry of their feed (a
+            // followers-only post goes to followers alone, as it should).
+            let entry = FeedEntry {
+                post_id: c.post_id,
+                author_id: c.author,
+                author_username: sqlx::query_scalar("SELECT username FROM accounts WHERE id = $1")
+                    .bind(c.author)
+                    .fetch_optional(&mut **tx)
+                    .await?,
+                text: c.text.clone(),
+                visibility: c.visibility.as_str().to_owned(),
+                created_at: c.created_at,
+            };
+            let entry = serde_json::to_value(entry).expect("feed entries serialize");
+            effects
+                .updates
+                .extend(
+                    readers
+                        .iter()
+                        .filter(|reader| **reader != c.author)
+                        .map(|reader| {
+                            ChannelUpdate::new(
+                                Channel::User(*reader),
+                                "feed.post_created",
+                                entry.clone(),
+                            )
+                        }),
+                );
             effects.feeds.push(FeedChange::Add {
-                users: feed_readers(tx, c.author).await?,
+                users: readers,
                 post_id: c.post_id,
                 at: c.created_at,
             });
@@ -196,6 +225,7 @@ async fn apply(
             let likes = i64::from(r.reaction == Reaction::Like)
                 - i64::from(r.previous == Some(Reaction::Like));
             add_likes(tx, r.post_id, likes).await?;
+            effects.updates.extend(counts(tx, r.post_id).await?);
             // A first reaction is news to the author; changing it is not.
             if r.previous.is_none() {
                 let (kind, reaction) = match r.reaction {
@@ -222,6 +252,7 @@ async fn apply(
                 .await?;
             let likes = -i64::from(u.reaction == Reaction::Like);
             add_likes(tx, u.post_id, likes).await?;
+            effects.updates.extend(counts(tx, u.post_id).await?);
         }
         Event::Commented(c) => {
             sqlx::query(
@@ -240,6 +271,7 @@ async fn apply(
             .bind(c.post_id)
             .fetch_optional(&mut **tx)
             .await?;
+            effects.updates.extend(counts(tx, c.post_id).await?);
             let notify = Notify {
                 envelope,
                 user_id: c.post_author,
@@ -269,6 +301,49 @@ async fn apply(
         }
     }
     Ok(effects)
+}
+
+/// What a post's channel (`post:{id}`) receives on every reaction and
+/// comment: the current counts, last value wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Counts {
+    pub post_id: Uuid,
+    pub like_count: i64,
+    pub comment_count: i64,
+    pub reactions: sqlx::types::Json<BTreeMap<String, i64>>,
+}
+
+async fn counts(
+    tx: &mut Transaction<'_, Postgres>,
+    post_id: Uuid,
+) -> Result<Option<ChannelUpdate>, sqlx::Error> {
+    let counts: Option<Counts> = sqlx::query_as(
+        "SELECT p.id AS post_id, p.like_count, p.comment_count,
+                coalesce((SELECT jsonb_object_agg(c.reaction, c.n) FROM
+                    (SELECT reaction, count(*) AS n FROM post_reactions WHERE post_id = p.id GROUP BY reaction) c), '{}') AS reactions
+         FROM posts p WHERE p.id = $1",
+    )
+    .bind(post_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(counts.map(|counts| {
+        ChannelUpdate::new(
+            Channel::Post(post_id),
+            "post.counts",
+            serde_json::to_value(counts).expect("counts serialize"),
+        )
+    }))
+}
+
+/// A new post in a follower's feed, as pushed on `user:{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    pub post_id: Uuid,
+    pub author_id: Uuid,
+    pub author_username: Option<String>,
+    pub text: String,
+    pub visibility: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// Whose home feeds hold the posts of `author`: the author's and the

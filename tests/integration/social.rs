@@ -14,8 +14,12 @@ struct User {
     token: String,
 }
 
+/// Registers, and waits until the account is projected (others look it
+/// up to follow it).
 async fn user(client: &Client, name: &str) -> User {
-    let (id, token, _) = client.user(name).await;
+    let (id, token, position) = client.user(name).await;
+    let profile = client.own_profile(&token, &position).await;
+    assert_eq!(profile.status, 200, "{}", profile.body);
     User { id, token }
 }
 
@@ -34,6 +38,13 @@ async fn user_patiently(client: &Client, name: &str) -> User {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("{name} could not register");
+}
+
+/// `who` follows `whom`; panics unless 200.
+async fn follow(client: &Client, who: &User, whom: &User) {
+    let path = format!("/api/users/{}/follow", whom.id);
+    let reply = put(client, who, &path, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 async fn post(client: &Client, who: &User, text: &str, visibility: &str) -> Reply {
@@ -483,13 +494,7 @@ async fn the_feed_holds_own_and_followed_posts_newest_first_page_by_page() {
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
     let stranger = user(&client, "stranger").await;
-    put(
-        &client,
-        &alice,
-        &format!("/api/users/{}/follow", bob.id),
-        None,
-    )
-    .await;
+    follow(&client, &alice, &bob).await;
 
     let mut expected = Vec::new();
     for i in 0..5 {
@@ -675,13 +680,7 @@ async fn likes_comments_follows_and_mentions_notify_and_are_pushed_and_marked_re
     let mut socket = Socket::connect(&app.base, &alice.token).await;
     socket.expect("welcome").await;
 
-    put(
-        &client,
-        &bob,
-        &format!("/api/users/{}/follow", alice.id),
-        None,
-    )
-    .await;
+    follow(&client, &bob, &alice).await;
     let id = posted(&client, &alice, "hello", "public").await;
     put(&client, &bob, &format!("/api/posts/{id}/like"), None).await;
     // One's own like, comment or mention tells no one.
@@ -767,6 +766,16 @@ async fn likes_comments_follows_and_mentions_notify_and_are_pushed_and_marked_re
     world.clean_up().await;
 }
 
+/// The next event frame of `channel` named `event`, past any other.
+async fn expect_event(socket: &mut Socket, channel: &str, event: &str) -> Value {
+    loop {
+        let frame = socket.expect("event").await;
+        if frame["channel"] == channel && frame["event"] == event {
+            return frame;
+        }
+    }
+}
+
 /// The feed's ids as `alice` reads them, page by page (`limit` 2).
 async fn whole_feed(client: &Client, who: &User) -> Vec<String> {
     let mut seen = Vec::new();
@@ -790,13 +799,7 @@ async fn the_cached_feed_follows_posts_deletions_and_follows() {
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
     let carol = user(&client, "carol").await;
-    put(
-        &client,
-        &alice,
-        &format!("/api/users/{}/follow", bob.id),
-        None,
-    )
-    .await;
+    follow(&client, &alice, &bob).await;
     let first = posted(&client, &bob, "one", "followers").await;
     let own = posted(&client, &alice, "mine", "public").await;
     let carols = posted(&client, &carol, "carol's", "public").await;
@@ -831,13 +834,7 @@ async fn the_cached_feed_follows_posts_deletions_and_follows() {
     .await;
 
     // Following brings a user's posts in; unfollowing takes them out.
-    put(
-        &client,
-        &alice,
-        &format!("/api/users/{}/follow", carol.id),
-        None,
-    )
-    .await;
+    follow(&client, &alice, &carol).await;
     crate::support::eventually(
         Duration::from_secs(5),
         "a follow reaches the feed",
@@ -866,13 +863,7 @@ async fn with_redis_down_the_feed_is_served_from_postgresql() {
     let client = Client::new(&app.base);
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    put(
-        &client,
-        &alice,
-        &format!("/api/users/{}/follow", bob.id),
-        None,
-    )
-    .await;
+    follow(&client, &alice, &bob).await;
     let mut expected = Vec::new();
     for i in 0..3 {
         expected.push(posted(&client, &bob, &format!("bob {i}"), "followers").await);
@@ -883,6 +874,56 @@ async fn with_redis_down_the_feed_is_served_from_postgresql() {
     delete(&client, &bob, &format!("/api/posts/{}", expected[1])).await;
     expected.remove(1);
     assert_eq!(whole_feed(&client, &alice).await, expected);
+
+    app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_posts_channel_carries_its_counts_to_those_who_may_see_it_and_feeds_reach_followers() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let eve = user(&client, "eve").await;
+    follow(&client, &bob, &alice).await;
+    let secret = posted(&client, &alice, "followers only", "followers").await;
+    let channel = format!("post:{secret}");
+
+    let mut bobs = Socket::connect(&app.base, &bob.token).await;
+    bobs.expect("welcome").await;
+    bobs.send(json!({"op": "subscribe", "channel": channel}))
+        .await;
+    // (The own user channel is subscribed on connect.)
+    while bobs.expect("subscribed").await["channel"] != channel {}
+    let mut eves = Socket::connect(&app.base, &eve.token).await;
+    eves.expect("welcome").await;
+    eves.send(json!({"op": "subscribe", "channel": channel}))
+        .await;
+    let refused = eves.expect("error").await;
+    assert_eq!(
+        refused["code"], "unknown_channel",
+        "as for a post that does not exist"
+    );
+
+    put(&client, &bob, &format!("/api/posts/{secret}/like"), None).await;
+    let counts = expect_event(&mut bobs, &channel, "post.counts").await;
+    assert_eq!(counts["data"]["like_count"], 1);
+    assert_eq!(counts["data"]["reactions"], json!({"like": 1}));
+
+    // A new post reaches the feeds of followers only.
+    let next = posted(&client, &alice, "for followers again", "followers").await;
+    let bobs_channel = format!("user:{}", bob.id);
+    let mut entry = expect_event(&mut bobs, &bobs_channel, "feed.post_created").await;
+    if entry["data"]["post_id"] == secret.as_str() {
+        entry = expect_event(&mut bobs, &bobs_channel, "feed.post_created").await;
+    }
+    assert_eq!(entry["data"]["post_id"], next.as_str());
+    assert_eq!(entry["data"]["author_username"], "alice");
+    while let Some(frame) = eves.next_frame(Duration::from_secs(2)).await {
+        assert_ne!(frame["type"], "event", "eve is told nothing: {frame}");
+    }
 
     app.stop().await;
     world.clean_up().await;
