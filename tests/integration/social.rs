@@ -928,3 +928,51 @@ async fn a_posts_channel_carries_its_counts_to_those_who_may_see_it_and_feeds_re
     app.stop().await;
     world.clean_up().await;
 }
+
+/// Not a check, a measurement (run on demand): `GET /api/feed` latency with
+/// the feed cached and with it dropped before every read, over 100 posts of
+/// 5 followed users. `cargo nextest run --run-ignored only --no-capture -E
+/// 'test(feed_latency)'`.
+#[tokio::test]
+#[ignore]
+async fn feed_latency_warm_and_cold() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let reader = user(&client, "reader").await;
+    for a in 0..5 {
+        let author = user(&client, &format!("author{a}")).await;
+        follow(&client, &reader, &author).await;
+        for i in 0..20 {
+            posted(&client, &author, &format!("post {i}"), "followers").await;
+        }
+    }
+    let key = format!("{}:feed:{}", world.settings.redis_prefix, reader.id);
+    let redis = deadpool_redis::redis::Client::open(world.settings.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    for cold in [false, true] {
+        let mut took = Vec::new();
+        for _ in 0..300 {
+            if cold {
+                let _: i64 = deadpool_redis::redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            let started = std::time::Instant::now();
+            let page = get(&client, &reader, "/api/feed").await;
+            took.push(started.elapsed());
+            assert_eq!(ids(&page).len(), 20);
+        }
+        took.sort();
+        eprintln!(
+            "GET /api/feed, {}: p50 {:?}, p99 {:?}",
+            if cold { "cold cache" } else { "warm cache" },
+            took[took.len() / 2],
+            took[took.len() * 99 / 100]
+        );
+    }
+    app.stop().await;
+    world.clean_up().await;
+}
