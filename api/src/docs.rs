@@ -211,6 +211,13 @@ pub fn common_answers(openapi: &mut utoipa::openapi::OpenApi) {
                     r"^[\t ]*[!-~]([\t -~]{0,253}[!-~])?[\t ]*$",
                 );
                 answer(operation, "400", "`invalid_idempotency_key`, or the body cannot be read (`malformed_json`, `malformed_body`)");
+                if operation.request_body.is_none() {
+                    answer(
+                        operation,
+                        "422",
+                        "`idempotency_key_reused`: the key was used for another request",
+                    );
+                }
             } else {
                 header(
                     operation,

@@ -62,7 +62,7 @@ pub(crate) async fn list(
         .json(Paged::of(items, page, |n| (n.created_at, n.id))))
 }
 
-/// `{ids}` or `{all: true}`.
+/// `{ids}` or `{all: true}`; neither marks nothing.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarkReadBody {
@@ -100,12 +100,6 @@ pub(crate) async fn mark_read(
         return Err(ApiError::validation(vec![FieldError::new(
             "ids",
             format!("at most {MAX_IDS} ids"),
-        )]));
-    }
-    if body.ids.is_empty() && !body.all {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "ids",
-            "some ids, or `all: true`",
         )]));
     }
     let command = ctx.envelope(

@@ -649,7 +649,7 @@ async fn bad_social_input_gets_a_problem_and_appends_nothing() {
             client
                 .post("/api/notifications/read")
                 .bearer_auth(&alice.token)
-                .json(&json!({})),
+                .json(&json!({"ids": ["not a uuid"]})),
             422,
             "validation_failed",
         ),
