@@ -338,8 +338,14 @@ pub(crate) async fn update_profile(
         .wait_for(&position, state.settings.min_position_wait)
         .await
         .is_ok();
+    // From the cache when its entry is that far (the projector fills it
+    // before it announces the commit), else from PostgreSQL. A miss here
+    // does not fill the cache: that is the projector's part.
     let account = match projected {
-        true => tidings_projections::accounts::by_id(&state.db, me.user_id).await?,
+        true => match state.cache.account(me.user_id, Some(&position)).await {
+            Some(account) => Some(account),
+            None => tidings_projections::accounts::by_id(&state.db, me.user_id).await?,
+        },
         false => None,
     };
     let Some(account) = account else {

@@ -520,7 +520,13 @@ impl Decider {
             .filter(|(_, message)| owned.contains(&message.partition()))
             .collect();
         let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
-        for message in self.merge.admit(batch) {
+        // Commands handed over by the command bus of this process: their
+        // senders wait here, and hear the outcome without the results topic.
+        let mut local: HashSet<(i32, i64)> = HashSet::new();
+        for (origin, message) in self.merge.admit_with_origin(batch) {
+            if origin == Origin::Shortcut {
+                local.insert((message.partition(), message.offset()));
+            }
             match by_partition
                 .iter_mut()
                 .find(|(p, _)| *p == message.partition())
@@ -536,6 +542,7 @@ impl Decider {
         let mut ends: Vec<(i32, i64)> = Vec::new();
         let mut results = Vec::new();
         let mut types: HashMap<Uuid, &'static str> = HashMap::new();
+        let mut local_ids: HashSet<Uuid> = HashSet::new();
         for (partition, messages) in by_partition {
             self.ensure_loaded(partition).await?;
             if self.is_halted(partition) {
@@ -553,7 +560,12 @@ impl Decider {
                 match serde_json::from_slice::<CommandEnvelope>(
                     message.payload().unwrap_or_default(),
                 ) {
-                    Ok(command) => commands.push(command),
+                    Ok(command) => {
+                        if local.contains(&(message.partition(), message.offset())) {
+                            local_ids.insert(command.command_id);
+                        }
+                        commands.push(command)
+                    }
                     Err(error) => results.extend(malformed(message, error)),
                 }
             }
@@ -566,11 +578,20 @@ impl Decider {
         }
         results.extend(self.process(groups).await?);
         // The waiting API hears first; the topic is for the other processes.
-        if self.shortcuts.bus.results.is_open() {
-            for result in &results {
-                self.shortcuts.bus.results.offer(result.clone());
+        // A command sent by this process's bus has its sender here, so its
+        // outcome goes on the topic only when the handover failed (a command
+        // sent again elsewhere with the same id is a record of its own,
+        // answered on the topic).
+        let mut to_publish = Vec::with_capacity(results.len());
+        let handover = self.shortcuts.bus.results.is_open();
+        for result in &results {
+            let handed = handover && self.shortcuts.bus.results.offer(result.clone());
+            if !(handed && local_ids.contains(&result.command_id)) {
+                to_publish.push(result.clone());
             }
         }
+        metrics::counter!("tidings_results_kept_local_total")
+            .increment((results.len() - to_publish.len()) as u64);
         for result in &results {
             let kind = types
                 .get(&result.command_id)
@@ -601,7 +622,7 @@ impl Decider {
             self.commands.clone(),
         );
         self.sending = Some(tokio::spawn(async move {
-            publish(&producer, &topic, &results).await?;
+            publish(&producer, &topic, &to_publish).await?;
             if commit.count() > 0 {
                 if let Err(error) = commands.commit(&commit, CommitMode::Async) {
                     // Not fatal: the commands are answered again, from the

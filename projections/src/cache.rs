@@ -160,45 +160,59 @@ impl Cache {
     /// partition; those the row is known to reflect). If the write fails the
     /// entry is deleted, so that no older one outlives it.
     pub async fn put_account(&self, account: &AccountRow, at: &[(i32, i64)]) {
-        let key = self.account_key(account.id);
-        let json = serde_json::to_string(account).expect("accounts serialize");
+        self.put_accounts(std::slice::from_ref(account), at).await;
+    }
+
+    /// [`Cache::put_account`] for several accounts, in one round trip.
+    pub async fn put_accounts(&self, accounts: &[AccountRow], at: &[(i32, i64)]) {
+        if accounts.is_empty() {
+            return;
+        }
+        let at = format_offsets(at);
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            let key = self.account_key(account.id);
+            let json = serde_json::to_string(account).expect("accounts serialize");
+            pipe.cmd("EVAL")
+                .arg(PUT_IF_NEWER)
+                .arg(1)
+                .arg(&key)
+                .arg(account.version)
+                .arg(json)
+                .arg(TTL_SECONDS)
+                .arg(&at)
+                .ignore();
+            keys.push(key);
+        }
         let written = self
             .run(async {
                 let mut conn = self.pool.get().await?;
-                let _: i32 = redis::cmd("EVAL")
-                    .arg(PUT_IF_NEWER)
-                    .arg(1)
-                    .arg(&key)
-                    .arg(account.version)
-                    .arg(&json)
-                    .arg(TTL_SECONDS)
-                    .arg(format_offsets(at))
-                    .query_async(&mut conn)
-                    .await?;
+                let () = pipe.query_async(&mut conn).await?;
                 Ok(())
             })
             .await;
         if written.is_none() {
-            self.forget(&key).await;
+            self.forget(&keys).await;
         }
     }
 
-    /// Deletes an entry; if that fails too, the entry dies with its TTL.
-    async fn forget(&self, key: &str) {
+    /// Deletes entries whose refresh failed, in one round trip.
+    async fn forget(&self, keys: &[String]) {
         let deleted = self
             .run(async {
                 let mut conn = self.pool.get().await?;
-                let _: i64 = conn.del(key).await?;
+                let _: i64 = conn.del(keys).await?;
                 Ok(())
             })
             .await;
         if deleted.is_none() {
             metrics::counter!("tidings_cache_stale_entries_total", "cache" => "account")
-                .increment(1);
+                .increment(keys.len() as u64);
             tracing::warn!(
-                key,
+                ?keys,
                 ttl_seconds = TTL_SECONDS,
-                "a cache entry could be neither refreshed nor deleted; it expires with its TTL"
+                "cache entries could be neither refreshed nor deleted; they expire with their TTL"
             );
         }
     }
@@ -318,9 +332,8 @@ impl Cache {
                     })
                     .await;
                 if written.is_none() {
-                    for user in users {
-                        self.forget(&self.feed_key(*user)).await;
-                    }
+                    let keys: Vec<String> = users.iter().map(|u| self.feed_key(*u)).collect();
+                    self.forget(&keys).await;
                 }
             }
         }

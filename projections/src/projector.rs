@@ -147,15 +147,17 @@ pub async fn run(
                 settings.updates.offer(update.clone());
             }
         }
-        settings.progress.advance(committed.iter().copied());
+        // The cache first: a writer woken by the progress reads its own
+        // write from the cache, not from PostgreSQL. The rows reflect at
+        // least the batch's partitions as now committed; they claim nothing
+        // of the others.
         if let Some(cache) = &cache {
-            for account in &projected.effects.accounts {
-                // The row reflects at least the batch's partitions as now
-                // committed; it claims nothing of the others.
-                cache.put_account(account, committed).await;
-            }
+            cache
+                .put_accounts(&projected.effects.accounts, committed)
+                .await;
             cache.apply_feeds(&projected.effects.feeds).await;
         }
+        settings.progress.advance(committed.iter().copied());
     }
     consumer.unsubscribe();
     Ok(())

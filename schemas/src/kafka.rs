@@ -75,6 +75,14 @@ pub const STATIC_MEMBERSHIP_MIN_SESSION_MS: u32 = 8_000;
 /// How long a client waits on a metadata or admin answer before giving up.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a producer holds a record for a batch. Not 0: an idempotent
+/// producer has at most 5 requests in flight, and while records wait for a
+/// free slot librdkafka wakes its broker thread every `linger.ms` to look
+/// again. At 0 that thread spun, about 40 % of Tidings' CPU at a thousand
+/// writes per second; at 0.2 ms it wakes at most 5,000 times a second, and a
+/// lone record waits 0.2 ms.
+pub const LINGER_MS: &str = "0.2";
+
 impl KafkaSettings {
     pub fn topics(&self) -> Topics {
         let p = &self.topic_prefix;
@@ -99,13 +107,13 @@ impl KafkaSettings {
     }
 
     /// An idempotent producer tuned for latency: the broker drops a retried
-    /// batch it already has, and batches leave after 1 ms at most.
+    /// batch it already has, and a record leaves after [`LINGER_MS`] at most.
     pub fn producer(&self) -> ClientConfig {
         let mut config = self.client();
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "0")
+            .set("linger.ms", LINGER_MS)
             .set("message.timeout.ms", "30000");
         config.remove("allow.auto.create.topics");
         config

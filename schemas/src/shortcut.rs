@@ -68,13 +68,17 @@ impl<T> Shortcut<T> {
 
     /// Hands a copy to the reader, if one listens and has room; otherwise
     /// the copy is dropped and the reader takes the record from the log.
-    pub fn offer(&self, item: T) {
+    /// Says whether the reader got it.
+    pub fn offer(&self, item: T) -> bool {
         let guard = self.0.lock().expect("shortcut lock");
-        if let Some(tx) = guard.as_ref() {
-            if tx.try_send(item).is_err() {
-                metrics::counter!("tidings_shortcut_dropped_total").increment(1);
-            }
+        let Some(tx) = guard.as_ref() else {
+            return false;
+        };
+        let taken = tx.try_send(item).is_ok();
+        if !taken {
+            metrics::counter!("tidings_shortcut_dropped_total").increment(1);
         }
+        taken
     }
 
     /// Whether a reader listens: a writer can spare itself building copies.
@@ -133,6 +137,17 @@ impl Merge {
     /// partition; what is already taken is dropped, and copies ahead of a
     /// hole wait for it.
     pub fn admit(&mut self, records: Vec<(Origin, OwnedMessage)>) -> Vec<OwnedMessage> {
+        self.admit_with_origin(records)
+            .into_iter()
+            .map(|(_, message)| message)
+            .collect()
+    }
+
+    /// [`Merge::admit`], saying of each record taken where it came from.
+    pub fn admit_with_origin(
+        &mut self,
+        records: Vec<(Origin, OwnedMessage)>,
+    ) -> Vec<(Origin, OwnedMessage)> {
         let mut incoming: BTreeMap<(i32, i64), (Origin, OwnedMessage)> = BTreeMap::new();
         for (origin, message) in records {
             let key = (message.partition(), message.offset());
@@ -157,13 +172,13 @@ impl Merge {
                 (Some(next), _) if offset == next => {
                     self.next.insert(partition, offset + 1);
                     early_taken += u64::from(origin == Origin::Shortcut);
-                    taken.push(message);
+                    taken.push((origin, message));
                 }
                 // The log is the truth: a jump in it (records removed by
                 // retention, say) is where the partition now goes on.
                 (_, Origin::Log) => {
                     self.next.insert(partition, offset + 1);
-                    taken.push(message);
+                    taken.push((Origin::Log, message));
                 }
                 (_, Origin::Shortcut) => {
                     if self.early.len() < EARLY_KEPT {
