@@ -294,7 +294,7 @@ pub(crate) struct UpdatedProfile {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Accepted {
     #[schema(value_type = String)]
-    position: Position,
+    pub(crate) position: Position,
 }
 
 #[utoipa::path(patch, path = "/api/profile", tag = "accounts",

@@ -25,7 +25,10 @@ use utoipa::{Modify, OpenApi};
 
 use crate::accounts;
 use crate::error::{FieldError, Problem};
+use crate::follows;
 use crate::health;
+use crate::notifications;
+use crate::posts;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +43,23 @@ use crate::health;
         accounts::own_profile,
         accounts::update_profile,
         accounts::public_profile,
+        posts::create_post,
+        posts::get_post,
+        posts::delete_post,
+        posts::like,
+        posts::unlike,
+        posts::react,
+        posts::unreact,
+        posts::add_comment,
+        posts::list_comments,
+        posts::user_posts,
+        posts::feed,
+        follows::follow,
+        follows::unfollow,
+        follows::followers,
+        follows::following,
+        notifications::list,
+        notifications::mark_read,
         health::health,
         health::ready,
         health::metrics,
@@ -53,6 +73,8 @@ use crate::health;
     modifiers(&BearerAuth),
     tags(
         (name = "accounts", description = "Register, sign in, profiles"),
+        (name = "social", description = "Posts, reactions, comments, follows, the home feed"),
+        (name = "notifications", description = "Likes, comments, follows and mentions of the caller"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
         (name = "realtime", description = "The WebSocket gateway"),
     )
@@ -189,6 +211,13 @@ pub fn common_answers(openapi: &mut utoipa::openapi::OpenApi) {
                     r"^[\t ]*[!-~]([\t -~]{0,253}[!-~])?[\t ]*$",
                 );
                 answer(operation, "400", "`invalid_idempotency_key`, or the body cannot be read (`malformed_json`, `malformed_body`)");
+                if operation.request_body.is_none() {
+                    answer(
+                        operation,
+                        "422",
+                        "`idempotency_key_reused`: the key was used for another request",
+                    );
+                }
             } else {
                 header(
                     operation,

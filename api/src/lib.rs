@@ -5,6 +5,9 @@
 //! Reads come from the projections, through the Redis cache.
 //!
 //! - [`accounts`]: register, login, profiles — start here;
+//! - [`posts`], [`follows`], [`notifications`]: the social routes (posts,
+//!   reactions, comments, the feed; follows; notifications);
+//! - [`page`]: cursor pagination;
 //! - [`auth`]: JWTs, passwords, the [`auth::Authenticated`] extractor;
 //! - [`context`]: request id, idempotency key, command envelopes;
 //! - [`docs`]: OpenAPI at `/openapi.json`, the reference page at `/docs`;
@@ -21,9 +24,13 @@ pub mod auth;
 pub mod context;
 pub mod docs;
 pub mod error;
+pub mod follows;
 pub mod health;
 pub mod idempotency;
 pub mod middleware;
+pub mod notifications;
+pub mod page;
+pub mod posts;
 pub mod validate;
 
 use std::time::Duration;
@@ -85,6 +92,16 @@ impl ApiState {
         self.account_from_db(id).await
     }
 
+    /// Whether the read models show a write at `position` within the
+    /// bounded wait: a write answers with what it wrote once they do, and
+    /// with only its position (202) when they lag.
+    pub async fn projected(&self, position: &Position) -> bool {
+        self.progress
+            .wait_for(position, self.settings.min_position_wait)
+            .await
+            .is_ok()
+    }
+
     /// An account from PostgreSQL, and into the cache with the projector
     /// offsets of the same snapshot: exactly the position the row reflects.
     pub async fn account_from_db(&self, id: Uuid) -> Result<Option<AccountRow>, ApiError> {
@@ -117,7 +134,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .configure(health::routes)
         .configure(docs::routes)
-        .configure(accounts::routes);
+        .configure(accounts::routes)
+        .configure(posts::routes)
+        .configure(follows::routes)
+        .configure(notifications::routes);
 }
 
 /// The answer for a request no route takes: 405 with `Allow` when the path

@@ -11,6 +11,8 @@ pub const MIN_PASSWORD: usize = 8;
 pub const MAX_DISPLAY_NAME: usize = 64;
 pub const MAX_BIO: usize = 500;
 pub const MAX_URL: usize = 2048;
+/// The longest post or comment, in characters.
+pub const MAX_TEXT: usize = 5000;
 
 #[derive(Default)]
 pub struct Fields(Vec<FieldError>);
@@ -85,6 +87,22 @@ pub fn display_name(value: &str) -> Result<String, String> {
         || value.chars().any(char::is_control)
     {
         return Err(format!("1 to {MAX_DISPLAY_NAME} printable characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// A post's or a comment's text: not blank, at most [`MAX_TEXT`]
+/// characters, no control characters but line breaks and tabs; trimmed.
+pub fn text(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > MAX_TEXT {
+        return Err(format!("1 to {MAX_TEXT} characters, not only white space"));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err("no control characters but line breaks and tabs".into());
     }
     Ok(value.to_owned())
 }

@@ -22,6 +22,9 @@
 
 pub mod account;
 pub mod claim;
+pub mod follow;
+pub mod inbox;
+pub mod post;
 
 #[cfg(test)]
 mod testing;

@@ -26,6 +26,9 @@ pub struct AccountRow {
     pub posts_count: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The row's version: it goes up with every change to the row (the
+    /// account's own events and the counts others' events move), and orders
+    /// the cache's writes.
     pub version: i64,
 }
 
@@ -142,9 +145,15 @@ async fn apply(
             if let (1, Some(hash)) = (envelope.version, envelope.data["password_hash"].as_str()) {
                 crate::credentials::store(&mut **tx, id, hash).await?;
             }
+            // Follows and posts of this account can be projected before it
+            // (they are on other partitions): its counts start from them.
             let account = sqlx::query_as::<_, AccountRow>(
-                "INSERT INTO accounts (id, username, email, display_name, created_at, updated_at, version)
-                 VALUES ($1, $2, $3, $4, $5, $5, $6)
+                "INSERT INTO accounts (id, username, email, display_name, created_at, updated_at, version,
+                                       followers_count, following_count, posts_count)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6,
+                         (SELECT count(*) FROM follows WHERE followee_id = $1),
+                         (SELECT count(*) FROM follows WHERE follower_id = $1),
+                         (SELECT count(*) FROM posts WHERE author_id = $1 AND deleted_at IS NULL))
                  RETURNING *",
             )
             .bind(id)
@@ -157,12 +166,12 @@ async fn apply(
             .await?;
             Ok(Effects {
                 accounts: vec![account],
-                updates: vec![],
+                ..Effects::default()
             })
         }
         Event::ProfileUpdated(u) => {
             let account = sqlx::query_as::<_, AccountRow>(
-                "UPDATE accounts SET display_name = $2, bio = $3, avatar_url = $4, updated_at = $5, version = $6
+                "UPDATE accounts SET display_name = $2, bio = $3, avatar_url = $4, updated_at = $5, version = version + 1
                  WHERE id = $1
                  RETURNING *",
             )
@@ -171,7 +180,6 @@ async fn apply(
             .bind(&u.bio)
             .bind(&u.avatar_url)
             .bind(u.updated_at)
-            .bind(version)
             .fetch_one(&mut **tx)
             .await?;
             let update = ChannelUpdate::new(
@@ -182,9 +190,35 @@ async fn apply(
             Ok(Effects {
                 accounts: vec![account],
                 updates: vec![update],
+                ..Effects::default()
             })
         }
     }
+}
+
+/// Moves an account's counts (followers, following, posts) by the deltas,
+/// as others' events change them; `None` when the account is not projected
+/// yet (its registration then counts them). The row's version goes up with
+/// every change, so the refreshed cache entry replaces the old one.
+pub async fn add_to_counts(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    followers: i64,
+    following: i64,
+    posts: i64,
+) -> Result<Option<AccountRow>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE accounts SET followers_count = followers_count + $2, following_count = following_count + $3,
+                posts_count = posts_count + $4, version = version + 1
+         WHERE id = $1
+         RETURNING *",
+    )
+    .bind(id)
+    .bind(followers)
+    .bind(following)
+    .bind(posts)
+    .fetch_optional(&mut **tx)
+    .await
 }
 
 /// A registration that ended, either way, is no longer pending.

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::accounts::AccountRow;
 use crate::db::{format_offsets, parse_offsets};
+use crate::projection::FeedChange;
 
 /// How long an entry lives without being refreshed: short, because an entry
 /// whose refresh and deletion both failed is served to reads that ask for no
@@ -36,6 +37,56 @@ if tonumber(ARGV[1]) > current then
   return 1
 end
 return 0
+";
+
+/// The most entries a cached feed holds: deeper pages are read from
+/// PostgreSQL.
+pub const FEED_CAP: usize = 800;
+/// How long a cached feed lives without being read again or written.
+pub const FEED_TTL_SECONDS: u64 = 600;
+/// Feeds changed by one script call.
+const FEED_BATCH: usize = 256;
+
+/// Fills a feed (KEYS: feed, generation; ARGV: generation read before the
+/// feed was read, ttl, then score and member pairs) only if its generation
+/// is still the one read: otherwise the projector changed the feed in
+/// between, and the fill, read before that change, may lack it.
+const FILL_FEED: &str = r"
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Adds a post to the feeds that are cached (KEYS: feed and generation of
+/// each user; ARGV: score, member, cap, ttl), and moves every generation.
+const ADD_TO_FEEDS: &str = r"
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('EXPIRE', KEYS[i + 1], ARGV[4] * 2)
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2])
+    redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(tonumber(ARGV[3]) + 1))
+  end
+end
+return 1
+";
+
+/// Drops the feeds (KEYS: feed and generation of each user; ARGV: ttl), and
+/// moves every generation.
+const RESET_FEEDS: &str = r"
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('EXPIRE', KEYS[i + 1], ARGV[1] * 2)
+  redis.call('DEL', KEYS[i])
+end
+return 1
 ";
 
 #[derive(Clone)]
@@ -163,6 +214,128 @@ impl Cache {
                 ttl_seconds = TTL_SECONDS,
                 "cache entries could be neither refreshed nor deleted; they expire with their TTL"
             );
+        }
+    }
+
+    fn feed_key(&self, user: Uuid) -> String {
+        format!("{}:feed:{user}", self.prefix)
+    }
+
+    /// Counts the changes to a user's feed: a fill read from PostgreSQL
+    /// lands only if no change came in between (see [`FILL_FEED`]).
+    fn feed_generation_key(&self, user: Uuid) -> String {
+        format!("{}:feedgen:{user}", self.prefix)
+    }
+
+    /// The cached home feed of `user`, newest first, as `(post id, created
+    /// at in microseconds)`; `None` when it is not cached (or Redis fails).
+    /// It holds the newest [`FEED_CAP`] entries at most, and all of the
+    /// feed when it holds fewer.
+    pub async fn feed(&self, user: Uuid) -> Option<Vec<(Uuid, i64)>> {
+        let key = self.feed_key(user);
+        let entries: Option<Vec<(String, f64)>> = self
+            .run(async {
+                let mut conn = self.pool.get().await?;
+                Ok(redis::cmd("ZREVRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await;
+        let entries: Vec<(Uuid, i64)> = entries?
+            .into_iter()
+            .filter_map(|(id, score)| Some((id.parse().ok()?, score as i64)))
+            .collect();
+        let label = if entries.is_empty() { "miss" } else { "hit" };
+        metrics::counter!("tidings_cache_requests_total", "cache" => "feed", "result" => label)
+            .increment(1);
+        // An empty sorted set does not exist in Redis: an empty feed is
+        // never cached, and is read from PostgreSQL.
+        (!entries.is_empty()).then_some(entries)
+    }
+
+    /// The generation of a user's feed, read before the feed is read from
+    /// PostgreSQL for [`Cache::fill_feed`]; `None` when Redis fails.
+    pub async fn feed_generation(&self, user: Uuid) -> Option<i64> {
+        let key = self.feed_generation_key(user);
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            let generation: Option<i64> = conn.get(&key).await?;
+            Ok(generation.unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Caches a feed read from PostgreSQL, unless the projector changed it
+    /// since `generation` was read (the read may then miss that change).
+    pub async fn fill_feed(&self, user: Uuid, generation: i64, entries: &[(Uuid, i64)]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(FILL_FEED)
+            .arg(2)
+            .arg(self.feed_key(user))
+            .arg(self.feed_generation_key(user))
+            .arg(generation)
+            .arg(FEED_TTL_SECONDS);
+        for (id, micros) in entries.iter().take(FEED_CAP) {
+            command.arg(*micros).arg(id.to_string());
+        }
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            let _: i32 = command.query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Applies what the projector committed to the cached feeds: a new post
+    /// enters the cached ones (capped), a reset drops them. If a write
+    /// fails the feeds are dropped instead; if even that fails, they live
+    /// [`FEED_TTL_SECONDS`] at most.
+    pub async fn apply_feeds(&self, changes: &[FeedChange]) {
+        for change in changes {
+            let (script, users, args) = match change {
+                FeedChange::Add { users, post_id, at } => (
+                    ADD_TO_FEEDS,
+                    users,
+                    vec![
+                        at.timestamp_micros().to_string(),
+                        post_id.to_string(),
+                        FEED_CAP.to_string(),
+                        FEED_TTL_SECONDS.to_string(),
+                    ],
+                ),
+                FeedChange::Reset { users } => {
+                    (RESET_FEEDS, users, vec![FEED_TTL_SECONDS.to_string()])
+                }
+            };
+            for users in users.chunks(FEED_BATCH) {
+                let mut command = redis::cmd("EVAL");
+                command.arg(script).arg(users.len() * 2);
+                for user in users {
+                    command
+                        .arg(self.feed_key(*user))
+                        .arg(self.feed_generation_key(*user));
+                }
+                command.arg(&args);
+                let written = self
+                    .run(async {
+                        let mut conn = self.pool.get().await?;
+                        let _: i32 = command.query_async(&mut conn).await?;
+                        Ok(())
+                    })
+                    .await;
+                if written.is_none() {
+                    let keys: Vec<String> = users.iter().map(|u| self.feed_key(*u)).collect();
+                    self.forget(&keys).await;
+                }
+            }
         }
     }
 

@@ -7,6 +7,9 @@
 //!   the projection of its decider;
 //! - [`accounts`]: the account read model — how events change it and the
 //!   queries the API reads it with;
+//! - [`posts`], [`follows`], [`notifications`]: the social read models
+//!   (posts with their reactions and comments, follows, notifications) and
+//!   the queries that show each viewer only what it may see;
 //! - [`credentials`]: the private store of password hashes (not from the log);
 //! - [`outbox`]: what each realtime channel receives, and the relay that
 //!   publishes it to `tidings.updates`;
@@ -23,8 +26,11 @@ pub mod accounts;
 pub mod cache;
 pub mod credentials;
 pub mod db;
+pub mod follows;
 pub mod lag;
+pub mod notifications;
 pub mod outbox;
+pub mod posts;
 pub mod projection;
 pub mod projector;
 

@@ -11,11 +11,16 @@
 //! [`Projection`] and its migration; the match in [`apply`] is exhaustive
 //! over the registry's events, so the compiler points at the one line to add.
 
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use tidings_schemas::{DomainEvent, EventEnvelope};
+use uuid::Uuid;
 
 use crate::accounts::{AccountRow, Accounts};
+use crate::follows::Follows;
+use crate::notifications::Inbox;
 use crate::outbox::ChannelUpdate;
+use crate::posts::Posts;
 
 /// What applying events asks for beyond their rows.
 #[derive(Debug, Default)]
@@ -25,6 +30,22 @@ pub struct Effects {
     /// What realtime channels receive, appended to the outbox in the same
     /// transaction.
     pub updates: Vec<ChannelUpdate>,
+    /// Changes to the cached home feeds, made once the transaction commits.
+    pub feeds: Vec<FeedChange>,
+}
+
+/// A change to the cached home feeds (Redis sorted sets, `cache.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedChange {
+    /// A post enters the feeds of `users` (of those that are cached).
+    Add {
+        users: Vec<Uuid>,
+        post_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// The cached feeds of `users` are dropped: their next read fills them
+    /// again from PostgreSQL (after a deletion, a follow, an unfollow).
+    Reset { users: Vec<Uuid> },
 }
 
 impl Effects {
@@ -36,6 +57,7 @@ impl Effects {
             self.accounts.push(account);
         }
         self.updates.extend(other.updates);
+        self.feeds.extend(other.feeds);
     }
 }
 
@@ -64,5 +86,8 @@ pub async fn apply(
         DomainEvent::Account(event) => Accounts::apply(tx, envelope, event).await,
         // Claims guard uniqueness for the deciders; no read model shows them.
         DomainEvent::Claim(_) => Ok(Effects::default()),
+        DomainEvent::Post(event) => Posts::apply(tx, envelope, event).await,
+        DomainEvent::Follow(event) => Follows::apply(tx, envelope, event).await,
+        DomainEvent::Inbox(event) => Inbox::apply(tx, envelope, event).await,
     }
 }

@@ -155,6 +155,7 @@ pub async fn run(
             cache
                 .put_accounts(&projected.effects.accounts, committed)
                 .await;
+            cache.apply_feeds(&projected.effects.feeds).await;
         }
         settings.progress.advance(committed.iter().copied());
     }

@@ -26,6 +26,7 @@ use tidings_http::auth::{bearer, Rejection};
 use tidings_http::codes::Code;
 use tidings_http::problem::Problem;
 use tidings_projections::outbox::{self, Update};
+use tidings_projections::posts;
 use tidings_schemas::channel::{Channel, ReadPolicy};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -407,7 +408,7 @@ impl Session {
                 epoch,
                 reference,
             } => {
-                if let Err((code, message)) = self.may_read(&channel) {
+                if let Err((code, message)) = self.may_read(&channel).await {
                     return self
                         .send(&ServerFrame::error(code, message, reference))
                         .await;
@@ -456,9 +457,11 @@ impl Session {
     }
 
     /// Which channels this user may read, by the channel's read policy
-    /// (`tidings_schemas::channel`). Rooms and posts come with their
-    /// domains; until then only the own user channel exists.
-    fn may_read(&self, channel: &str) -> Result<(), (&'static str, String)> {
+    /// (`tidings_schemas::channel`). A post's channel is readable by whoever
+    /// may see the post (as `GET /api/posts/{id}` decides); any other post
+    /// is answered as a channel that does not exist. Rooms come with their
+    /// domain.
+    async fn may_read(&self, channel: &str) -> Result<(), (&'static str, String)> {
         let unknown = || {
             (
                 Code::UnknownChannel.as_str(),
@@ -472,7 +475,20 @@ impl Session {
                 Code::Forbidden.as_str(),
                 format!("{channel} is another user's channel"),
             )),
-            ReadPolicy::RoomReaders(_) | ReadPolicy::PostViewers(_) => Err(unknown()),
+            ReadPolicy::PostViewers(post) => {
+                match posts::visible(&self.gateway.db, self.user_id, post).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(unknown()),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot tell whether a post is visible");
+                        Err((
+                            Code::Unavailable.as_str(),
+                            format!("{channel} cannot be checked now; subscribe again"),
+                        ))
+                    }
+                }
+            }
+            ReadPolicy::RoomReaders(_) => Err(unknown()),
         }
     }
 

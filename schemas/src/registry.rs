@@ -178,6 +178,9 @@ macro_rules! registry {
 registry! {
     Account => tidings_domain::account::AccountDecider { Account = "account" }
     Claim => tidings_domain::claim::ClaimDecider { Email = "email", Username = "username" }
+    Post => tidings_domain::post::PostDecider { Post = "post" }
+    Follow => tidings_domain::follow::FollowDecider { Follow = "follow" }
+    Inbox => tidings_domain::inbox::InboxDecider { Inbox = "inbox" }
 }
 
 #[cfg(test)]

@@ -14,4 +14,5 @@ mod operations;
 mod overload;
 mod race;
 mod realtime;
+mod social;
 mod support;

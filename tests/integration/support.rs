@@ -424,6 +424,14 @@ impl Client {
         self.http.patch(format!("{}{path}", self.base))
     }
 
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.put(format!("{}{path}", self.base))
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.delete(format!("{}{path}", self.base))
+    }
+
     pub async fn register(&self, username: &str, email: &str) -> Reply {
         self.send(self.post("/api/auth/register").json(&json!({
             "username": username, "email": email, "password": "correct horse battery"
@@ -675,6 +683,18 @@ impl World {
             .await
             .unwrap();
         (!entry.is_empty()).then_some(entry)
+    }
+
+    /// How many members the sorted set at `key` has (0 when it does not
+    /// exist).
+    pub async fn redis_zcard(&self, key: &str) -> i64 {
+        let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("ZCARD")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
     }
 
     /// The seconds an account's cache entry has left to live.
