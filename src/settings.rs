@@ -89,7 +89,7 @@ pub struct Settings {
     /// it answers, so a record that crosses a topic between processes waits
     /// about this; between roles of one process the shortcuts skip the wait.
     /// Each parked fetch costs the broker CPU while idle: a longer wait costs
-    /// less (DESIGN.md has the figures).
+    /// less (the README's Performance section has the figures).
     #[arg(long, env = "TIDINGS_KAFKA_FETCH_WAIT_MS", default_value_t = 500)]
     pub kafka_fetch_wait_ms: u32,
     /// How long a producer holds a record to send it with others

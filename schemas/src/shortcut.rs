@@ -1,8 +1,8 @@
 //! In-process shortcuts past a log hop.
 //!
 //! A hop through a topic costs about the reading consumer's fetch wait (the
-//! broker holds a fetch that long before it answers; DESIGN.md has the
-//! figures), and a write crosses several. When the role that writes a record
+//! broker holds a fetch that long before it answers; the README's
+//! Performance section has the figures), and a write crosses several. When the role that writes a record
 //! and the role that reads it run in one process, the writer also hands the
 //! reader a copy of the record as the broker acknowledged it: its partition
 //! and offset. The topic stays the record of truth:

@@ -195,7 +195,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         );
     }
     notes.push(format!(
-        "each write is at least four records (command, event, result, update) and a PostgreSQL transaction; the raw produce sends one record of {payload_bytes} bytes per write with up to 1,024 in flight"
+        "each write is at least three records (command, event, update; its outcome crosses no topic when the command came from the same process) and a PostgreSQL transaction; the raw produce sends one record of {payload_bytes} bytes per write with up to 1,024 in flight"
     ));
     scenario.notes = notes;
     if let Ok(mut plots) = ctx.plots.lock() {
