@@ -27,10 +27,13 @@ use uuid::Uuid;
 use crate::error::{ApiError, Code};
 use crate::ApiState;
 
-/// How many password hashes may wait for a core, per core. A short queue
-/// absorbs a burst; a long one would only make clients wait past the point
-/// where they give up (a waiting request holds no argon2 memory).
-const HASHING_QUEUE_PER_CORE: usize = 4;
+/// How many password hashes may wait for a core, per core: about what a
+/// core hashes within [`HASHING_MAX_WAIT`] (a hash takes 25–30 ms here), so
+/// the cores keep hashing while the refused clients wait out `Retry-After`.
+/// With 4 the queue ran dry between their returns and a burst of 1,000
+/// registrations hashed on two thirds of a core. A waiting request holds no
+/// argon2 memory.
+const HASHING_QUEUE_PER_CORE: usize = 32;
 /// The longest a hash waits for a core before the request is refused with
 /// 503 `overloaded`: a few hashes' time, well under a client's timeout.
 const HASHING_MAX_WAIT: Duration = Duration::from_secs(1);
