@@ -543,6 +543,7 @@ impl Decider {
         let mut results = Vec::new();
         let mut types: HashMap<Uuid, &'static str> = HashMap::new();
         let mut local_ids: HashSet<Uuid> = HashSet::new();
+        let mut remote_ids: HashSet<Uuid> = HashSet::new();
         for (partition, messages) in by_partition {
             self.ensure_loaded(partition).await?;
             if self.is_halted(partition) {
@@ -563,6 +564,8 @@ impl Decider {
                     Ok(command) => {
                         if local.contains(&(message.partition(), message.offset())) {
                             local_ids.insert(command.command_id);
+                        } else {
+                            remote_ids.insert(command.command_id);
                         }
                         commands.push(command)
                     }
@@ -579,14 +582,16 @@ impl Decider {
         results.extend(self.process(groups).await?);
         // The waiting API hears first; the topic is for the other processes.
         // A command sent by this process's bus has its sender here, so its
-        // outcome goes on the topic only when the handover failed (a command
-        // sent again elsewhere with the same id is a record of its own,
-        // answered on the topic).
+        // outcome goes on the topic only when the handover failed, or when a
+        // copy of it (the same id, sent again) came from elsewhere in this
+        // batch: that sender waits on the topic.
         let mut to_publish = Vec::with_capacity(results.len());
         let handover = self.shortcuts.bus.results.is_open();
         for result in &results {
             let handed = handover && self.shortcuts.bus.results.offer(result.clone());
-            if !(handed && local_ids.contains(&result.command_id)) {
+            let only_here =
+                local_ids.contains(&result.command_id) && !remote_ids.contains(&result.command_id);
+            if !(handed && only_here) {
                 to_publish.push(result.clone());
             }
         }

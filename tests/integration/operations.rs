@@ -43,8 +43,13 @@ async fn the_roles_of_one_process_hand_records_over_without_the_topics() {
             .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    let taken = sample(&metrics(&client).await, "tidings_shortcut_taken_total", &[]);
+    let exported = metrics(&client).await;
+    let taken = sample(&exported, "tidings_shortcut_taken_total", &[]);
     assert!(taken.is_some_and(|n| n >= 3.0), "taken: {taken:?}");
+    // Their outcomes went straight to the waiting requests, not through
+    // tidings.command-results.
+    let kept = sample(&exported, "tidings_results_kept_local_total", &[]);
+    assert!(kept.is_some_and(|n| n >= 3.0), "kept local: {kept:?}");
     app.stop().await;
     world.clean_up().await;
 }
