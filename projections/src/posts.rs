@@ -494,6 +494,11 @@ pub async fn list(
     Ok(rows.into_iter().map(PostView::from).collect())
 }
 
+/// A comment row with its author's names, as [`CommentRow`] reads it.
+const COMMENTS_FROM: &str = "SELECT c.id, c.post_id, c.author_id, a.username AS author_username,
+        a.display_name AS author_display_name, a.avatar_url AS author_avatar_url, c.text, c.created_at
+    FROM comments c LEFT JOIN accounts a ON a.id = c.author_id";
+
 /// A post's comments, oldest first, after the cursor `(created_at, id)`.
 /// The caller has checked that the viewer may see the post.
 pub async fn comments(
@@ -503,14 +508,12 @@ pub async fn comments(
     limit: i64,
 ) -> Result<Vec<CommentView>, sqlx::Error> {
     let (at, id) = after.unzip();
-    let rows: Vec<CommentRow> = sqlx::query_as(
-        "SELECT c.id, c.post_id, c.author_id, a.username AS author_username, a.display_name AS author_display_name,
-                a.avatar_url AS author_avatar_url, c.text, c.created_at
-         FROM comments c LEFT JOIN accounts a ON a.id = c.author_id
+    let rows: Vec<CommentRow> = sqlx::query_as(&format!(
+        "{COMMENTS_FROM}
          WHERE c.post_id = $1 AND ($2::timestamptz IS NULL OR (c.created_at, c.id) > ($2, $3))
          ORDER BY c.created_at, c.id
-         LIMIT $4",
-    )
+         LIMIT $4"
+    ))
     .bind(post_id)
     .bind(at)
     .bind(id)
@@ -525,15 +528,10 @@ pub async fn comment(
     db: impl PgExecutor<'_>,
     comment_id: Uuid,
 ) -> Result<Option<CommentView>, sqlx::Error> {
-    let row: Option<CommentRow> = sqlx::query_as(
-        "SELECT c.id, c.post_id, c.author_id, a.username AS author_username, a.display_name AS author_display_name,
-                a.avatar_url AS author_avatar_url, c.text, c.created_at
-         FROM comments c LEFT JOIN accounts a ON a.id = c.author_id
-         WHERE c.id = $1",
-    )
-    .bind(comment_id)
-    .fetch_optional(db)
-    .await?;
+    let row: Option<CommentRow> = sqlx::query_as(&format!("{COMMENTS_FROM} WHERE c.id = $1"))
+        .bind(comment_id)
+        .fetch_optional(db)
+        .await?;
     Ok(row.map(CommentView::from))
 }
 
