@@ -393,6 +393,7 @@ async fn run_scenario(ctx: &Ctx, id: &str) -> anyhow::Result<Scenario> {
         "registrations" => registrations::run(ctx).await,
         "sockets" => sockets::run(ctx).await,
         "fanout" => fanout::run(ctx).await,
+        "social" => social::run(ctx).await,
         other => anyhow::bail!("no scenario {other}"),
     }
 }

@@ -12,10 +12,11 @@ use crate::tidings::Engine;
 /// The scenarios, in the order they run. Write → frame goes last: its
 /// open-loop rate may be past what Tidings can take, and what an overload
 /// leaves behind must not be what the others measure.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "unloaded",
     "throughput",
     "idle",
+    "social",
     "registrations",
     "sockets",
     "fanout",
@@ -73,7 +74,7 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Only these scenarios (comma-separated): unloaded, throughput, idle,
-    /// registrations, sockets, fanout, write-to-frame.
+    /// social, registrations, sockets, fanout, write-to-frame.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Idle WebSockets per server in the memory scenario.

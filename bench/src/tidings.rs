@@ -178,6 +178,47 @@ impl Api {
         }
     }
 
+    /// Any request as `token`'s user, with a JSON body or none: the answer,
+    /// whatever its status, and how long it took.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(Answer, Duration)> {
+        let started = Instant::now();
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        let answer = Self::answer(request.send().await?).await?;
+        Ok((answer, started.elapsed()))
+    }
+
+    /// `call`, where anything but a 2xx is an error; the body as JSON.
+    pub async fn ok(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let (answer, _) = self.call(method.clone(), token, path, body).await?;
+        if !(200..300).contains(&answer.status) {
+            bail!(
+                "{method} {path}: {} {}",
+                answer.status,
+                answer.body.chars().take(300).collect::<String>()
+            );
+        }
+        Ok(serde_json::from_str(&answer.body).unwrap_or(Value::Null))
+    }
+
     /// `PATCH /api/profile {bio}`: its status, and the `code` of a
     /// problem answer.
     pub async fn patch_bio(&self, token: &str, bio: &str) -> anyhow::Result<(u16, String)> {
