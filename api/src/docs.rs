@@ -24,6 +24,7 @@ use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::accounts;
+use crate::details;
 use crate::error::{FieldError, Problem};
 use crate::follows;
 use crate::health;
@@ -43,6 +44,8 @@ use crate::posts;
         accounts::own_profile,
         accounts::update_profile,
         accounts::public_profile,
+        details::own_details,
+        details::update_details,
         posts::create_post,
         posts::get_post,
         posts::delete_post,
