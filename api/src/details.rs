@@ -167,7 +167,12 @@ pub struct UpdateDetailsBody {
 impl UpdateDetailsBody {
     fn into_command(self, ctx: &RequestContext) -> Result<UpdateDetails, ApiError> {
         let mut fields = Fields::default();
-        let phone_number = field(&mut fields, "phone_number", self.phone_number, rules::phone_number);
+        let phone_number = field(
+            &mut fields,
+            "phone_number",
+            self.phone_number,
+            rules::phone_number,
+        );
         let address = field(&mut fields, "address", self.address, |v| {
             rules::line(v, rules::MAX_ADDRESS)
         });

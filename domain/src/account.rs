@@ -141,8 +141,10 @@ pub struct Account {
     pub bio: Option<String>,
     pub avatar_url: Option<String>,
     /// The extended profile; absent from states kept before it existed.
+    /// Boxed: most accounts never set one, and every aggregate's state
+    /// shares the size of the largest.
     #[serde(default)]
-    pub details: Details,
+    pub details: Box<Details>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,7 +240,7 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
         (Command::UpdateDetails(u), State::Active(account)) => {
             let details = u.apply_to(&account.details);
             // As for the profile: a change to nothing appends nothing.
-            Ok(if details == account.details {
+            Ok(if details == *account.details {
                 vec![]
             } else {
                 vec![Event::DetailsUpdated(DetailsUpdated {
@@ -261,7 +263,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             display_name: r.display_name.clone(),
             bio: None,
             avatar_url: None,
-            details: Details::default(),
+            details: Box::default(),
         }),
         (State::Pending(_), Event::Abandoned { .. }) => State::Abandoned,
         (State::Active(account), Event::ProfileUpdated(u)) => State::Active(Account {
@@ -271,7 +273,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             ..account
         }),
         (State::Active(account), Event::DetailsUpdated(u)) => State::Active(Account {
-            details: u.details.clone(),
+            details: Box::new(u.details.clone()),
             ..account
         }),
         // The sequence rule admits only events that follow the state they

@@ -154,7 +154,9 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
     }
 
-    fn given(events: impl IntoIterator<Item = Event>) -> testing::Given<crate::account::State, Event> {
+    fn given(
+        events: impl IntoIterator<Item = Event>,
+    ) -> testing::Given<crate::account::State, Event> {
         testing::given(events, evolve)
     }
 
@@ -277,7 +279,9 @@ mod tests {
                 ..UpdateDetails::default()
             })
         };
-        given([]).when(change(), decide).then_err(Error::NotRegistered);
+        given([])
+            .when(change(), decide)
+            .then_err(Error::NotRegistered);
         given([opened()])
             .when(change(), decide)
             .then_err(Error::NotRegistered);
@@ -298,7 +302,10 @@ mod tests {
         let event = updated(some_details());
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["data"]["birthday"], "1990-05-17");
-        assert_eq!(json["data"]["public_fields"], serde_json::json!(["birthday"]));
+        assert_eq!(
+            json["data"]["public_fields"],
+            serde_json::json!(["birthday"])
+        );
         assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
     }
 

@@ -19,8 +19,8 @@ use tidings_schemas::Position;
 use uuid::Uuid;
 
 use crate::accounts::AccountRow;
-use crate::details::DetailsRow;
 use crate::db::{format_offsets, parse_offsets};
+use crate::details::DetailsRow;
 use crate::projection::FeedChange;
 
 /// How long an entry lives without being refreshed: short, because an entry
