@@ -99,6 +99,14 @@ mod tests {
             }
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+        let ended = ServerFrame::Unsubscribed {
+            channel: "post:1".into(),
+            reason: "forbidden".into(),
+        };
+        assert_eq!(
+            ended.to_json(),
+            r#"{"type":"unsubscribed","channel":"post:1","reason":"forbidden"}"#
+        );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"op":"dance"}"#).is_err());
     }
 }

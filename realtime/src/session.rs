@@ -470,8 +470,8 @@ impl Session {
     /// (`tidings_schemas::channel`). A post's channel is readable by whoever
     /// may see the post (as `GET /api/posts/{id}` decides); any other post
     /// is answered as a channel that does not exist. Rooms come with their
-    /// domain. For a followers-only post of another user, its author: what
-    /// the subscription lasts as long as (the follow).
+    /// domain. On success, for a followers-only post of another user, its
+    /// author: the subscription lasts as long as the follow of them.
     async fn may_read(&self, channel: &str) -> Result<Option<Uuid>, (&'static str, String)> {
         let unknown = || {
             (
