@@ -22,9 +22,9 @@ MAX_KEY = 255
 
 
 # What the server takes as a key (the pattern of the header in
-# /openapi.json): visible ASCII, with spaces and tabs inside or around.
-# Anything it takes must be made unique, tabs included.
-KEY = re.compile(r"^[\t ]*[!-~]([\t -~]{0,253}[!-~])?[\t ]*$")
+# /openapi.json): visible ASCII with spaces inside, spaces and tabs around.
+# Anything it takes must be made unique.
+KEY = re.compile(r"^[\t ]*[!-~]([ -~]{0,253}[!-~])?[\t ]*\Z")
 
 
 def _valid(key):
