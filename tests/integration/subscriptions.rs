@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use tidings::Role;
+
 use crate::support::{Client, Socket, World, ALL_ROLES};
 
 struct User {
@@ -155,6 +157,50 @@ async fn unfollowing_ends_subscriptions_to_followers_only_posts_of_that_author_o
     assert_eq!(bobs.expect("error").await["code"], "unknown_channel");
 
     app.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_gateway_without_the_projector_ends_the_subscription_from_the_topic() {
+    let world = World::new().await;
+    let back = world
+        .start(&[Role::Api, Role::Deciders, Role::Projector])
+        .await;
+    // Its own application: no shortcut from the projector reaches it, only
+    // `<prefix>.updates`.
+    let gateway = world.start(&[Role::Realtime]).await;
+    let client = Client::new(&back.base);
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let follow = format!("/api/users/{}/follow", alice.id);
+    write(&client, &bob, "PUT", &follow).await;
+    let secret = posted(&client, &alice, "followers only", "followers").await;
+    let channel = format!("post:{secret}");
+    let mut bobs = subscribed(&gateway.base, &bob, &[&channel]).await;
+    write(&client, &alice, "PUT", &format!("/api/posts/{secret}/like")).await;
+    assert_eq!(next_counts(&mut bobs, &channel).await, 1);
+
+    write(&client, &bob, "DELETE", &follow).await;
+    let ended = bobs.expect("unsubscribed").await;
+    assert_eq!(ended["channel"], channel.as_str());
+    assert_eq!(ended["reason"], "forbidden");
+    write(
+        &client,
+        &alice,
+        "DELETE",
+        &format!("/api/posts/{secret}/like"),
+    )
+    .await;
+    let frames = frames_within(&mut bobs, Duration::from_secs(3)).await;
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f["type"] == "event" && f["channel"] == channel.as_str()),
+        "nothing more of {channel}: {frames:?}"
+    );
+
+    gateway.stop().await;
+    back.stop().await;
     world.clean_up().await;
 }
 
