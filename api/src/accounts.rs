@@ -365,7 +365,7 @@ pub(crate) async fn update_profile(
     params(("id" = Uuid, Path, description = "user id"),
         ("X-Min-Position" = Option<String>, Header, description = "Answer only once the read model has passed this position")),
     responses(
-        (status = 200, description = "A public profile (no email)", body = PublicProfile),
+        (status = 200, description = "A public profile (no email), with the extended profile's fields its owner made public", body = crate::details::UserProfile),
         (status = 404, description = "not found", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
     ))]
@@ -380,8 +380,12 @@ pub(crate) async fn public_profile(
         .account(id.into_inner(), needed.as_ref())
         .await?
         .ok_or_else(ApiError::not_found)?;
+    let details = crate::details::read(&state, account.id, needed.as_ref()).await?;
     let view: PublicProfile = account.public_profile();
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(crate::details::UserProfile {
+        profile: view,
+        details: details.public(),
+    }))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::accounts;
+use crate::details;
 use crate::error::{FieldError, Problem};
 use crate::follows;
 use crate::health;
@@ -43,6 +44,8 @@ use crate::posts;
         accounts::own_profile,
         accounts::update_profile,
         accounts::public_profile,
+        details::own_details,
+        details::update_details,
         posts::create_post,
         posts::get_post,
         posts::delete_post,
@@ -206,9 +209,10 @@ pub fn common_answers(openapi: &mut utoipa::openapi::OpenApi) {
                     operation,
                     "Idempotency-Key",
                     "A retry with the same key is the same request: it gets the first answer and appends nothing",
-                    // What `context` takes: a header value (visible ASCII,
-                    // space, tab), 1 to 255 characters once trimmed.
-                    r"^[\t ]*[!-~]([\t -~]{0,253}[!-~])?[\t ]*$",
+                    // What `idempotency::key_of` takes: visible ASCII and
+                    // spaces, 1 to 255 characters once trimmed; tabs only
+                    // around it (a tab inside is a control character).
+                    r"^[\t ]*[!-~]([ -~]{0,253}[!-~])?[\t ]*$",
                 );
                 answer(operation, "400", "`invalid_idempotency_key`, or the body cannot be read (`malformed_json`, `malformed_body`)");
                 if operation.request_body.is_none() {

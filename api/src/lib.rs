@@ -5,6 +5,7 @@
 //! Reads come from the projections, through the Redis cache.
 //!
 //! - [`accounts`]: register, login, profiles — start here;
+//! - [`details`]: the extended profile, and its public part;
 //! - [`posts`], [`follows`], [`notifications`]: the social routes (posts,
 //!   reactions, comments, the feed; follows; notifications);
 //! - [`page`]: cursor pagination;
@@ -22,6 +23,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod context;
+pub mod details;
 pub mod docs;
 pub mod error;
 pub mod follows;
@@ -135,6 +137,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(health::routes)
         .configure(docs::routes)
         .configure(accounts::routes)
+        .configure(details::routes)
         .configure(posts::routes)
         .configure(follows::routes)
         .configure(notifications::routes);

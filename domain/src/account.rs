@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::details::{Details, DetailsUpdated, UpdateDetails};
 use crate::{ErrorKind, Rejection};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +31,9 @@ pub enum Command {
     Abandon { at: DateTime<Utc> },
     #[serde(rename = "account.update_profile")]
     UpdateProfile(UpdateProfile),
+    /// Changes the extended profile ([`crate::details`]).
+    #[serde(rename = "account.update_details")]
+    UpdateDetails(UpdateDetails),
 }
 
 /// What a registration asks for. The password is not here: its hash is kept
@@ -85,6 +89,8 @@ pub enum Event {
     Abandoned { abandoned_at: DateTime<Utc> },
     #[serde(rename = "account.profile_updated")]
     ProfileUpdated(ProfileUpdated),
+    #[serde(rename = "account.details_updated")]
+    DetailsUpdated(DetailsUpdated),
 }
 
 /// A pending account: what the registration asked for.
@@ -134,6 +140,11 @@ pub struct Account {
     pub display_name: String,
     pub bio: Option<String>,
     pub avatar_url: Option<String>,
+    /// The extended profile; absent from states kept before it existed.
+    /// Boxed: most accounts never set one, and every aggregate's state
+    /// shares the size of the largest.
+    #[serde(default)]
+    pub details: Box<Details>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,6 +236,20 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
             })
         }
         (Command::UpdateProfile(_), _) => Err(Error::NotRegistered),
+
+        (Command::UpdateDetails(u), State::Active(account)) => {
+            let details = u.apply_to(&account.details);
+            // As for the profile: a change to nothing appends nothing.
+            Ok(if details == *account.details {
+                vec![]
+            } else {
+                vec![Event::DetailsUpdated(DetailsUpdated {
+                    details,
+                    updated_at: u.at,
+                })]
+            })
+        }
+        (Command::UpdateDetails(_), _) => Err(Error::NotRegistered),
     }
 }
 
@@ -238,12 +263,17 @@ pub fn evolve(state: State, event: &Event) -> State {
             display_name: r.display_name.clone(),
             bio: None,
             avatar_url: None,
+            details: Box::default(),
         }),
         (State::Pending(_), Event::Abandoned { .. }) => State::Abandoned,
         (State::Active(account), Event::ProfileUpdated(u)) => State::Active(Account {
             display_name: u.display_name.clone(),
             bio: u.bio.clone(),
             avatar_url: u.avatar_url.clone(),
+            ..account
+        }),
+        (State::Active(account), Event::DetailsUpdated(u)) => State::Active(Account {
+            details: Box::new(u.details.clone()),
             ..account
         }),
         // The sequence rule admits only events that follow the state they
@@ -266,6 +296,7 @@ impl crate::Decider for AccountDecider {
         "account.registered",
         "account.abandoned",
         "account.profile_updated",
+        "account.details_updated",
     ];
 
     fn command_type(command: &Command) -> &'static str {
@@ -274,6 +305,7 @@ impl crate::Decider for AccountDecider {
             Command::Activate { .. } => "account.activate",
             Command::Abandon { .. } => "account.abandon",
             Command::UpdateProfile(_) => "account.update_profile",
+            Command::UpdateDetails(_) => "account.update_details",
         }
     }
 

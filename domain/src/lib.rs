@@ -22,6 +22,7 @@
 
 pub mod account;
 pub mod claim;
+pub mod details;
 pub mod follow;
 pub mod inbox;
 pub mod post;

@@ -97,7 +97,8 @@ pub struct Accounts;
 
 impl Projection for Accounts {
     type Event = Event;
-    const TABLES: &'static [&'static str] = &["accounts", "pending_registrations"];
+    const TABLES: &'static [&'static str] =
+        &["accounts", "pending_registrations", "account_details"];
 
     async fn apply(
         tx: &mut Transaction<'_, Postgres>,
@@ -193,6 +194,10 @@ async fn apply(
                 ..Effects::default()
             })
         }
+        Event::DetailsUpdated(u) => Ok(Effects {
+            details: vec![crate::details::apply(tx, id, version, u).await?],
+            ..Effects::default()
+        }),
     }
 }
 

@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use serde::de::DeserializeOwned;
 use tidings_schemas::Position;
 use uuid::Uuid;
 
 use crate::accounts::AccountRow;
 use crate::db::{format_offsets, parse_offsets};
+use crate::details::DetailsRow;
 use crate::projection::FeedChange;
 
 /// How long an entry lives without being refreshed: short, because an entry
@@ -119,15 +121,34 @@ impl Cache {
         format!("{}:account:{id}", self.prefix)
     }
 
+    fn details_key(&self, id: Uuid) -> String {
+        format!("{}:details:{id}", self.prefix)
+    }
+
     /// The cached account, if its entry reflects at least `needed` (every
     /// partition of it projected, by the offsets the entry carries).
     pub async fn account(&self, id: Uuid, needed: Option<&Position>) -> Option<AccountRow> {
-        let key = self.account_key(id);
+        self.entry(&self.account_key(id), needed, "account").await
+    }
+
+    /// The cached extended profile of `id`, as [`Cache::account`].
+    pub async fn details(&self, id: Uuid, needed: Option<&Position>) -> Option<DetailsRow> {
+        self.entry(&self.details_key(id), needed, "details").await
+    }
+
+    /// A versioned entry (see the module's documentation), if it reflects at
+    /// least `needed`.
+    async fn entry<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        needed: Option<&Position>,
+        cache: &'static str,
+    ) -> Option<T> {
         let found: Option<(Option<String>, Option<String>)> = self
             .run(async {
                 let mut conn = self.pool.get().await?;
                 Ok(redis::cmd("HMGET")
-                    .arg(&key)
+                    .arg(key)
                     .arg("json")
                     .arg("at")
                     .query_async(&mut conn)
@@ -135,23 +156,23 @@ impl Cache {
             })
             .await;
         let (json, at) = found.unwrap_or_default();
-        let account: Option<AccountRow> = json.and_then(|json| serde_json::from_str(&json).ok());
-        let result = match (account, needed) {
+        let value: Option<T> = json.and_then(|json| serde_json::from_str(&json).ok());
+        let result = match (value, needed) {
             (None, _) => None,
-            (Some(account), None) => Some(account),
-            (Some(account), Some(needed)) => {
+            (Some(value), None) => Some(value),
+            (Some(value), Some(needed)) => {
                 let at = parse_offsets(at.as_deref().unwrap_or_default());
                 let far_enough =
                     needed.reached_by(|p| at.iter().find(|(ap, _)| *ap == p).map(|(_, n)| *n));
                 if !far_enough {
-                    metrics::counter!("tidings_cache_requests_total", "cache" => "account", "result" => "behind").increment(1);
+                    metrics::counter!("tidings_cache_requests_total", "cache" => cache, "result" => "behind").increment(1);
                     return None;
                 }
-                Some(account)
+                Some(value)
             }
         };
         let label = if result.is_some() { "hit" } else { "miss" };
-        metrics::counter!("tidings_cache_requests_total", "cache" => "account", "result" => label)
+        metrics::counter!("tidings_cache_requests_total", "cache" => cache, "result" => label)
             .increment(1);
         result
     }
@@ -165,20 +186,42 @@ impl Cache {
 
     /// [`Cache::put_account`] for several accounts, in one round trip.
     pub async fn put_accounts(&self, accounts: &[AccountRow], at: &[(i32, i64)]) {
-        if accounts.is_empty() {
+        let entries = accounts.iter().map(|account| {
+            let json = serde_json::to_string(account).expect("accounts serialize");
+            (self.account_key(account.id), account.version, json)
+        });
+        self.put_entries(entries.collect(), at, "account").await;
+    }
+
+    /// Caches extended profiles, as [`Cache::put_accounts`].
+    pub async fn put_details(&self, details: &[DetailsRow], at: &[(i32, i64)]) {
+        let entries = details.iter().map(|row| {
+            let json = serde_json::to_string(row).expect("details serialize");
+            (self.details_key(row.user_id), row.version, json)
+        });
+        self.put_entries(entries.collect(), at, "details").await;
+    }
+
+    /// Writes `(key, version, json)` entries, each only over an older
+    /// version, in one round trip; deletes them if that fails.
+    async fn put_entries(
+        &self,
+        entries: Vec<(String, i64, String)>,
+        at: &[(i32, i64)],
+        cache: &'static str,
+    ) {
+        if entries.is_empty() {
             return;
         }
         let at = format_offsets(at);
         let mut pipe = redis::pipe();
-        let mut keys = Vec::with_capacity(accounts.len());
-        for account in accounts {
-            let key = self.account_key(account.id);
-            let json = serde_json::to_string(account).expect("accounts serialize");
+        let mut keys = Vec::with_capacity(entries.len());
+        for (key, version, json) in entries {
             pipe.cmd("EVAL")
                 .arg(PUT_IF_NEWER)
                 .arg(1)
                 .arg(&key)
-                .arg(account.version)
+                .arg(version)
                 .arg(json)
                 .arg(TTL_SECONDS)
                 .arg(&at)
@@ -193,12 +236,12 @@ impl Cache {
             })
             .await;
         if written.is_none() {
-            self.forget(&keys).await;
+            self.forget(&keys, cache).await;
         }
     }
 
     /// Deletes entries whose refresh failed, in one round trip.
-    async fn forget(&self, keys: &[String]) {
+    async fn forget(&self, keys: &[String], cache: &'static str) {
         let deleted = self
             .run(async {
                 let mut conn = self.pool.get().await?;
@@ -207,7 +250,7 @@ impl Cache {
             })
             .await;
         if deleted.is_none() {
-            metrics::counter!("tidings_cache_stale_entries_total", "cache" => "account")
+            metrics::counter!("tidings_cache_stale_entries_total", "cache" => cache)
                 .increment(keys.len() as u64);
             tracing::warn!(
                 ?keys,
@@ -333,7 +376,7 @@ impl Cache {
                     .await;
                 if written.is_none() {
                     let keys: Vec<String> = users.iter().map(|u| self.feed_key(*u)).collect();
-                    self.forget(&keys).await;
+                    self.forget(&keys, "feed").await;
                 }
             }
         }

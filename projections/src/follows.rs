@@ -5,12 +5,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, Postgres, Transaction};
 use tidings_domain::follow::Event;
-use tidings_schemas::EventEnvelope;
+use tidings_schemas::{Channel, EventEnvelope};
 use uuid::Uuid;
 
 use crate::accounts;
 use crate::notifications::{Kind, Notify};
+use crate::outbox::ChannelUpdate;
 use crate::projection::{Effects, FeedChange, Projection};
+
+/// The update on `user:{follower}` when a follow ends, with data
+/// `{follower, followee}`.
+pub const FOLLOW_REMOVED: &str = "follow.removed";
 
 /// A user in a followers or following list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -71,6 +76,14 @@ impl Projection for Follows {
                     .bind(followee)
                     .execute(&mut **tx)
                     .await?;
+                // On the follower's own channel, which every gateway process
+                // follows: each drops the follower's subscriptions to the
+                // followee's followers-only posts (realtime/src/session.rs).
+                effects.updates.push(ChannelUpdate::new(
+                    Channel::User(*follower),
+                    FOLLOW_REMOVED,
+                    serde_json::json!({ "follower": follower, "followee": followee }),
+                ));
                 (follower, followee, -1)
             }
         };

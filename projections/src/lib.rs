@@ -7,6 +7,7 @@
 //!   the projection of its decider;
 //! - [`accounts`]: the account read model — how events change it and the
 //!   queries the API reads it with;
+//! - [`details`]: the extended profile, and who sees which of its fields;
 //! - [`posts`], [`follows`], [`notifications`]: the social read models
 //!   (posts with their reactions and comments, follows, notifications) and
 //!   the queries that show each viewer only what it may see;
@@ -26,6 +27,7 @@ pub mod accounts;
 pub mod cache;
 pub mod credentials;
 pub mod db;
+pub mod details;
 pub mod follows;
 pub mod lag;
 pub mod notifications;

@@ -17,6 +17,9 @@ use crate::notifications::{self, Kind, Notify};
 use crate::outbox::ChannelUpdate;
 use crate::projection::{Effects, FeedChange, Projection};
 
+/// The last update on `post:{id}`, with data `{post_id}`.
+pub const POST_DELETED: &str = "post.deleted";
+
 /// Who wrote a post or a comment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Author {
@@ -210,6 +213,13 @@ async fn apply(
             effects.feeds.push(FeedChange::Reset {
                 users: feed_readers(tx, d.author).await?,
             });
+            // The post's channel ends with it: gateways end its
+            // subscriptions on this update (realtime/src/session.rs).
+            effects.updates.push(ChannelUpdate::new(
+                Channel::Post(d.post_id),
+                POST_DELETED,
+                serde_json::json!({ "post_id": d.post_id }),
+            ));
         }
         Event::Reacted(r) => {
             sqlx::query(

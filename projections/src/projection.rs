@@ -17,6 +17,7 @@ use tidings_schemas::{DomainEvent, EventEnvelope};
 use uuid::Uuid;
 
 use crate::accounts::{AccountRow, Accounts};
+use crate::details::DetailsRow;
 use crate::follows::Follows;
 use crate::notifications::Inbox;
 use crate::outbox::ChannelUpdate;
@@ -32,6 +33,8 @@ pub struct Effects {
     pub updates: Vec<ChannelUpdate>,
     /// Changes to the cached home feeds, made once the transaction commits.
     pub feeds: Vec<FeedChange>,
+    /// Extended profiles whose cache entry is to be refreshed.
+    pub details: Vec<DetailsRow>,
 }
 
 /// A change to the cached home feeds (Redis sorted sets, `cache.rs`).
@@ -58,6 +61,10 @@ impl Effects {
         }
         self.updates.extend(other.updates);
         self.feeds.extend(other.feeds);
+        for details in other.details {
+            self.details.retain(|d| d.user_id != details.user_id);
+            self.details.push(details);
+        }
     }
 }
 

@@ -155,6 +155,9 @@ pub async fn run(
             cache
                 .put_accounts(&projected.effects.accounts, committed)
                 .await;
+            cache
+                .put_details(&projected.effects.details, committed)
+                .await;
             cache.apply_feeds(&projected.effects.feeds).await;
         }
         settings.progress.advance(committed.iter().copied());

@@ -24,6 +24,14 @@ pub enum ServerFrame {
         epoch: i64,
         recovered: bool,
     },
+    /// The server ended a subscription: `reason` is `forbidden` (the user
+    /// may no longer see the channel, e.g. a followers-only post after an
+    /// unfollow) or `deleted` (its post was deleted). Nothing more of the
+    /// channel comes unless it is subscribed again.
+    Unsubscribed {
+        channel: String,
+        reason: String,
+    },
     Error {
         code: String,
         message: String,
@@ -91,6 +99,14 @@ mod tests {
             }
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+        let ended = ServerFrame::Unsubscribed {
+            channel: "post:1".into(),
+            reason: "forbidden".into(),
+        };
+        assert_eq!(
+            ended.to_json(),
+            r#"{"type":"unsubscribed","channel":"post:1","reason":"forbidden"}"#
+        );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"op":"dance"}"#).is_err());
     }
 }

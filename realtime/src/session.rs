@@ -22,11 +22,12 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
+use tidings_domain::post::Visibility;
 use tidings_http::auth::{bearer, Rejection};
 use tidings_http::codes::Code;
 use tidings_http::problem::Problem;
 use tidings_projections::outbox::{self, Update};
-use tidings_projections::posts;
+use tidings_projections::{follows, posts};
 use tidings_schemas::channel::{Channel, ReadPolicy};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -142,6 +143,10 @@ struct Sent {
     first: Option<i64>,
     /// The last `seq` sent (or the one the client had when it subscribed).
     last: i64,
+    /// For a followers-only post of another user, its author: when the
+    /// user stops following them, the subscription ends unless the post is
+    /// still visible (see [`Session::recheck_posts_of`]).
+    guard: Option<Uuid>,
 }
 
 /// What woke an idle session.
@@ -408,19 +413,24 @@ impl Session {
                 epoch,
                 reference,
             } => {
-                if let Err((code, message)) = self.may_read(&channel).await {
-                    return self
-                        .send(&ServerFrame::error(code, message, reference))
-                        .await;
+                let guard = match self.may_read(&channel).await {
+                    Ok(guard) => guard,
+                    Err((code, message)) => {
+                        return self
+                            .send(&ServerFrame::error(code, message, reference))
+                            .await
+                    }
+                };
+                self.subscribe(channel.clone(), since, epoch, reference)
+                    .await?;
+                if let Some(sent) = self.sent.get_mut(&channel) {
+                    sent.guard = guard;
                 }
-                self.subscribe(channel, since, epoch, reference).await
+                Ok(())
             }
             ClientFrame::Unsubscribe { channel, .. } => {
-                if self.sent.remove(&channel).is_some() {
-                    self.hub.send(Command::Unsubscribe {
-                        session: self.id,
-                        channel,
-                    });
+                if self.sent.contains_key(&channel) {
+                    self.leave(&channel);
                 }
                 Ok(())
             }
@@ -460,8 +470,9 @@ impl Session {
     /// (`tidings_schemas::channel`). A post's channel is readable by whoever
     /// may see the post (as `GET /api/posts/{id}` decides); any other post
     /// is answered as a channel that does not exist. Rooms come with their
-    /// domain.
-    async fn may_read(&self, channel: &str) -> Result<(), (&'static str, String)> {
+    /// domain. On success, for a followers-only post of another user, its
+    /// author: the subscription lasts as long as the follow of them.
+    async fn may_read(&self, channel: &str) -> Result<Option<Uuid>, (&'static str, String)> {
         let unknown = || {
             (
                 Code::UnknownChannel.as_str(),
@@ -470,14 +481,16 @@ impl Session {
         };
         let parsed: Channel = channel.parse().map_err(|_| unknown())?;
         match parsed.read_policy() {
-            ReadPolicy::Owner(owner) if owner == self.user_id => Ok(()),
+            ReadPolicy::Owner(owner) if owner == self.user_id => Ok(None),
             ReadPolicy::Owner(_) => Err((
                 Code::Forbidden.as_str(),
                 format!("{channel} is another user's channel"),
             )),
             ReadPolicy::PostViewers(post) => {
                 match posts::visible(&self.gateway.db, self.user_id, post).await {
-                    Ok(Some(_)) => Ok(()),
+                    Ok(Some(view)) => Ok((view.visibility == Visibility::Followers.as_str()
+                        && view.author.id != self.user_id)
+                        .then_some(view.author.id)),
                     Ok(None) => Err(unknown()),
                     Err(error) => {
                         tracing::warn!(%error, "cannot tell whether a post is visible");
@@ -536,6 +549,7 @@ impl Session {
             .or_insert(Sent {
                 first: None,
                 last: start,
+                guard: None,
             })
             .last = start;
         self.send(&ServerFrame::Subscribed {
@@ -610,18 +624,88 @@ impl Session {
         message: String,
         reference: Option<String>,
     ) -> Result<(), End> {
-        self.sent.remove(channel);
-        self.hub.send(Command::Unsubscribe {
-            session: self.id,
-            channel: channel.to_owned(),
-        });
+        self.leave(channel);
         self.send(&ServerFrame::error(code, message, reference))
             .await
     }
 
+    /// Forgets a subscription. The own channel stays with the hub even when
+    /// the client no longer wants it: the end of a follow comes on it, and
+    /// still ends what the follow let the user read ([`Session::deliver`]).
+    fn leave(&mut self, channel: &str) {
+        self.sent.remove(channel);
+        if channel != self.own_channel() {
+            self.hub.send(Command::Unsubscribe {
+                session: self.id,
+                channel: channel.to_owned(),
+            });
+        }
+    }
+
+    fn own_channel(&self) -> String {
+        Channel::User(self.user_id).to_string()
+    }
+
+    /// Ends a subscription the user may no longer have, and says so with an
+    /// `unsubscribed` frame (`reason`: `forbidden` or `deleted`).
+    async fn end_subscription(&mut self, channel: &str, reason: &str) -> Result<(), End> {
+        self.leave(channel);
+        metrics::counter!("tidings_ws_subscriptions_ended_total", "reason" => reason.to_owned())
+            .increment(1);
+        self.send(&ServerFrame::Unsubscribed {
+            channel: channel.to_owned(),
+            reason: reason.to_owned(),
+        })
+        .await
+    }
+
+    /// After a follow of `followee` ended: ends every subscription to a
+    /// followers-only post of theirs that the user may no longer see. The
+    /// update that says so is published only once the unfollow is
+    /// committed, so the read sees it; a post still visible (followed
+    /// again since) keeps its subscription. A post that cannot be checked
+    /// is dropped (`unavailable`, subscribe again): never kept unchecked.
+    async fn recheck_posts_of(&mut self, followee: Uuid) -> Result<(), End> {
+        let guarded: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(_, sent)| sent.guard == Some(followee))
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in guarded {
+            let Ok(Channel::Post(post)) = channel.parse::<Channel>() else {
+                continue;
+            };
+            match posts::visible(&self.gateway.db, self.user_id, post).await {
+                Ok(Some(_)) => {}
+                Ok(None) => self.end_subscription(&channel, "forbidden").await?,
+                Err(error) => {
+                    tracing::warn!(%error, %channel, "cannot tell whether a post is still visible");
+                    let message = format!("{channel} cannot be checked now; subscribe again");
+                    self.drop_channel(&channel, Code::Unavailable.as_str(), message, None)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What an update ends beyond itself: the follow of whom it ends, on the
+    /// user's own channel.
+    fn unfollowed(&self, update: &Update) -> Option<Uuid> {
+        if update.event != follows::FOLLOW_REMOVED || update.channel != self.own_channel() {
+            return None;
+        }
+        update.data["followee"].as_str()?.parse().ok()
+    }
+
     async fn deliver(&mut self, update: Update) -> Result<(), End> {
         let Some(last) = self.last_sent(&update.channel) else {
-            return Ok(());
+            // The own channel, unsubscribed by the client (see `leave`).
+            return match self.unfollowed(&update) {
+                Some(followee) => self.recheck_posts_of(followee).await,
+                None => Ok(()),
+            };
         };
         if update.seq > last + 1 {
             let channel = update.channel.clone();
@@ -641,6 +725,8 @@ impl Session {
         sent.last = update.seq;
         sent.first.get_or_insert(update.seq);
         metrics::counter!("tidings_ws_deliveries_total").increment(1);
+        let unfollowed = self.unfollowed(&update);
+        let deleted = (update.event == posts::POST_DELETED).then(|| update.channel.clone());
         self.send(&ServerFrame::Event {
             channel: update.channel,
             seq: update.seq,
@@ -648,6 +734,14 @@ impl Session {
             event: update.event,
             data: update.data,
         })
-        .await
+        .await?;
+        // What the update ends comes after it: the client sees why.
+        if let Some(followee) = unfollowed {
+            self.recheck_posts_of(followee).await?;
+        }
+        match deleted {
+            Some(channel) => self.end_subscription(&channel, "deleted").await,
+            None => Ok(()),
+        }
     }
 }
