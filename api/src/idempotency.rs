@@ -74,6 +74,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// Bodies are buffered to be fingerprinted, so this must stay small: a route
 /// taking large uploads needs a streamed fingerprint first.
 const MAX_BODY: usize = crate::MAX_JSON_BODY;
+/// Routes whose bodies are uploads: `Idempotency-Key` is not held for them
+/// (see the middleware).
+const UNFINGERPRINTED: &[&str] = &["/api/media"];
 /// The largest answer stored; a larger one is answered but not kept.
 const MAX_ANSWER: u64 = 256 * 1024;
 /// The headers of an answer that a replay gives again (with the status and
@@ -522,7 +525,13 @@ pub async fn middleware(
             .any(|m| m.eq_ignore_ascii_case(req.method().as_str())),
         _ => false,
     };
-    let writes = writes && routed;
+    // An upload is no command of its own to repeat: a retry stores another
+    // item, and the one no post takes is swept. Its body (up to tens of
+    // MiB) is not buffered to be fingerprinted.
+    let upload = req
+        .match_pattern()
+        .is_some_and(|p| UNFINGERPRINTED.contains(&p.as_str()));
+    let writes = writes && routed && !upload;
     let store = req.app_data::<web::Data<Idempotency>>().cloned();
     let (key, store) = match (writes, store, key_of(&req)) {
         // Without credentials the handler's own checks answer first (401 on

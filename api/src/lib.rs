@@ -7,6 +7,7 @@
 //! - [`accounts`]: register, login, profiles — start here;
 //! - [`posts`], [`follows`], [`notifications`]: the social routes (posts,
 //!   reactions, comments, the feed; follows; notifications);
+//! - [`media`]: uploads of images and videos, and serving them;
 //! - [`page`]: cursor pagination;
 //! - [`auth`]: JWTs, passwords, the [`auth::Authenticated`] extractor;
 //! - [`context`]: request id, idempotency key, command envelopes;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod follows;
 pub mod health;
 pub mod idempotency;
+pub mod media;
 pub mod middleware;
 pub mod notifications;
 pub mod page;
@@ -136,6 +138,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(docs::routes)
         .configure(accounts::routes)
         .configure(posts::routes)
+        .configure(media::routes)
         .configure(follows::routes)
         .configure(notifications::routes);
 }

@@ -24,6 +24,7 @@ pub mod account;
 pub mod claim;
 pub mod follow;
 pub mod inbox;
+pub mod media;
 pub mod post;
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::accounts::{AccountRow, Accounts};
 use crate::follows::Follows;
+use crate::media::Media;
 use crate::notifications::Inbox;
 use crate::outbox::ChannelUpdate;
 use crate::posts::Posts;
@@ -89,5 +90,6 @@ pub async fn apply(
         DomainEvent::Post(event) => Posts::apply(tx, envelope, event).await,
         DomainEvent::Follow(event) => Follows::apply(tx, envelope, event).await,
         DomainEvent::Inbox(event) => Inbox::apply(tx, envelope, event).await,
+        DomainEvent::Media(event) => Media::apply(tx, envelope, event).await,
     }
 }
