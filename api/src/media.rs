@@ -111,8 +111,10 @@ pub fn store(url: Option<&str>, dir: &std::path::Path) -> anyhow::Result<Arc<dyn
         None => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the media directory {}", dir.display()))?;
+            // Removing an item's objects removes its emptied directory too.
             let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                .with_context(|| format!("opening the media directory {}", dir.display()))?;
+                .with_context(|| format!("opening the media directory {}", dir.display()))?
+                .with_automatic_cleanup(true);
             Ok(Arc::new(local))
         }
     }
