@@ -525,13 +525,10 @@ pub async fn middleware(
             .any(|m| m.eq_ignore_ascii_case(req.method().as_str())),
         _ => false,
     };
-    // An upload is no command of its own to repeat: a retry stores another
-    // item, and the one no post takes is swept. Its body (up to tens of
-    // MiB) is not buffered to be fingerprinted.
+    let writes = writes && routed;
     let upload = req
         .match_pattern()
         .is_some_and(|p| UNFINGERPRINTED.contains(&p.as_str()));
-    let writes = writes && routed && !upload;
     let store = req.app_data::<web::Data<Idempotency>>().cloned();
     let (key, store) = match (writes, store, key_of(&req)) {
         // Without credentials the handler's own checks answer first (401 on
@@ -541,6 +538,11 @@ pub async fn middleware(
             return Ok(next.call(req).await?.map_into_boxed_body());
         }
         (true, _, Err(error)) => return Ok(answer(req, error_response(error))),
+        // An upload is no command of its own to repeat: a retry stores
+        // another item, and the one no post takes is swept. Its body (up to
+        // tens of MiB) is not buffered to be fingerprinted; the key is only
+        // checked.
+        (true, _, Ok(Some(_))) if upload => return Ok(next.call(req).await?.map_into_boxed_body()),
         (true, Some(store), Ok(Some(key))) => (key, store),
         _ => return Ok(next.call(req).await?.map_into_boxed_body()),
     };

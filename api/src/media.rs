@@ -53,6 +53,9 @@ const THUMBNAIL_SIDE: u32 = 320;
 /// Bytes read before the type is sniffed: enough for every signature
 /// accepted (WebP's `RIFF????WEBP`, MP4's `????ftyp` and its brand).
 const SNIFF_BYTES: usize = 12;
+/// The longest an upload may send nothing: a stalled client does not hold
+/// an upload slot for long.
+const STALL: Duration = Duration::from_secs(15);
 /// How long an upload waits for a decoding slot before 503 `overloaded`.
 const DECODE_WAIT: Duration = Duration::from_secs(1);
 /// Uploads held in memory at once, per decoding slot: each may hold up to
@@ -210,13 +213,22 @@ fn malformed(error: MultipartError) -> ApiError {
     }
 }
 
+/// The next part of the form, if any.
+async fn next_part(form: &mut Multipart) -> Result<Option<actix_multipart::Field>, ApiError> {
+    tokio::time::timeout(STALL, form.try_next())
+        .await
+        .map_err(|_| ApiError::new(Code::MalformedMultipart, "the upload stalled"))?
+        .map_err(malformed)
+}
+
 /// Reads the one file of the form, sniffing its type from its first bytes
 /// and stopping as soon as it passes its type's limit.
 async fn read_file(
     form: &mut Multipart,
     settings: &MediaSettings,
 ) -> Result<(Kind, Bytes), ApiError> {
-    let mut field = match form.try_next().await.map_err(malformed)? {
+    let stalled = || ApiError::new(Code::MalformedMultipart, "the upload stalled");
+    let mut field = match next_part(form).await? {
         Some(field) if field.name() == Some("file") => field,
         _ => {
             return Err(ApiError::validation(vec![FieldError::new(
@@ -229,7 +241,10 @@ async fn read_file(
     let mut limit = largest;
     let mut kind = None;
     let mut bytes = BytesMut::new();
-    while let Some(chunk) = field.next().await {
+    while let Some(chunk) = tokio::time::timeout(STALL, field.next())
+        .await
+        .map_err(|_| stalled())?
+    {
         let chunk = chunk.map_err(malformed)?;
         bytes.extend_from_slice(&chunk);
         if kind.is_none() && bytes.len() >= SNIFF_BYTES {
@@ -245,6 +260,15 @@ async fn read_file(
         return Err(ApiError::validation(vec![FieldError::new(
             "file",
             "the file is empty",
+        )]));
+    }
+    // The form has one part: another after the file is refused, not ignored.
+    // (The form yields no next part while this one is held.)
+    drop(field);
+    if next_part(form).await?.is_some() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "body",
+            "one part, `file`, and no other",
         )]));
     }
     let kind = match kind {
@@ -324,8 +348,9 @@ fn store_error(error: object_store::Error) -> ApiError {
     }
 }
 
-/// The form of `POST /api/media`.
-#[derive(utoipa::ToSchema)]
+/// The form of `POST /api/media`: one part, `file`, and no other.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct UploadForm {
     /// The file: a PNG, JPEG, GIF or WebP image, or an MP4 video. Its type

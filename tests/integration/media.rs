@@ -292,6 +292,19 @@ async fn what_is_not_an_accepted_image_or_video_or_too_large_is_refused() {
         (wrong_part.status, &wrong_part.body["code"]),
         (422, &json!("validation_failed"))
     );
+    let two_parts = client
+        .send(
+            client.post("/api/media").bearer_auth(&token).multipart(
+                Form::new()
+                    .part("file", Part::bytes(picture(ImageFormat::Png, 4, 4)))
+                    .text("caption", "and something else"),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (two_parts.status, &two_parts.body["code"]),
+        (422, &json!("validation_failed"))
+    );
     let anonymous = client
         .send(
             client
