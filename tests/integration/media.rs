@@ -23,6 +23,25 @@ fn picture(format: ImageFormat, width: u32, height: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A PNG of pixels that do not compress: larger than most bodies.
+fn noise(width: u32, height: u32) -> Vec<u8> {
+    let mut seed = 0x2545_f491_u32;
+    let pixels = image::RgbImage::from_fn(width, height, |_, _| {
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 24) as u8
+        };
+        image::Rgb([next(), next(), next()])
+    });
+    let mut out = Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(pixels)
+        .write_to(&mut out, ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
 /// The smallest MP4 a player opens the box structure of: an `ftyp` box
 /// (brand isom) and an empty `mdat`.
 fn mp4() -> Vec<u8> {
@@ -118,6 +137,36 @@ async fn each_type_is_sniffed_measured_stored_and_served() {
         assert!(item["thumbnail_url"].is_string(), "{item}");
     }
     let video = uploaded(&client, &token, mp4(), "clip.png", "image/png").await;
+
+    // An Idempotency-Key is checked on an upload but does not cap it at the
+    // size of the JSON bodies it fingerprints (64 KiB).
+    let noisy = noise(200, 200);
+    assert!(noisy.len() > 100 * 1024, "{}", noisy.len());
+    let part = Part::bytes(noisy).file_name("noise.png");
+    let keyed = client
+        .send(
+            client
+                .post("/api/media")
+                .bearer_auth(&token)
+                .header("idempotency-key", "upload-1")
+                .multipart(Form::new().part("file", part)),
+        )
+        .await;
+    assert_eq!(keyed.status, 201, "{}", keyed.body);
+    let part = Part::bytes(picture(ImageFormat::Png, 4, 4));
+    let bad_key = client
+        .send(
+            client
+                .post("/api/media")
+                .bearer_auth(&token)
+                .header("idempotency-key", "")
+                .multipart(Form::new().part("file", part)),
+        )
+        .await;
+    assert_eq!(
+        (bad_key.status, &bad_key.body["code"]),
+        (400, &json!("invalid_idempotency_key"))
+    );
     assert_eq!(video["content_type"], "video/mp4");
     assert!(
         video["width"].is_null() && video["thumbnail_url"].is_null(),
@@ -199,7 +248,7 @@ async fn each_type_is_sniffed_measured_stored_and_served() {
         (404, &json!("not_found"))
     );
     assert_eq!(unknown.headers["content-type"], "application/problem+json");
-    assert_eq!(event_count(&world, "media.uploaded"), 5);
+    assert_eq!(event_count(&world, "media.uploaded"), 6);
 
     app.stop().await;
     world.clean_up().await;
@@ -228,6 +277,14 @@ async fn what_is_not_an_accepted_image_or_video_or_too_large_is_refused() {
     let mut big = picture(ImageFormat::Png, 8, 8)[..16].to_vec();
     big.resize(80 * 1024, 0);
     let reply = upload(&client, &token, big, "big.png", "image/png").await;
+    assert_eq!(
+        (reply.status, &reply.body["code"]),
+        (413, &json!("payload_too_large"))
+    );
+    // Announced past every limit: refused before the body is read.
+    let mut huge = mp4();
+    huge.resize(400 * 1024, 0);
+    let reply = upload(&client, &token, huge, "huge.mp4", "video/mp4").await;
     assert_eq!(
         (reply.status, &reply.body["code"]),
         (413, &json!("payload_too_large"))
