@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use futures_util::FutureExt;
 use tidings_api::auth::Jwt;
 use tidings_api::health::{RoleReport, Roles};
+use tidings_api::media::{MediaService, MediaSettings};
 use tidings_api::{ApiSettings, ApiState};
 use tidings_commands::bus::BusShortcuts;
 use tidings_commands::decider::{self, DeciderSettings, DeciderShortcuts};
@@ -303,6 +304,41 @@ impl Application {
         } else {
             None
         };
+        // The media store: the API stores uploads in it, the media sweeper
+        // (beside the deciders) removes what no post took.
+        let media_store = if roles.contains(&Role::Api) || roles.contains(&Role::Deciders) {
+            Some(
+                tidings_api::media::store(settings.media_store.as_deref(), &settings.media_dir)
+                    .context("configuring the media store")?,
+            )
+        } else {
+            None
+        };
+        if let (true, Some(bus), Some(store)) =
+            (roles.contains(&Role::Deciders), &bus, &media_store)
+        {
+            let unused_for = Duration::from_secs(settings.media_unused_secs);
+            let (bus, db, store, stop) = (
+                bus.clone(),
+                pool("media-sweeper", 1)?,
+                store.clone(),
+                roles_stop.clone(),
+            );
+            supervised(
+                "media sweeper",
+                None,
+                Box::new(move || {
+                    crate::media_sweeper::run(
+                        bus.clone(),
+                        db.clone(),
+                        store.clone(),
+                        unused_for,
+                        stop.clone(),
+                    )
+                    .boxed()
+                }),
+            );
+        }
         if let (true, Some(bus)) = (roles.contains(&Role::Deciders), &bus) {
             let older_than = Duration::from_secs(settings.registration_timeout_secs);
             let (bus, db, stop) = (bus.clone(), pool("sweeper", 1)?, roles_stop.clone());
@@ -339,6 +375,18 @@ impl Application {
                     min_position_wait: settings.min_position_wait(),
                     partitions: settings.partitions,
                 },
+            });
+            let media = media_store.map(|store| {
+                web::Data::new(MediaService::new(
+                    store,
+                    MediaSettings {
+                        image_max_bytes: settings.media_image_max_bytes,
+                        video_max_bytes: settings.media_video_max_bytes,
+                        max_dimension: settings.media_max_dimension,
+                        max_decode_bytes: settings.media_max_decode_bytes,
+                        decode_slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    },
+                ))
             });
             let idempotency = web::Data::new(tidings_api::idempotency::Idempotency::new(
                 state.db.clone(),
@@ -404,6 +452,9 @@ impl Application {
                     .wrap(from_fn(tidings_api::middleware::http_metrics))
                     .wrap(from_fn(tidings_api::middleware::request_id))
                     .default_service(web::to(tidings_api::not_found));
+                if let Some(media) = &media {
+                    app = app.app_data(media.clone());
+                }
                 if with_api {
                     app = app.configure(tidings_api::routes);
                 }

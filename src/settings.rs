@@ -124,6 +124,32 @@ pub struct Settings {
     /// `Idempotency-Key` finishes it at once).
     #[arg(long, env = "TIDINGS_REGISTRATION_TIMEOUT_SECS", default_value_t = 60)]
     pub registration_timeout_secs: u64,
+    /// The directory of the media store when `TIDINGS_MEDIA_STORE` is unset.
+    #[arg(long, env = "TIDINGS_MEDIA_DIR", default_value = "media")]
+    pub media_dir: std::path::PathBuf,
+    /// An S3-compatible media store, `s3://bucket[/prefix]`, configured by
+    /// the `AWS_*` variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ENDPOINT` for a store other than AWS…); unset:
+    /// the directory `TIDINGS_MEDIA_DIR`.
+    #[arg(long, env = "TIDINGS_MEDIA_STORE")]
+    pub media_store: Option<String>,
+    /// The largest image uploaded, in bytes (10 MiB).
+    #[arg(long, env = "TIDINGS_MEDIA_IMAGE_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub media_image_max_bytes: u64,
+    /// The largest video uploaded, in bytes (50 MiB).
+    #[arg(long, env = "TIDINGS_MEDIA_VIDEO_MAX_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub media_video_max_bytes: u64,
+    /// The widest and tallest image decoded, in pixels.
+    #[arg(long, env = "TIDINGS_MEDIA_MAX_DIMENSION", default_value_t = 8192)]
+    pub media_max_dimension: u32,
+    /// The most memory decoding one image may take, in bytes (128 MiB: an
+    /// 8192×4096 RGBA image); a small file that decodes to more is refused.
+    #[arg(long, env = "TIDINGS_MEDIA_MAX_DECODE_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub media_max_decode_bytes: u64,
+    /// How long an uploaded media item may stay unused by any post before
+    /// the media sweeper deletes it.
+    #[arg(long, env = "TIDINGS_MEDIA_UNUSED_SECS", default_value_t = 24 * 60 * 60)]
+    pub media_unused_secs: u64,
     /// Events folded on a partition between two decider snapshots.
     #[arg(long, env = "TIDINGS_SNAPSHOT_EVERY", default_value_t = 1_000)]
     pub snapshot_every: u64,
@@ -211,6 +237,27 @@ impl Settings {
                 "TIDINGS_REGISTRATION_TIMEOUT_SECS",
                 self.registration_timeout_secs.to_string(),
             ),
+            ("TIDINGS_MEDIA_DIR", self.media_dir.display().to_string()),
+            (
+                "TIDINGS_MEDIA_IMAGE_MAX_BYTES",
+                self.media_image_max_bytes.to_string(),
+            ),
+            (
+                "TIDINGS_MEDIA_VIDEO_MAX_BYTES",
+                self.media_video_max_bytes.to_string(),
+            ),
+            (
+                "TIDINGS_MEDIA_MAX_DIMENSION",
+                self.media_max_dimension.to_string(),
+            ),
+            (
+                "TIDINGS_MEDIA_MAX_DECODE_BYTES",
+                self.media_max_decode_bytes.to_string(),
+            ),
+            (
+                "TIDINGS_MEDIA_UNUSED_SECS",
+                self.media_unused_secs.to_string(),
+            ),
         ];
         // Unset optional settings stay out: an empty variable is a value.
         for (key, value) in [
@@ -224,6 +271,9 @@ impl Settings {
         if let Some(id) = &self.instance_id {
             vars.push(("TIDINGS_INSTANCE_ID", id.clone()));
         }
+        if let Some(store) = &self.media_store {
+            vars.push(("TIDINGS_MEDIA_STORE", store.clone()));
+        }
         vars
     }
 
@@ -233,6 +283,7 @@ impl Settings {
             ("TIDINGS_TLS_CERT", self.tls_cert.is_none()),
             ("TIDINGS_TLS_KEY", self.tls_key.is_none()),
             ("TIDINGS_INSTANCE_ID", self.instance_id.is_none()),
+            ("TIDINGS_MEDIA_STORE", self.media_store.is_none()),
         ]
         .into_iter()
         .filter_map(|(key, unset)| unset.then_some(key))

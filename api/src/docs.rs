@@ -28,6 +28,7 @@ use crate::details;
 use crate::error::{FieldError, Problem};
 use crate::follows;
 use crate::health;
+use crate::media;
 use crate::notifications;
 use crate::posts;
 
@@ -57,6 +58,9 @@ use crate::posts;
         posts::list_comments,
         posts::user_posts,
         posts::feed,
+        media::upload,
+        media::original,
+        media::thumbnail,
         follows::follow,
         follows::unfollow,
         follows::followers,
@@ -76,7 +80,7 @@ use crate::posts;
     modifiers(&BearerAuth),
     tags(
         (name = "accounts", description = "Register, sign in, profiles"),
-        (name = "social", description = "Posts, reactions, comments, follows, the home feed"),
+        (name = "social", description = "Posts, media, reactions, comments, follows, the home feed"),
         (name = "notifications", description = "Likes, comments, follows and mentions of the caller"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
         (name = "realtime", description = "The WebSocket gateway"),

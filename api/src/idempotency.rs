@@ -74,6 +74,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// Bodies are buffered to be fingerprinted, so this must stay small: a route
 /// taking large uploads needs a streamed fingerprint first.
 const MAX_BODY: usize = crate::MAX_JSON_BODY;
+/// Routes whose bodies are uploads: `Idempotency-Key` is not held for them
+/// (see the middleware).
+const UNFINGERPRINTED: &[&str] = &["/api/media"];
 /// The largest answer stored; a larger one is answered but not kept.
 const MAX_ANSWER: u64 = 256 * 1024;
 /// The headers of an answer that a replay gives again (with the status and
@@ -523,6 +526,9 @@ pub async fn middleware(
         _ => false,
     };
     let writes = writes && routed;
+    let upload = req
+        .match_pattern()
+        .is_some_and(|p| UNFINGERPRINTED.contains(&p.as_str()));
     let store = req.app_data::<web::Data<Idempotency>>().cloned();
     let (key, store) = match (writes, store, key_of(&req)) {
         // Without credentials the handler's own checks answer first (401 on
@@ -532,6 +538,11 @@ pub async fn middleware(
             return Ok(next.call(req).await?.map_into_boxed_body());
         }
         (true, _, Err(error)) => return Ok(answer(req, error_response(error))),
+        // An upload is no command of its own to repeat: a retry stores
+        // another item, and the one no post takes is swept. Its body (up to
+        // tens of MiB) is not buffered to be fingerprinted; the key is only
+        // checked.
+        (true, _, Ok(Some(_))) if upload => return Ok(next.call(req).await?.map_into_boxed_body()),
         (true, Some(store), Ok(Some(key))) => (key, store),
         _ => return Ok(next.call(req).await?.map_into_boxed_body()),
     };

@@ -8,6 +8,7 @@
 //! - [`details`]: the extended profile, and its public part;
 //! - [`posts`], [`follows`], [`notifications`]: the social routes (posts,
 //!   reactions, comments, the feed; follows; notifications);
+//! - [`media`]: uploads of images and videos, and serving them;
 //! - [`page`]: cursor pagination;
 //! - [`auth`]: JWTs, passwords, the [`auth::Authenticated`] extractor;
 //! - [`context`]: request id, idempotency key, command envelopes;
@@ -29,6 +30,7 @@ pub mod error;
 pub mod follows;
 pub mod health;
 pub mod idempotency;
+pub mod media;
 pub mod middleware;
 pub mod notifications;
 pub mod page;
@@ -139,6 +141,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(accounts::routes)
         .configure(details::routes)
         .configure(posts::routes)
+        .configure(media::routes)
         .configure(follows::routes)
         .configure(notifications::routes);
 }

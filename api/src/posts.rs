@@ -86,9 +86,10 @@ pub struct CreatePostBody {
     /// `public` (the default) or `followers`.
     #[schema(pattern = "^(public|followers)$")]
     pub visibility: Option<String>,
-    /// Media are not served yet: only an empty list is accepted.
+    /// Up to 4 media items of the caller (`POST /api/media`), each once, in
+    /// the order they are shown.
     #[serde(default)]
-    #[schema(max_items = 0)]
+    #[schema(max_items = 4)]
     pub media_ids: Vec<Uuid>,
 }
 
@@ -96,7 +97,11 @@ pub struct CreatePostBody {
 struct NewPost {
     text: String,
     visibility: Visibility,
+    media: Vec<Uuid>,
 }
+
+/// The most media items a post shows.
+const MAX_MEDIA: usize = 4;
 
 impl TryFrom<CreatePostBody> for NewPost {
     type Error = ApiError;
@@ -112,14 +117,85 @@ impl TryFrom<CreatePostBody> for NewPost {
                 Some(_) => Err("public or followers".to_owned()),
             },
         );
-        if !body.media_ids.is_empty() {
-            fields.check::<()>("media_ids", Err("media are not available yet".into()));
-        }
+        let unique: std::collections::HashSet<&Uuid> = body.media_ids.iter().collect();
+        let media = fields.check(
+            "media_ids",
+            match body.media_ids.len() {
+                n if n > MAX_MEDIA => Err(format!("at most {MAX_MEDIA} media items")),
+                n if unique.len() < n => Err("each media item at most once".to_owned()),
+                _ => Ok(body.media_ids.clone()),
+            },
+        );
         fields.finish()?;
         Ok(NewPost {
             text: text.expect("checked"),
             visibility: visibility.expect("checked"),
+            media: media.expect("checked"),
         })
+    }
+}
+
+/// Has each media item's decider attach it to the post, after a look at
+/// the read model that turns away, with nothing appended, what is unknown,
+/// deleted or someone else's. The deciders have the last word (the sweeper
+/// may have deleted an item since): an item one of them refuses is a field
+/// error too; the items attached before it stay attached and are not swept,
+/// and the post is not written. Command ids follow from the post's, so a
+/// retried post attaches nothing twice.
+async fn attach_media(
+    state: &ApiState,
+    me: &Authenticated,
+    ctx: &RequestContext,
+    command_id: Uuid,
+    post_id: Uuid,
+    media: &[Uuid],
+) -> Result<(), ApiError> {
+    if media.is_empty() {
+        return Ok(());
+    }
+    let found = tidings_projections::media::by_ids(&state.db, media).await?;
+    let refused = |index: usize, message: &str| {
+        FieldError::new(&format!("media_ids[{index}]"), message.to_owned())
+    };
+    let mut errors = Vec::new();
+    for (index, id) in media.iter().enumerate() {
+        match found.iter().find(|row| row.id == *id) {
+            None => errors.push(refused(index, "no such media item")),
+            Some(row) if row.owner_id != me.user_id => {
+                errors.push(refused(index, "a media item of someone else"))
+            }
+            Some(row) if row.deleted_at.is_some() => {
+                errors.push(refused(index, "this media item was deleted"))
+            }
+            Some(_) => {}
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let outcomes = futures_util::future::join_all(media.iter().map(|media_id| {
+        let command = ctx.envelope(
+            Uuid::new_v5(&command_id, media_id.as_bytes()),
+            Some(me.user_id),
+            AggregateRef::new(AggregateType::Media, media_id.to_string()),
+            AnyCommand::Media(tidings_domain::media::Command::Attach {
+                post_id,
+                by: me.user_id,
+                at: ctx.issued_at,
+            }),
+        );
+        async move { state.bus.send(&command).await }
+    }))
+    .await;
+    let mut errors = Vec::new();
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        if let tidings_commands::Outcome::Rejected { message, .. } = outcome? {
+            errors.push(refused(index, &message));
+        }
+    }
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(ApiError::validation(errors)),
     }
 }
 
@@ -137,6 +213,7 @@ pub(crate) struct CreatedPost {
         (status = 201, description = "Written and projected", body = CreatedPost, headers(("X-Position" = String))),
         (status = 202, description = "Written; not projected within the bounded wait: read it with `X-Min-Position`", body = Accepted),
         (status = 409, description = "`idempotency_key_in_flight`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: a field is not acceptable, or a media id (`media_ids[i]`) is unknown, deleted or someone else's", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "a dependency is down or the command timed out; `Retry-After`", body = Problem, content_type = "application/problem+json")
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id, request_id = %ctx.request_id))]
@@ -149,6 +226,7 @@ pub(crate) async fn create_post(
     let input = NewPost::try_from(body.into_inner())?;
     let command_id = ctx.command_id(Some(me.user_id));
     let id = post_id(command_id);
+    attach_media(&state, &me, &ctx, command_id, id, &input.media).await?;
     let command = ctx.envelope(
         command_id,
         Some(me.user_id),
@@ -158,6 +236,7 @@ pub(crate) async fn create_post(
             author: me.user_id,
             text: input.text,
             visibility: input.visibility,
+            media: input.media,
             at: ctx.issued_at,
         })),
     );
@@ -598,7 +677,7 @@ mod tests {
     fn blank_long_or_oddly_visible_posts_are_refused_field_by_field() {
         let long = "x".repeat(5001);
         let error = body(&format!(
-            r#"{{"text": "{long}", "visibility": "friends", "media_ids": ["00000000-0000-0000-0000-000000000001"]}}"#
+            r#"{{"text": "{long}", "visibility": "friends", "media_ids": ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000001"]}}"#
         ))
         .err()
         .unwrap();
@@ -608,5 +687,18 @@ mod tests {
             body(r#"{"text": " \n "}"#).err().unwrap().code,
             "validation_failed"
         );
+    }
+
+    #[test]
+    fn a_post_shows_at_most_four_media_items() {
+        let ids = |n: u128| -> String {
+            let ids: Vec<String> = (1..=n)
+                .map(|i| format!("\"{}\"", Uuid::from_u128(i)))
+                .collect();
+            format!(r#"{{"text": "hi", "media_ids": [{}]}}"#, ids.join(", "))
+        };
+        assert_eq!(body(&ids(4)).unwrap().media.len(), 4);
+        let error = body(&ids(5)).err().unwrap();
+        assert_eq!(error.errors[0].field, "media_ids");
     }
 }

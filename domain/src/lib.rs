@@ -25,6 +25,7 @@ pub mod claim;
 pub mod details;
 pub mod follow;
 pub mod inbox;
+pub mod media;
 pub mod post;
 
 #[cfg(test)]

@@ -104,6 +104,10 @@ pub struct Create {
     pub author: Uuid,
     pub text: String,
     pub visibility: Visibility,
+    /// Media items the post shows, in order; each was attached to the post
+    /// by its own decider first (`media.attach`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<Uuid>,
     pub at: DateTime<Utc>,
 }
 
@@ -136,6 +140,9 @@ pub struct Created {
     pub author: Uuid,
     pub text: String,
     pub visibility: Visibility,
+    /// The media items it shows, in order (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -234,6 +241,7 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
                 author: c.author,
                 text: c.text.clone(),
                 visibility: c.visibility,
+                media: c.media.clone(),
                 created_at: c.at,
             })])
         }
@@ -383,6 +391,7 @@ mod tests {
             author: alice(),
             text: "hello".into(),
             visibility: Visibility::Public,
+            media: vec![],
             created_at: at(),
         })
     }
@@ -429,6 +438,7 @@ mod tests {
             author: alice(),
             text: "hello".into(),
             visibility: Visibility::Public,
+            media: vec![],
             at: at(),
         });
         given([]).when(create.clone(), decide).then([created()]);

@@ -52,6 +52,7 @@ const fn http(status: StatusCode) -> Option<StatusCode> {
 codes! {
     MalformedJson = "malformed_json", http(StatusCode::BAD_REQUEST), "the body is not JSON";
     MalformedBody = "malformed_body", http(StatusCode::BAD_REQUEST), "the body cannot be read";
+    MalformedMultipart = "malformed_multipart", http(StatusCode::BAD_REQUEST), "the multipart/form-data body of an upload cannot be read";
     InvalidQuery = "invalid_query", http(StatusCode::BAD_REQUEST), "the query string does not fit the route";
     InvalidPosition = "invalid_position", http(StatusCode::BAD_REQUEST), "`X-Min-Position` is not a position token";
     InvalidIdempotencyKey = "invalid_idempotency_key", http(StatusCode::BAD_REQUEST), "`Idempotency-Key` is not 1 to 255 visible characters";
@@ -66,14 +67,18 @@ codes! {
     MethodNotAllowed = "method_not_allowed", http(StatusCode::METHOD_NOT_ALLOWED), "the path exists under other methods (`Allow`)";
     IdempotencyKeyInFlight = "idempotency_key_in_flight", http(StatusCode::CONFLICT), "the first request with this key is still being answered (`Retry-After`)";
     PayloadTooLarge = "payload_too_large", http(StatusCode::PAYLOAD_TOO_LARGE), "the body is too large";
-    UnsupportedMediaType = "unsupported_media_type", http(StatusCode::UNSUPPORTED_MEDIA_TYPE), "the body is not `application/json`";
+    UnsupportedMediaType = "unsupported_media_type", http(StatusCode::UNSUPPORTED_MEDIA_TYPE), "the body is not `application/json` (an upload: not multipart/form-data, or its bytes are not an accepted image or video type)";
+    RangeNotSatisfiable = "range_not_satisfiable", http(StatusCode::RANGE_NOT_SATISFIABLE), "`Range` lies past the end of the object (`Content-Range: bytes */size`)";
     ValidationFailed = "validation_failed", http(StatusCode::UNPROCESSABLE_ENTITY), "some fields are not acceptable (`errors`)";
+    ImageTooLarge = "image_too_large", http(StatusCode::UNPROCESSABLE_ENTITY), "the image's dimensions, or the memory decoding it takes, pass the limits";
+    UndecodableMedia = "undecodable_media", http(StatusCode::UNPROCESSABLE_ENTITY), "the file has an image's signature but cannot be decoded";
     IdempotencyKeyReused = "idempotency_key_reused", http(StatusCode::UNPROCESSABLE_ENTITY), "the key stands for another request of the same caller";
     Internal = "internal", http(StatusCode::INTERNAL_SERVER_ERROR), "something went wrong on Tidings' side (never for what a client sent)";
     Overloaded = "overloaded", http(StatusCode::SERVICE_UNAVAILABLE), "beyond capacity; nothing was done (`Retry-After`)";
     LogUnavailable = "log_unavailable", http(StatusCode::SERVICE_UNAVAILABLE), "the command log cannot be reached (`Retry-After`)";
     CommandTimeout = "command_timeout", http(StatusCode::SERVICE_UNAVAILABLE), "the command was not decided in time; retry with the same `Idempotency-Key`";
     DatabaseUnavailable = "database_unavailable", http(StatusCode::SERVICE_UNAVAILABLE), "PostgreSQL cannot be reached (`Retry-After`)";
+    MediaStoreUnavailable = "media_store_unavailable", http(StatusCode::SERVICE_UNAVAILABLE), "the media store cannot be reached (`Retry-After`)";
     PositionNotReached = "position_not_reached", http(StatusCode::SERVICE_UNAVAILABLE), "the read model has not reached `X-Min-Position` within the bounded wait";
     /// A WebSocket error frame: a frame that is not one of the protocol's.
     BadFrame = "bad_frame", None, "a WebSocket frame that is not one of the protocol's";

@@ -11,6 +11,8 @@
 //! - [`posts`], [`follows`], [`notifications`]: the social read models
 //!   (posts with their reactions and comments, follows, notifications) and
 //!   the queries that show each viewer only what it may see;
+//! - [`media`]: uploaded images and videos (their bytes are in the media
+//!   store, not here) and what the media sweeper looks for;
 //! - [`credentials`]: the private store of password hashes (not from the log);
 //! - [`outbox`]: what each realtime channel receives, and the relay that
 //!   publishes it to `tidings.updates`;
@@ -30,6 +32,7 @@ pub mod db;
 pub mod details;
 pub mod follows;
 pub mod lag;
+pub mod media;
 pub mod notifications;
 pub mod outbox;
 pub mod posts;

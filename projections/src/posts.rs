@@ -46,6 +46,21 @@ pub struct PostView {
     pub my_reaction: Option<String>,
     /// Count per reaction type (types nobody chose are left out).
     pub reactions: BTreeMap<String, i64>,
+    /// The images and videos it shows, in order.
+    pub media: Vec<PostMedia>,
+}
+
+/// A media item of a post, as its viewers see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PostMedia {
+    pub id: Uuid,
+    /// Where the bytes are served (`GET /media/{id}`).
+    pub url: String,
+    pub content_type: String,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    /// Images only.
+    pub thumbnail_url: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -62,6 +77,7 @@ struct PostRow {
     comment_count: i64,
     my_reaction: Option<String>,
     reactions: sqlx::types::Json<BTreeMap<String, i64>>,
+    media: sqlx::types::Json<Vec<PostMedia>>,
 }
 
 impl From<PostRow> for PostView {
@@ -82,6 +98,7 @@ impl From<PostRow> for PostView {
             liked_by_me: row.my_reaction.as_deref() == Some(Reaction::Like.as_str()),
             my_reaction: row.my_reaction,
             reactions: row.reactions.0,
+            media: row.media.0,
         }
     }
 }
@@ -130,7 +147,7 @@ pub struct Posts;
 
 impl Projection for Posts {
     type Event = Event;
-    const TABLES: &'static [&'static str] = &["posts", "post_reactions", "comments"];
+    const TABLES: &'static [&'static str] = &["posts", "post_reactions", "comments", "post_media"];
 
     async fn apply(
         tx: &mut Transaction<'_, Postgres>,
@@ -159,6 +176,18 @@ async fn apply(
             .bind(c.created_at)
             .execute(&mut **tx)
             .await?;
+            if !c.media.is_empty() {
+                let positions: Vec<i16> = (0..c.media.len() as i16).collect();
+                sqlx::query(
+                    "INSERT INTO post_media (post_id, position, media_id)
+                     SELECT $1, p, m FROM unnest($2::smallint[], $3::uuid[]) AS u(p, m)",
+                )
+                .bind(c.post_id)
+                .bind(&positions)
+                .bind(&c.media)
+                .execute(&mut **tx)
+                .await?;
+            }
             effects
                 .accounts
                 .extend(accounts::add_to_counts(tx, c.author, 0, 0, 1).await?);
@@ -436,7 +465,13 @@ const POST_COLUMNS: &str = "p.id, p.author_id, a.username AS author_username, a.
     a.avatar_url AS author_avatar_url, p.text, p.visibility, p.created_at, p.like_count, p.comment_count,
     (SELECT r.reaction FROM post_reactions r WHERE r.post_id = p.id AND r.user_id = $1) AS my_reaction,
     coalesce((SELECT jsonb_object_agg(c.reaction, c.n) FROM
-        (SELECT reaction, count(*) AS n FROM post_reactions WHERE post_id = p.id GROUP BY reaction) c), '{}') AS reactions";
+        (SELECT reaction, count(*) AS n FROM post_reactions WHERE post_id = p.id GROUP BY reaction) c), '{}') AS reactions,
+    coalesce((SELECT jsonb_agg(jsonb_build_object('id', m.id, 'url', '/media/' || m.id, 'content_type', m.content_type,
+            'width', m.width, 'height', m.height,
+            'thumbnail_url', CASE WHEN m.thumbnail_key IS NOT NULL THEN '/media/' || m.id || '/thumbnail' END)
+        ORDER BY pm.position)
+        FROM post_media pm JOIN media m ON m.id = pm.media_id AND m.deleted_at IS NULL
+        WHERE pm.post_id = p.id), '[]') AS media";
 
 /// What the viewer `$1` may see of `posts p`: no deleted post, and a
 /// followers-only one only as its author or a follower of its author.

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::accounts::{AccountRow, Accounts};
 use crate::details::DetailsRow;
 use crate::follows::Follows;
+use crate::media::Media;
 use crate::notifications::Inbox;
 use crate::outbox::ChannelUpdate;
 use crate::posts::Posts;
@@ -96,5 +97,6 @@ pub async fn apply(
         DomainEvent::Post(event) => Posts::apply(tx, envelope, event).await,
         DomainEvent::Follow(event) => Follows::apply(tx, envelope, event).await,
         DomainEvent::Inbox(event) => Inbox::apply(tx, envelope, event).await,
+        DomainEvent::Media(event) => Media::apply(tx, envelope, event).await,
     }
 }

@@ -10,6 +10,7 @@ mod contract;
 mod crashes;
 mod halts;
 mod idempotency;
+mod media;
 mod operations;
 mod overload;
 mod profile;

@@ -63,6 +63,8 @@ impl World {
         settings.kafka_session_timeout_ms = 6_000;
         settings.jwt_secret = "test secret".into();
         settings.command_timeout_ms = 15_000;
+        // Uploaded media go to a directory of the test's own.
+        settings.media_dir = std::env::temp_dir().join(&name);
         let db = tidings_projections::db::connect(&settings.database_url, 1)
             .await
             .unwrap();
@@ -253,6 +255,7 @@ impl World {
                 assert_matches(schema, &value, topic);
             }
         }
+        let _ = std::fs::remove_dir_all(&self.settings.media_dir);
         let admin = tidings_projections::db::connect(ADMIN_DB, 1).await.unwrap();
         for db in [self.name.clone(), format!("{}_b", self.name)] {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
