@@ -14,11 +14,13 @@
 //!
 //! Here: [`settings`] (typed configuration), [`app::Application`], which
 //! starts the roles asked for against the services given, and [`sweeper`],
-//! which unwinds registrations that died midway. Read
+//! which unwinds registrations that died midway, and [`mailer`], which sends
+//! the mail outbox and queues notification digests. Read
 //! `../shared/DESIGN.md` for why the pieces are shaped as they are.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod mailer;
 pub mod settings;
 pub mod sweeper;
 pub mod telemetry;

@@ -127,6 +127,59 @@ pub struct Settings {
     /// Events folded on a partition between two decider snapshots.
     #[arg(long, env = "TIDINGS_SNAPSHOT_EVERY", default_value_t = 1_000)]
     pub snapshot_every: u64,
+    #[command(flatten)]
+    pub mail: MailSettings,
+}
+
+/// Mail: where it goes out, from whom, and the limits of what is sent.
+#[derive(Clone, Args)]
+pub struct MailSettings {
+    /// The SMTP server mail goes out through, as a URL:
+    /// `smtps://user:password@host:465` (TLS), `smtp://host:587?tls=required`
+    /// (STARTTLS), `smtp://127.0.0.1:2525` (plain: a local relay only).
+    /// Unset: mail is queued in PostgreSQL (up to `TIDINGS_MAIL_QUEUE_MAX`)
+    /// and sent once it is set. May hold a password: never printed.
+    #[arg(long, env = "TIDINGS_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The `From` of every mail.
+    #[arg(
+        long,
+        env = "TIDINGS_MAIL_FROM",
+        default_value = "Tidings <no-reply@tidings.localhost>"
+    )]
+    pub mail_from: String,
+    /// Mails waiting to be sent beyond which `POST /api/auth/password/forgot`
+    /// answers 503 `overloaded` (and digests wait).
+    #[arg(long, env = "TIDINGS_MAIL_QUEUE_MAX", default_value_t = 10_000)]
+    pub mail_queue_max: i64,
+    /// How long a password reset token works.
+    #[arg(long, env = "TIDINGS_PASSWORD_RESET_TTL_SECS", default_value_t = 3600)]
+    pub password_reset_ttl_secs: u64,
+    /// At most one reset mail per address per this many seconds.
+    #[arg(long, env = "TIDINGS_PASSWORD_FORGOT_INTERVAL_SECS", default_value_t = 60)]
+    pub password_forgot_interval_secs: u64,
+    /// At most one notification digest per user per this (milliseconds),
+    /// to users with no socket open; 0 sends none.
+    #[arg(
+        long,
+        env = "TIDINGS_NOTIFICATION_MAIL_INTERVAL_MS",
+        default_value_t = 900_000
+    )]
+    pub notification_mail_interval_ms: u64,
+}
+
+impl MailSettings {
+    pub fn password_reset_ttl(&self) -> Duration {
+        Duration::from_secs(self.password_reset_ttl_secs)
+    }
+
+    pub fn forgot_interval(&self) -> Duration {
+        Duration::from_secs(self.password_forgot_interval_secs)
+    }
+
+    pub fn notification_interval(&self) -> Duration {
+        Duration::from_millis(self.notification_mail_interval_ms)
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -141,6 +194,11 @@ impl fmt::Debug for Settings {
             .field("partitions", &self.partitions)
             .field("instance_id", &self.instance_id())
             .field("jwt_secret", &"***")
+            .field(
+                "smtp_url",
+                &self.mail.smtp_url.as_deref().map(mask_password),
+            )
+            .field("mail_from", &self.mail.mail_from)
             .finish_non_exhaustive()
     }
 }
@@ -211,6 +269,20 @@ impl Settings {
                 "TIDINGS_REGISTRATION_TIMEOUT_SECS",
                 self.registration_timeout_secs.to_string(),
             ),
+            ("TIDINGS_MAIL_FROM", self.mail.mail_from.clone()),
+            ("TIDINGS_MAIL_QUEUE_MAX", self.mail.mail_queue_max.to_string()),
+            (
+                "TIDINGS_PASSWORD_RESET_TTL_SECS",
+                self.mail.password_reset_ttl_secs.to_string(),
+            ),
+            (
+                "TIDINGS_PASSWORD_FORGOT_INTERVAL_SECS",
+                self.mail.password_forgot_interval_secs.to_string(),
+            ),
+            (
+                "TIDINGS_NOTIFICATION_MAIL_INTERVAL_MS",
+                self.mail.notification_mail_interval_ms.to_string(),
+            ),
         ];
         // Unset optional settings stay out: an empty variable is a value.
         for (key, value) in [
@@ -224,6 +296,9 @@ impl Settings {
         if let Some(id) = &self.instance_id {
             vars.push(("TIDINGS_INSTANCE_ID", id.clone()));
         }
+        if let Some(url) = &self.mail.smtp_url {
+            vars.push(("TIDINGS_SMTP_URL", url.clone()));
+        }
         vars
     }
 
@@ -233,6 +308,7 @@ impl Settings {
             ("TIDINGS_TLS_CERT", self.tls_cert.is_none()),
             ("TIDINGS_TLS_KEY", self.tls_key.is_none()),
             ("TIDINGS_INSTANCE_ID", self.instance_id.is_none()),
+            ("TIDINGS_SMTP_URL", self.mail.smtp_url.is_none()),
         ]
         .into_iter()
         .filter_map(|(key, unset)| unset.then_some(key))
@@ -247,7 +323,9 @@ impl Settings {
             .map(|(key, value)| {
                 let shown = match key {
                     "TIDINGS_JWT_SECRET" => "***".to_owned(),
-                    "TIDINGS_DATABASE_URL" | "TIDINGS_REDIS_URL" => mask_password(&value),
+                    "TIDINGS_DATABASE_URL" | "TIDINGS_REDIS_URL" | "TIDINGS_SMTP_URL" => {
+                        mask_password(&value)
+                    }
                     _ => value,
                 };
                 format!("{key}={shown}\n")
@@ -265,6 +343,9 @@ impl Settings {
             if self.jwt_secret.len() < MIN_PRODUCTION_SECRET {
                 return Err(format!("TIDINGS_JWT_SECRET must be at least {MIN_PRODUCTION_SECRET} bytes in production"));
             }
+        }
+        if let Err(error) = self.mail.mail_from.parse::<lettre::message::Mailbox>() {
+            return Err(format!("TIDINGS_MAIL_FROM is not a mail address: {error}"));
         }
         if !(0.0..=900_000.0).contains(&self.kafka_linger_ms) {
             return Err("TIDINGS_KAFKA_LINGER_MS must be between 0 and 900000".into());
@@ -343,6 +424,15 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("TIDINGS_JWT_SECRET=***"));
+    }
+
+    #[test]
+    fn the_smtp_password_is_never_shown() {
+        let mut settings = Settings::from_env();
+        settings.mail.smtp_url = Some("smtps://mailer:s3cr3t@smtp.example.com:465".into());
+        let shown = settings.masked();
+        assert!(shown.contains("TIDINGS_SMTP_URL=smtps://mailer:***@smtp.example.com:465"));
+        assert!(!format!("{shown}{settings:?}").contains("s3cr3t"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::error::{FieldError, Problem};
 use crate::follows;
 use crate::health;
 use crate::notifications;
+use crate::passwords;
 use crate::posts;
 
 #[derive(OpenApi)]
@@ -43,6 +44,9 @@ use crate::posts;
         accounts::own_profile,
         accounts::update_profile,
         accounts::public_profile,
+        passwords::forgot,
+        passwords::reset,
+        passwords::change,
         posts::create_post,
         posts::get_post,
         posts::delete_post,

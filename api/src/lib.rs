@@ -5,6 +5,7 @@
 //! Reads come from the projections, through the Redis cache.
 //!
 //! - [`accounts`]: register, login, profiles — start here;
+//! - [`passwords`]: forgot, reset and change (a reset token by mail);
 //! - [`posts`], [`follows`], [`notifications`]: the social routes (posts,
 //!   reactions, comments, the feed; follows; notifications);
 //! - [`page`]: cursor pagination;
@@ -30,6 +31,7 @@ pub mod idempotency;
 pub mod middleware;
 pub mod notifications;
 pub mod page;
+pub mod passwords;
 pub mod posts;
 pub mod validate;
 
@@ -63,6 +65,12 @@ pub struct ApiSettings {
     /// Partitions of the topics: a position naming another one names no
     /// place in the log.
     pub partitions: i32,
+    /// How long a password reset token works.
+    pub password_reset_ttl: Duration,
+    /// At most one reset mail per address per this.
+    pub forgot_interval: Duration,
+    /// Mails waiting to be sent beyond which a reset is refused (503).
+    pub mail_queue_max: i64,
 }
 
 /// What every handler shares.
@@ -135,6 +143,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(health::routes)
         .configure(docs::routes)
         .configure(accounts::routes)
+        .configure(passwords::routes)
         .configure(posts::routes)
         .configure(follows::routes)
         .configure(notifications::routes);

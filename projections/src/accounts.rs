@@ -193,6 +193,9 @@ async fn apply(
                 ..Effects::default()
             })
         }
+        Event::PasswordChanged(changed) => {
+            crate::credentials::put_in_force(tx, envelope, id, changed).await
+        }
     }
 }
 

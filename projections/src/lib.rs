@@ -10,7 +10,9 @@
 //! - [`posts`], [`follows`], [`notifications`]: the social read models
 //!   (posts with their reactions and comments, follows, notifications) and
 //!   the queries that show each viewer only what it may see;
-//! - [`credentials`]: the private store of password hashes (not from the log);
+//! - [`credentials`]: the private store of password hashes (not from the
+//!   log), pending password changes and reset tokens;
+//! - [`mail`]: the mail outbox and the notification digests;
 //! - [`outbox`]: what each realtime channel receives, and the relay that
 //!   publishes it to `tidings.updates`;
 //! - [`cache`]: the Redis caches, versioned so a stale write never wins and
@@ -28,6 +30,7 @@ pub mod credentials;
 pub mod db;
 pub mod follows;
 pub mod lag;
+pub mod mail;
 pub mod notifications;
 pub mod outbox;
 pub mod posts;

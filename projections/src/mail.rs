@@ -1,0 +1,361 @@
+//! The mail outbox (`mail_outbox`) and the notification digests
+//! (`notification_mails`): what is to be mailed, written in the transaction
+//! that decided it, and the queries the mailer (`src/mailer.rs`) sends and
+//! batches with.
+//!
+//! A mail is queued once ([`Mail::dedupe_key`]), claimed by one sender at a
+//! time with a lease ([`claim_due`]), and retried with a doubling backoff
+//! until [`MAX_ATTEMPTS`]; a sender that dies mid-send leaves its claim to
+//! lapse, so a crash loses no mail (it may, rarely, send one twice: the
+//! `Message-ID` derives from the row, for receivers that dedupe).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
+use tidings_domain::account::{PasswordChangeReason, PasswordChanged};
+use uuid::Uuid;
+
+use crate::accounts::AccountRow;
+
+/// Attempts at one mail before it is given up (`failed_at`): with the
+/// backoff below, about a day of trying.
+pub const MAX_ATTEMPTS: i32 = 20;
+/// The first retry's pause; each next one doubles, up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2 * 3600);
+/// How long a claimed mail is left to its sender before another may take
+/// it: longer than one SMTP exchange may last (the transport's timeout).
+pub const LEASE: Duration = Duration::from_secs(120);
+/// Unnotified notifications listed in one digest; the rest are counted.
+pub const DIGEST_LIST: i64 = 20;
+
+/// One mail to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    /// A mail with a key already queued is not queued again.
+    pub dedupe_key: Option<String>,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+impl Mail {
+    /// The reset mail, with the token (only ever here, and hashed in the
+    /// database).
+    pub fn password_reset(to: &str, username: &str, token: &str, ttl: Duration) -> Mail {
+        let minutes = ttl.as_secs().div_ceil(60);
+        Mail {
+            dedupe_key: None,
+            to: to.to_owned(),
+            subject: "Reset your Tidings password".into(),
+            body: format!(
+                "Hello {username},\r\n\r\nsomeone (we hope you) asked to reset the password of your Tidings account.\r\n\
+                 To choose a new one, send this token with POST /api/auth/password/reset within {minutes} minutes:\r\n\r\n\
+                 reset token: {token}\r\n\r\n\
+                 It works once, and a newer request ends it. If you did not ask, ignore this mail: your password stays as it is.\r\n"
+            ),
+        }
+    }
+
+    /// The confirmation of a password change.
+    pub fn password_changed(account: &AccountRow, changed: &PasswordChanged, event_id: Uuid) -> Mail {
+        let how = match changed.reason {
+            PasswordChangeReason::Reset => "reset with a token sent to this address",
+            PasswordChangeReason::Change => "changed by a signed-in session",
+        };
+        Mail {
+            dedupe_key: Some(format!("password_changed:{event_id}")),
+            to: account.email.clone(),
+            subject: "Your Tidings password was changed".into(),
+            body: format!(
+                "Hello {},\r\n\r\nthe password of your Tidings account was {how} at {}.\r\n\
+                 Every session signed in before has been signed out.\r\n\
+                 If this was not you, reset your password at once.\r\n",
+                account.username,
+                changed.changed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            ),
+        }
+    }
+}
+
+/// Queues a mail; `false` when one with the same key is already queued.
+pub async fn enqueue(db: impl PgExecutor<'_>, mail: &Mail) -> Result<bool, sqlx::Error> {
+    let queued = sqlx::query(
+        "INSERT INTO mail_outbox (dedupe_key, to_address, subject, body) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(&mail.dedupe_key)
+    .bind(&mail.to)
+    .bind(&mail.subject)
+    .bind(&mail.body)
+    .execute(db)
+    .await?;
+    Ok(queued.rows_affected() == 1)
+}
+
+/// Mails waiting to be sent (neither sent nor given up).
+pub async fn waiting(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// A mail claimed for sending.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Queued {
+    pub id: i64,
+    pub to_address: String,
+    pub subject: String,
+    pub body: String,
+    /// Including this one.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` mails that are due, oldest first, for [`LEASE`].
+pub async fn claim_due(db: &PgPool, limit: i64) -> Result<Vec<Queued>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE mail_outbox SET attempts = attempts + 1,
+                next_attempt_at = now() + make_interval(secs => $2)
+         WHERE id IN (SELECT id FROM mail_outbox
+                      WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
+                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, to_address, subject, body, attempts, created_at",
+    )
+    .bind(limit)
+    .bind(LEASE.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+pub async fn mark_sent(db: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE mail_outbox SET sent_at = now(), last_error = NULL WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The pause before attempt `attempts + 1`.
+pub fn backoff(attempts: i32) -> Duration {
+    let doublings = attempts.saturating_sub(1).clamp(0, 20) as u32;
+    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+}
+
+/// Records a failed attempt: retried after the backoff, or given up after
+/// [`MAX_ATTEMPTS`] (or at once for an error that no retry can mend).
+pub async fn mark_failed(
+    db: &PgPool,
+    mail: &Queued,
+    error: &str,
+    permanent: bool,
+) -> Result<(), sqlx::Error> {
+    let give_up = permanent || mail.attempts >= MAX_ATTEMPTS;
+    sqlx::query(
+        "UPDATE mail_outbox SET last_error = $2,
+                next_attempt_at = now() + make_interval(secs => $3),
+                failed_at = CASE WHEN $4 THEN now() END
+         WHERE id = $1",
+    )
+    .bind(mail.id)
+    .bind(error)
+    .bind(backoff(mail.attempts).as_secs_f64())
+    .bind(give_up)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Drops mails sent or given up more than a week ago, a bounded batch at a
+/// time; how many went.
+pub async fn prune(db: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM mail_outbox WHERE id IN (
+           SELECT id FROM mail_outbox
+           WHERE (sent_at IS NOT NULL OR failed_at IS NOT NULL) AND created_at < now() - interval '7 days'
+           LIMIT 1000)",
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Users with unread notifications not yet mailed nor seen live, created
+/// in the last `lookback`, whose last digest is at least `interval` old.
+pub async fn digest_candidates(
+    db: &PgPool,
+    interval: Duration,
+    lookback: Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT n.user_id FROM notifications n
+         LEFT JOIN notification_mails m ON m.user_id = n.user_id
+         WHERE n.read_at IS NULL AND n.created_at > now() - make_interval(secs => $2)
+           AND n.created_at > COALESCE(m.mailed_until, '-infinity')
+           AND (m.last_mailed_at IS NULL OR m.last_mailed_at <= now() - make_interval(secs => $1))
+         GROUP BY n.user_id
+         LIMIT $3",
+    )
+    .bind(interval.as_secs_f64())
+    .bind(lookback.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// One notification as a digest lists it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DigestLine {
+    pub kind: String,
+    pub actor_username: Option<String>,
+    pub reaction: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a digest of one user holds: the address, the notifications to
+/// list (newest first), how many there are in all, and the newest one's
+/// time (up to which they count as mailed).
+pub struct Digest {
+    pub email: String,
+    pub username: String,
+    pub lines: Vec<DigestLine>,
+    pub total: i64,
+    pub until: DateTime<Utc>,
+}
+
+/// Locks `user_id`'s digest row (created if missing) for this transaction,
+/// and reads what is due, or `None` if another sender has it, or the
+/// interval has not passed, or nothing is new.
+pub async fn lock_digest(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: Uuid,
+    interval: Duration,
+    lookback: Duration,
+) -> Result<Option<Digest>, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notification_mails (user_id, mailed_until) VALUES ($1, '-infinity')
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
+        "SELECT mailed_until FROM notification_mails
+         WHERE user_id = $1
+           AND (last_mailed_at IS NULL OR last_mailed_at <= now() - make_interval(secs => $2))
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(user_id)
+    .bind(interval.as_secs_f64())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((mailed_until,)) = row else {
+        return Ok(None);
+    };
+    let account: Option<(String, String)> =
+        sqlx::query_as("SELECT email, username FROM accounts WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some((email, username)) = account else {
+        return Ok(None);
+    };
+    let since = |q: &'static str| {
+        sqlx::query_as::<_, (i64, Option<DateTime<Utc>>)>(q)
+            .bind(user_id)
+            .bind(mailed_until)
+            .bind(lookback.as_secs_f64())
+    };
+    let (total, newest) = since(
+        "SELECT count(*), max(created_at) FROM notifications
+         WHERE user_id = $1 AND read_at IS NULL AND created_at > $2
+           AND created_at > now() - make_interval(secs => $3)",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let Some(until) = newest else {
+        return Ok(None);
+    };
+    let lines = sqlx::query_as(
+        "SELECT n.kind, a.username AS actor_username, n.reaction, n.created_at
+         FROM notifications n LEFT JOIN accounts a ON a.id = n.actor_id
+         WHERE n.user_id = $1 AND n.read_at IS NULL AND n.created_at > $2 AND n.created_at <= $3
+         ORDER BY n.created_at DESC, n.id DESC
+         LIMIT $4",
+    )
+    .bind(user_id)
+    .bind(mailed_until)
+    .bind(until)
+    .bind(DIGEST_LIST)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(Some(Digest {
+        email,
+        username,
+        lines,
+        total,
+        until,
+    }))
+}
+
+/// Marks notifications up to `until` as dealt with: `mailed` when a digest
+/// was queued (which starts the interval), not when they were seen live.
+pub async fn digest_done(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: Uuid,
+    until: DateTime<Utc>,
+    mailed: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notification_mails SET mailed_until = GREATEST(mailed_until, $2),
+                last_mailed_at = CASE WHEN $3 THEN now() ELSE last_mailed_at END
+         WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(until)
+    .bind(mailed)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Digest {
+    /// The digest as a mail.
+    pub fn mail(&self, user_id: Uuid) -> Mail {
+        let mut body = format!(
+            "Hello {},\r\n\r\nwhile you were away on Tidings:\r\n\r\n",
+            self.username
+        );
+        for line in &self.lines {
+            let who = line.actor_username.as_deref().unwrap_or("someone");
+            let what = match (line.kind.as_str(), &line.reaction) {
+                ("like", _) => "liked your post".to_owned(),
+                ("reaction", Some(r)) => format!("reacted ({r}) to your post"),
+                ("reaction", None) => "reacted to your post".to_owned(),
+                ("comment", _) => "commented on your post".to_owned(),
+                ("follow", _) => "followed you".to_owned(),
+                ("mention", _) => "mentioned you".to_owned(),
+                (other, _) => other.to_owned(),
+            };
+            body.push_str(&format!(
+                "- {who} {what} ({})\r\n",
+                line.created_at.format("%Y-%m-%d %H:%M UTC")
+            ));
+        }
+        let more = self.total - self.lines.len() as i64;
+        if more > 0 {
+            body.push_str(&format!("- and {more} more\r\n"));
+        }
+        body.push_str("\r\nGET /api/notifications?unread=true lists them all.\r\n");
+        Mail {
+            dedupe_key: Some(format!("digest:{user_id}:{}", self.until.timestamp_micros())),
+            to: self.email.clone(),
+            subject: format!("{} new notifications on Tidings", self.total),
+            body,
+        }
+    }
+}
