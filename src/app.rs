@@ -294,7 +294,8 @@ impl Application {
             );
             // Mail goes with the projector: it is what queues confirmations.
             if mail.smtp_url.is_some() {
-                let (db, stop, mail) = (pool("mailer", ROLE_POOL)?, roles_stop.clone(), mail.clone());
+                let (db, stop, mail) =
+                    (pool("mailer", ROLE_POOL)?, roles_stop.clone(), mail.clone());
                 supervised(
                     "mailer",
                     None,

@@ -41,7 +41,11 @@ const DIGEST_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Sends due mail until `stop`.
-pub async fn send(db: PgPool, settings: MailSettings, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn send(
+    db: PgPool,
+    settings: MailSettings,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let url = settings
         .smtp_url
         .as_deref()

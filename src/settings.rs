@@ -156,7 +156,11 @@ pub struct MailSettings {
     #[arg(long, env = "TIDINGS_PASSWORD_RESET_TTL_SECS", default_value_t = 3600)]
     pub password_reset_ttl_secs: u64,
     /// At most one reset mail per address per this many seconds.
-    #[arg(long, env = "TIDINGS_PASSWORD_FORGOT_INTERVAL_SECS", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "TIDINGS_PASSWORD_FORGOT_INTERVAL_SECS",
+        default_value_t = 60
+    )]
     pub password_forgot_interval_secs: u64,
     /// At most one notification digest per user per this (milliseconds),
     /// to users with no socket open; 0 sends none.
@@ -270,7 +274,10 @@ impl Settings {
                 self.registration_timeout_secs.to_string(),
             ),
             ("TIDINGS_MAIL_FROM", self.mail.mail_from.clone()),
-            ("TIDINGS_MAIL_QUEUE_MAX", self.mail.mail_queue_max.to_string()),
+            (
+                "TIDINGS_MAIL_QUEUE_MAX",
+                self.mail.mail_queue_max.to_string(),
+            ),
             (
                 "TIDINGS_PASSWORD_RESET_TTL_SECS",
                 self.mail.password_reset_ttl_secs.to_string(),

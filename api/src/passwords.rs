@@ -76,8 +76,8 @@ pub(crate) async fn forgot(
     let account = tidings_projections::accounts::by_login(&state.db, &email).await?;
     let mut tx = state.db.begin().await?;
     let email_hash = Sha256::digest(email.as_bytes());
-    let may_send = credentials::may_send_reset(&mut *tx, &email_hash, settings.forgot_interval)
-        .await?;
+    let may_send =
+        credentials::may_send_reset(&mut *tx, &email_hash, settings.forgot_interval).await?;
     if let (true, Some(account)) = (may_send, account) {
         let token = reset_token();
         let mail = Mail::password_reset(

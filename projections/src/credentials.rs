@@ -98,13 +98,11 @@ pub async fn put_in_force(
         .execute(&mut **tx)
         .await?;
     // A reset link mailed before the change must not change it again.
-    sqlx::query(
-        "UPDATE password_resets SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL",
-    )
-    .bind(user_id)
-    .bind(changed.changed_at)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE password_resets SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+        .bind(user_id)
+        .bind(changed.changed_at)
+        .execute(&mut **tx)
+        .await?;
     let account = sqlx::query_as::<_, AccountRow>(
         "UPDATE accounts SET token_version = $2, updated_at = $3, version = version + 1
          WHERE id = $1
@@ -232,10 +230,12 @@ pub async fn issue_reset_token(
     ttl: std::time::Duration,
     mail: &crate::mail::Mail,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL")
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
     sqlx::query(
         "INSERT INTO password_resets (token_hash, user_id, expires_at)
          VALUES ($1, $2, now() + make_interval(secs => $3))",

@@ -59,7 +59,11 @@ impl Mail {
     }
 
     /// The confirmation of a password change.
-    pub fn password_changed(account: &AccountRow, changed: &PasswordChanged, event_id: Uuid) -> Mail {
+    pub fn password_changed(
+        account: &AccountRow,
+        changed: &PasswordChanged,
+        event_id: Uuid,
+    ) -> Mail {
         let how = match changed.reason {
             PasswordChangeReason::Reset => "reset with a token sent to this address",
             PasswordChangeReason::Change => "changed by a signed-in session",
@@ -352,7 +356,10 @@ impl Digest {
         }
         body.push_str("\r\nGET /api/notifications?unread=true lists them all.\r\n");
         Mail {
-            dedupe_key: Some(format!("digest:{user_id}:{}", self.until.timestamp_micros())),
+            dedupe_key: Some(format!(
+                "digest:{user_id}:{}",
+                self.until.timestamp_micros()
+            )),
             to: self.email.clone(),
             subject: format!("{} new notifications on Tidings", self.total),
             body,

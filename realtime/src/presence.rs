@@ -124,9 +124,7 @@ impl Presence {
     }
 }
 
-async fn timed<T>(
-    work: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+async fn timed<T>(work: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
     tokio::time::timeout(REDIS_TIMEOUT * 2, work)
         .await
         .unwrap_or_else(|_| Err("timed out".into()))

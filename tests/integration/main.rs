@@ -10,6 +10,7 @@ mod contract;
 mod crashes;
 mod halts;
 mod idempotency;
+mod mail;
 mod operations;
 mod overload;
 mod race;
