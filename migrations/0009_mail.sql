@@ -4,20 +4,22 @@
 -- `pending_credentials` along with `credentials` (the rest may be lost at
 -- the cost of a reset link that no longer works or a digest mailed again).
 
--- A new password's hash, written by the API before the command
--- `account.change_password` that moves the account to `token_version`. The
--- projector, applying `account.password_changed` of that version, moves it
--- into `credentials` in the same transaction as the new token version: the
--- event is the commit point, and a crash at any step leaves either the old
--- password and tokens or the new ones. A row whose command was refused or
--- never sent is never applied; rows at or below an applied version are
--- deleted with it.
+-- A new password's hash, written by the API before its command
+-- `account.change_password` (`command_id`) that moves the account to
+-- `token_version`. The projector, applying the `account.password_changed`
+-- of that command, moves it into `credentials` in the same transaction as
+-- the new token version: the event is the commit point, and a crash at any
+-- step leaves either the old password and tokens or the new ones. Keyed by
+-- the command, so of two changes racing for one version only the hash of
+-- the one decided is applied; rows at or below an applied version are
+-- deleted with it, and a row whose command was refused is never applied.
 CREATE TABLE pending_credentials (
     user_id       uuid    NOT NULL,
+    command_id    uuid    NOT NULL,
     token_version integer NOT NULL,
     password_hash text    NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (user_id, token_version)
+    PRIMARY KEY (user_id, command_id)
 );
 
 -- Password reset tokens, by the SHA-256 of the token (the token itself is

@@ -161,9 +161,14 @@ pub(crate) async fn reset(
     else {
         return Err(invalid());
     };
-    let account = tidings_projections::accounts::by_id(&state.db, user_id)
-        .await?
-        .ok_or_else(invalid)?;
+    // The token was issued to a projected account, which stays.
+    let account = match tidings_projections::accounts::by_id(&state.db, user_id).await {
+        Ok(Some(account)) => account,
+        outcome => {
+            credentials::release_reset_token(&state.db, &token_hash).await?;
+            return Err(outcome.map_or_else(ApiError::from, |_| invalid()));
+        }
+    };
     match put_in_force(
         &state,
         &ctx,
@@ -269,9 +274,10 @@ async fn put_in_force(
     reason: PasswordChangeReason,
 ) -> Result<(Position, i32, bool), ApiError> {
     let version = current_version + 1;
-    credentials::store_pending(&state.db, user_id, version, password_hash).await?;
+    let command_id = ctx.command_id(Some(user_id));
+    credentials::store_pending(&state.db, user_id, command_id, version, password_hash).await?;
     let command = ctx.envelope(
-        ctx.command_id(Some(user_id)),
+        command_id,
         Some(user_id),
         AggregateRef::account(user_id),
         AnyCommand::Account(account::Command::ChangePassword(account::ChangePassword {

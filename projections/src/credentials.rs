@@ -47,22 +47,27 @@ pub async fn password_hash(
         .await
 }
 
-/// Keeps the hash of the password that `account.change_password` to
-/// `token_version` will put in force; the projector moves it into
-/// `credentials` when it applies the event ([`put_in_force`]). A retried
-/// request writes the same row again, with its own hash: the last one
-/// written before the event is applied is the one in force.
+/// Keeps the hash of the password that the command `command_id`
+/// (`account.change_password` to `token_version`) will put in force; the
+/// projector moves it into `credentials` when it applies that command's
+/// event ([`put_in_force`]). A retry of the same command (same
+/// `Idempotency-Key`) writes the row again: the last hash written before
+/// the event is applied is the one in force.
 pub async fn store_pending(
     db: impl PgExecutor<'_>,
     user_id: Uuid,
+    command_id: Uuid,
     token_version: i32,
     password_hash: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO pending_credentials (user_id, token_version, password_hash) VALUES ($1, $2, $3)
-         ON CONFLICT (user_id, token_version) DO UPDATE SET password_hash = EXCLUDED.password_hash, created_at = now()",
+        "INSERT INTO pending_credentials (user_id, command_id, token_version, password_hash)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id, command_id) DO UPDATE
+           SET token_version = EXCLUDED.token_version, password_hash = EXCLUDED.password_hash, created_at = now()",
     )
     .bind(user_id)
+    .bind(command_id)
     .bind(token_version)
     .bind(password_hash)
     .execute(db)
@@ -85,11 +90,13 @@ pub async fn put_in_force(
 ) -> Result<Effects, sqlx::Error> {
     sqlx::query(
         "INSERT INTO credentials (user_id, password_hash)
-         SELECT user_id, password_hash FROM pending_credentials WHERE user_id = $1 AND token_version = $2
+         SELECT user_id, password_hash FROM pending_credentials
+         WHERE user_id = $1 AND token_version = $2 AND command_id = $3
          ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash",
     )
     .bind(user_id)
     .bind(changed.token_version)
+    .bind(envelope.command_id)
     .execute(&mut **tx)
     .await?;
     sqlx::query("DELETE FROM pending_credentials WHERE user_id = $1 AND token_version <= $2")
