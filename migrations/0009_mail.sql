@@ -73,7 +73,8 @@ CREATE INDEX mail_outbox_done ON mail_outbox (created_at) WHERE sent_at IS NOT N
 -- transaction that queues the digest, so a restart does not mail twice.
 CREATE TABLE notification_mails (
     user_id        uuid PRIMARY KEY,
-    mailed_until   timestamptz NOT NULL,
+    -- NULL: nothing mailed or seen yet.
+    mailed_until   timestamptz,
     last_mailed_at timestamptz
 );
 

@@ -241,13 +241,13 @@ pub async fn lock_digest(
     lookback: Duration,
 ) -> Result<Option<Digest>, sqlx::Error> {
     sqlx::query(
-        "INSERT INTO notification_mails (user_id, mailed_until) VALUES ($1, '-infinity')
+        "INSERT INTO notification_mails (user_id) VALUES ($1)
          ON CONFLICT (user_id) DO NOTHING",
     )
     .bind(user_id)
     .execute(&mut **tx)
     .await?;
-    let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
+    let row: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
         "SELECT mailed_until FROM notification_mails
          WHERE user_id = $1
            AND (last_mailed_at IS NULL OR last_mailed_at <= now() - make_interval(secs => $2))
@@ -276,7 +276,7 @@ pub async fn lock_digest(
     };
     let (total, newest) = since(
         "SELECT count(*), max(created_at) FROM notifications
-         WHERE user_id = $1 AND read_at IS NULL AND created_at > $2
+         WHERE user_id = $1 AND read_at IS NULL AND ($2::timestamptz IS NULL OR created_at > $2)
            AND created_at > now() - make_interval(secs => $3)",
     )
     .fetch_one(&mut **tx)
@@ -287,7 +287,8 @@ pub async fn lock_digest(
     let lines = sqlx::query_as(
         "SELECT n.kind, a.username AS actor_username, n.reaction, n.created_at
          FROM notifications n LEFT JOIN accounts a ON a.id = n.actor_id
-         WHERE n.user_id = $1 AND n.read_at IS NULL AND n.created_at > $2 AND n.created_at <= $3
+         WHERE n.user_id = $1 AND n.read_at IS NULL AND n.created_at <= $3
+           AND ($2::timestamptz IS NULL OR n.created_at > $2)
          ORDER BY n.created_at DESC, n.id DESC
          LIMIT $4",
     )

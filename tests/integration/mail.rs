@@ -56,7 +56,11 @@ impl SmtpServer {
     }
 
     async fn start(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap();
+        // A maildir: aiosmtpd makes the three folders only where it makes
+        // the directory itself.
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(self.dir.join(sub)).unwrap();
+        }
         let child = Command::new(Self::python())
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{}", self.port))
