@@ -293,7 +293,22 @@ async fn changing_the_password_hands_out_a_new_token_and_revokes_every_other() {
     settings.mail.smtp_url = Some(smtp.url());
     let app = world.start_with(settings, &ALL_ROLES).await;
     let client = Client::new(&app.base);
-    let (_, token) = user(&client, "carol").await;
+    let (carol_id, token) = user(&client, "carol").await;
+    // A change that died after its hash was kept and before its command
+    // was decided: nothing changes, and it is never put in force later.
+    let db = world.db().await;
+    sqlx::query(
+        "INSERT INTO pending_credentials (user_id, command_id, token_version, password_hash)
+         VALUES ($1, $2, 1, 'not the hash of anything')",
+    )
+    .bind(uuid::Uuid::parse_str(&carol_id).unwrap())
+    .bind(uuid::Uuid::new_v4())
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    assert_eq!(login(&client, "carol", PASSWORD).await, 200);
+    assert_eq!(profile(&client, &token).await.0, 200);
     let other = client
         .send(
             client
@@ -352,6 +367,7 @@ async fn mail_waits_out_an_smtp_server_that_is_down_and_an_expired_token_is_refu
     let mut settings = world.settings.clone();
     settings.mail.smtp_url = Some(smtp.url());
     settings.mail.password_reset_ttl_secs = 2;
+    settings.mail.mail_queue_max = 1;
     let app = world.start_with(settings, &ALL_ROLES).await;
     let client = Client::new(&app.base);
     user(&client, "dave").await;
@@ -360,11 +376,30 @@ async fn mail_waits_out_an_smtp_server_that_is_down_and_an_expired_token_is_refu
     // The first attempts find no server.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(smtp.mails().is_empty());
+    // The queue is full (one waiting): a reset is refused for any address,
+    // and nothing is done.
+    let refused = client
+        .send(
+            client
+                .post("/api/auth/password/forgot")
+                .json(&json!({ "email": "dave@example.com" })),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.body["code"].as_str()),
+        (503, Some("overloaded"))
+    );
+    assert!(refused.headers.contains_key("retry-after"));
     smtp.start().await;
     let mail = smtp
         .wait_for("dave@example.com", "Reset", Duration::from_secs(20))
         .await;
     let token = reset_token(&mail);
+    // Sent, the queue has room again.
+    eventually(Duration::from_secs(5), "the queue has room", || async {
+        forgot(&client, "nobody@example.com").await == 202
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, body) = reset(&client, &token, NEW_PASSWORD).await;
     assert_eq!(
