@@ -68,15 +68,21 @@ CREATE TABLE mail_outbox (
 CREATE INDEX mail_outbox_due ON mail_outbox (next_attempt_at) WHERE sent_at IS NULL AND failed_at IS NULL;
 CREATE INDEX mail_outbox_done ON mail_outbox (created_at) WHERE sent_at IS NOT NULL OR failed_at IS NOT NULL;
 
--- Notification digests: per user, up to when notifications were mailed (or
--- seen live), and when the last digest went out. Updated in the same
--- transaction that queues the digest, so a restart does not mail twice.
+-- Notification digests: per user, when the last digest went out (at most
+-- one per interval); the row is also the lock that keeps two mailers from
+-- digesting one user at once.
 CREATE TABLE notification_mails (
     user_id        uuid PRIMARY KEY,
-    -- NULL: nothing mailed or seen yet.
-    mailed_until   timestamptz,
     last_mailed_at timestamptz
 );
 
--- The digest finds unread notifications by creation time.
-CREATE INDEX notifications_unread_created ON notifications (created_at) WHERE read_at IS NULL;
+-- When a notification was mailed in a digest, or seen live (pushed to an
+-- open socket) so that it is never mailed: set in the transaction that
+-- queues the digest, so a restart does not mail twice. Marked one by one
+-- rather than "up to a time", because notifications are projected out of
+-- their time order (partitions). Not derived from the log: a rebuild of
+-- the read models forgets it (unread notifications of the last day may then
+-- be mailed again).
+ALTER TABLE notifications ADD COLUMN mailed_at timestamptz;
+-- The digests look for unread notifications not mailed yet, by time.
+CREATE INDEX notifications_unmailed ON notifications (created_at) WHERE read_at IS NULL AND mailed_at IS NULL;

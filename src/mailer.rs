@@ -169,15 +169,16 @@ async fn digests(
             return Ok(());
         };
         let mut tx = db.begin().await?;
-        let Some(digest) = mail::lock_digest(&mut tx, user, interval, DIGEST_LOOKBACK).await?
+        let Some(digest) = mail::take_digest(&mut tx, user, interval, DIGEST_LOOKBACK).await?
         else {
             continue;
         };
+        // Online, the notifications were pushed: marked, not mailed.
         if !online {
             mail::enqueue(&mut *tx, &digest.mail(user)).await?;
+            mail::digest_mailed(&mut tx, user).await?;
             metrics::counter!("tidings_notification_digests_total").increment(1);
         }
-        mail::digest_done(&mut tx, user, digest.until, !online).await?;
         tx.commit().await?;
     }
     Ok(())

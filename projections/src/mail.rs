@@ -27,8 +27,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2 * 3600);
 /// How long a claimed mail is left to its sender before another may take
 /// it: longer than one SMTP exchange may last (the transport's timeout).
 pub const LEASE: Duration = Duration::from_secs(120);
-/// Unnotified notifications listed in one digest; the rest are counted.
-pub const DIGEST_LIST: i64 = 20;
+/// Notifications listed in one digest; the rest are counted.
+pub const DIGEST_LIST: usize = 20;
+/// Notifications one digest marks as mailed, at most: a user with more
+/// unread in a day gets the rest in the next digest.
+pub const DIGEST_MARK: i64 = 1000;
 
 /// One mail to queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +190,7 @@ pub async fn prune(db: &PgPool) -> Result<u64, sqlx::Error> {
     .rows_affected())
 }
 
-/// Users with unread notifications not yet mailed nor seen live, created
+/// Users with unread notifications neither mailed nor seen live, created
 /// in the last `lookback`, whose last digest is at least `interval` old.
 pub async fn digest_candidates(
     db: &PgPool,
@@ -198,8 +201,8 @@ pub async fn digest_candidates(
     sqlx::query_scalar(
         "SELECT n.user_id FROM notifications n
          LEFT JOIN notification_mails m ON m.user_id = n.user_id
-         WHERE n.read_at IS NULL AND n.created_at > now() - make_interval(secs => $2)
-           AND n.created_at > COALESCE(m.mailed_until, '-infinity')
+         WHERE n.read_at IS NULL AND n.mailed_at IS NULL
+           AND n.created_at > now() - make_interval(secs => $2)
            AND (m.last_mailed_at IS NULL OR m.last_mailed_at <= now() - make_interval(secs => $1))
          GROUP BY n.user_id
          LIMIT $3",
@@ -220,21 +223,21 @@ pub struct DigestLine {
     pub created_at: DateTime<Utc>,
 }
 
-/// What a digest of one user holds: the address, the notifications to
-/// list (newest first), how many there are in all, and the newest one's
-/// time (up to which they count as mailed).
+/// A digest of one user: the address, and the notifications it tells of,
+/// newest first.
 pub struct Digest {
     pub email: String,
     pub username: String,
     pub lines: Vec<DigestLine>,
-    pub total: i64,
-    pub until: DateTime<Utc>,
 }
 
 /// Locks `user_id`'s digest row (created if missing) for this transaction,
-/// and reads what is due, or `None` if another sender has it, or the
-/// interval has not passed, or nothing is new.
-pub async fn lock_digest(
+/// then marks every unread notification not mailed yet as mailed and
+/// returns them (at most [`DIGEST_MARK`]). `None` if another mailer holds
+/// the user, the interval has not passed, or nothing is new. The caller
+/// queues the digest in the same transaction, or, for a user who is online
+/// (the notifications were pushed), just commits the marks.
+pub async fn take_digest(
     tx: &mut Transaction<'_, Postgres>,
     user_id: Uuid,
     interval: Duration,
@@ -247,8 +250,8 @@ pub async fn lock_digest(
     .bind(user_id)
     .execute(&mut **tx)
     .await?;
-    let row: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
-        "SELECT mailed_until FROM notification_mails
+    let due: Option<Uuid> = sqlx::query_scalar(
+        "SELECT user_id FROM notification_mails
          WHERE user_id = $1
            AND (last_mailed_at IS NULL OR last_mailed_at <= now() - make_interval(secs => $2))
          FOR UPDATE SKIP LOCKED",
@@ -257,9 +260,9 @@ pub async fn lock_digest(
     .bind(interval.as_secs_f64())
     .fetch_optional(&mut **tx)
     .await?;
-    let Some((mailed_until,)) = row else {
+    if due.is_none() {
         return Ok(None);
-    };
+    }
     let account: Option<(String, String)> =
         sqlx::query_as("SELECT email, username FROM accounts WHERE id = $1")
             .bind(user_id)
@@ -268,74 +271,55 @@ pub async fn lock_digest(
     let Some((email, username)) = account else {
         return Ok(None);
     };
-    let since = |q: &'static str| {
-        sqlx::query_as::<_, (i64, Option<DateTime<Utc>>)>(q)
-            .bind(user_id)
-            .bind(mailed_until)
-            .bind(lookback.as_secs_f64())
-    };
-    let (total, newest) = since(
-        "SELECT count(*), max(created_at) FROM notifications
-         WHERE user_id = $1 AND read_at IS NULL AND ($2::timestamptz IS NULL OR created_at > $2)
-           AND created_at > now() - make_interval(secs => $3)",
-    )
-    .fetch_one(&mut **tx)
-    .await?;
-    let Some(until) = newest else {
-        return Ok(None);
-    };
-    let lines = sqlx::query_as(
-        "SELECT n.kind, a.username AS actor_username, n.reaction, n.created_at
-         FROM notifications n LEFT JOIN accounts a ON a.id = n.actor_id
-         WHERE n.user_id = $1 AND n.read_at IS NULL AND n.created_at <= $3
-           AND ($2::timestamptz IS NULL OR n.created_at > $2)
-         ORDER BY n.created_at DESC, n.id DESC
-         LIMIT $4",
+    let lines: Vec<DigestLine> = sqlx::query_as(
+        "WITH marked AS (
+           UPDATE notifications SET mailed_at = now()
+           WHERE id IN (SELECT id FROM notifications
+                        WHERE user_id = $1 AND read_at IS NULL AND mailed_at IS NULL
+                          AND created_at > now() - make_interval(secs => $2)
+                        ORDER BY created_at DESC
+                        LIMIT $3)
+           RETURNING id, kind, actor_id, reaction, created_at)
+         SELECT m.kind, a.username AS actor_username, m.reaction, m.created_at
+         FROM marked m LEFT JOIN accounts a ON a.id = m.actor_id
+         ORDER BY m.created_at DESC, m.id DESC",
     )
     .bind(user_id)
-    .bind(mailed_until)
-    .bind(until)
-    .bind(DIGEST_LIST)
+    .bind(lookback.as_secs_f64())
+    .bind(DIGEST_MARK)
     .fetch_all(&mut **tx)
     .await?;
+    if lines.is_empty() {
+        return Ok(None);
+    }
     Ok(Some(Digest {
         email,
         username,
         lines,
-        total,
-        until,
     }))
 }
 
-/// Marks notifications up to `until` as dealt with: `mailed` when a digest
-/// was queued (which starts the interval), not when they were seen live.
-pub async fn digest_done(
+/// Starts the user's interval: a digest was queued.
+pub async fn digest_mailed(
     tx: &mut Transaction<'_, Postgres>,
     user_id: Uuid,
-    until: DateTime<Utc>,
-    mailed: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE notification_mails SET mailed_until = GREATEST(mailed_until, $2),
-                last_mailed_at = CASE WHEN $3 THEN now() ELSE last_mailed_at END
-         WHERE user_id = $1",
-    )
-    .bind(user_id)
-    .bind(until)
-    .bind(mailed)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE notification_mails SET last_mailed_at = now() WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 impl Digest {
     /// The digest as a mail.
     pub fn mail(&self, user_id: Uuid) -> Mail {
+        let total = self.lines.len();
         let mut body = format!(
             "Hello {},\r\n\r\nwhile you were away on Tidings:\r\n\r\n",
             self.username
         );
-        for line in &self.lines {
+        for line in self.lines.iter().take(DIGEST_LIST) {
             let who = line.actor_username.as_deref().unwrap_or("someone");
             let what = match (line.kind.as_str(), &line.reaction) {
                 ("like", _) => "liked your post".to_owned(),
@@ -351,18 +335,21 @@ impl Digest {
                 line.created_at.format("%Y-%m-%d %H:%M UTC")
             ));
         }
-        let more = self.total - self.lines.len() as i64;
-        if more > 0 {
-            body.push_str(&format!("- and {more} more\r\n"));
+        if total > DIGEST_LIST {
+            body.push_str(&format!("- and {} more\r\n", total - DIGEST_LIST));
         }
         body.push_str("\r\nGET /api/notifications?unread=true lists them all.\r\n");
+        let newest = self
+            .lines
+            .first()
+            .map_or(0, |l| l.created_at.timestamp_micros());
         Mail {
-            dedupe_key: Some(format!(
-                "digest:{user_id}:{}",
-                self.until.timestamp_micros()
-            )),
+            dedupe_key: Some(format!("digest:{user_id}:{newest}")),
             to: self.email.clone(),
-            subject: format!("{} new notifications on Tidings", self.total),
+            subject: match total {
+                1 => "1 new notification on Tidings".to_owned(),
+                n => format!("{n} new notifications on Tidings"),
+            },
             body,
         }
     }
