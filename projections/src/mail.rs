@@ -354,3 +354,46 @@ impl Digest {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_doubling_up_to_a_cap() {
+        let pauses: Vec<u64> = (1..=4).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8]);
+        assert_eq!(backoff(MAX_ATTEMPTS), MAX_BACKOFF);
+        // About a day of trying in all.
+        let total: Duration = (1..MAX_ATTEMPTS).map(backoff).sum();
+        assert!(total > Duration::from_secs(12 * 3600), "{total:?}");
+    }
+
+    #[test]
+    fn a_digest_lists_twenty_and_counts_the_rest() {
+        let at = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 1, 2, 3, 4, 5).unwrap();
+        let line = |kind: &str| DigestLine {
+            kind: kind.into(),
+            actor_username: Some("alice".into()),
+            reaction: None,
+            created_at: at,
+        };
+        let digest = Digest {
+            email: "bob@example.com".into(),
+            username: "bob".into(),
+            lines: (0..25).map(|_| line("follow")).collect(),
+        };
+        let mail = digest.mail(Uuid::from_u128(1));
+        assert_eq!(mail.subject, "25 new notifications on Tidings");
+        assert_eq!(mail.body.matches("alice followed you").count(), DIGEST_LIST);
+        assert!(mail.body.contains("and 5 more"), "{}", mail.body);
+        let one = Digest {
+            lines: vec![line("mention")],
+            ..digest
+        };
+        assert_eq!(
+            one.mail(Uuid::from_u128(1)).subject,
+            "1 new notification on Tidings"
+        );
+    }
+}
