@@ -141,11 +141,12 @@ pub struct MailSettings {
     /// and sent once it is set. May hold a password: never printed.
     #[arg(long, env = "TIDINGS_SMTP_URL")]
     pub smtp_url: Option<String>,
-    /// The `From` of every mail.
+    /// The `From` of every mail: an address, or `Name <address>` (quoted
+    /// in a settings file, as `tidings config` prints it).
     #[arg(
         long,
         env = "TIDINGS_MAIL_FROM",
-        default_value = "Tidings <no-reply@tidings.localhost>"
+        default_value = "no-reply@tidings.localhost"
     )]
     pub mail_from: String,
     /// Mails waiting to be sent beyond which `POST /api/auth/password/forgot`
@@ -204,6 +205,26 @@ impl fmt::Debug for Settings {
             )
             .field("mail_from", &self.mail.mail_from)
             .finish_non_exhaustive()
+    }
+}
+
+/// A value as a settings file line takes it: quoted when it has white space
+/// or a character the file's syntax gives a meaning to (in single quotes,
+/// which take everything literally, unless it holds one), as-is otherwise.
+fn quoted(value: &str) -> String {
+    if !value
+        .chars()
+        .any(|c| c.is_whitespace() || "\"'#\\$`<>".contains(c))
+    {
+        value.to_owned()
+    } else if !value.contains('\'') {
+        format!("'{value}'")
+    } else {
+        let escaped = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('$', "\\$");
+        format!("\"{escaped}\"")
     }
 }
 
@@ -335,7 +356,7 @@ impl Settings {
                     }
                     _ => value,
                 };
-                format!("{key}={shown}\n")
+                format!("{key}={}\n", quoted(&shown))
             })
             .chain(self.unset().into_iter().map(|key| format!("# {key}=\n")))
             .collect()
@@ -431,6 +452,22 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("TIDINGS_JWT_SECRET=***"));
+    }
+
+    #[test]
+    fn printed_settings_read_back_as_they_were() {
+        let mut settings = Settings::from_env();
+        settings.mail.mail_from = "Tidings <no-reply@example.com>".into();
+        let file = std::env::temp_dir().join(format!("tidings-settings-{}", std::process::id()));
+        let odd = "it's \"$HOME\" \\ here";
+        std::fs::write(&file, format!("{}ODD={}\n", settings.masked(), quoted(odd))).unwrap();
+        let read: std::collections::HashMap<String, String> = dotenvy::from_path_iter(&file)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(read["TIDINGS_MAIL_FROM"], "Tidings <no-reply@example.com>");
+        assert_eq!(read["ODD"], odd);
     }
 
     #[test]
