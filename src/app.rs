@@ -27,6 +27,7 @@ use tidings_commands::decider::{self, DeciderSettings, DeciderShortcuts};
 use tidings_commands::CommandBus;
 use tidings_projections::projector::{self, ProjectorSettings};
 use tidings_projections::{db, lag, outbox, Cache};
+use tidings_realtime::presence::Presence;
 use tidings_realtime::{Gateway, Hub};
 use tidings_schemas::kafka::Owned;
 use tidings_schemas::shortcut::Shortcut;
@@ -243,7 +244,11 @@ impl Application {
                 Box::new(move || decider::run(settings.clone(), db.clone(), stop.clone()).boxed()),
             );
         }
+        let presence = Presence::new(&settings.redis_url, &settings.redis_prefix)
+            .context("configuring presence in Redis")?;
         if roles.contains(&Role::Projector) {
+            let mail = settings.mail.clone();
+            let presence = presence.clone();
             let owned = Owned::default();
             let settings = ProjectorSettings {
                 kafka: kafka.clone(),
@@ -286,6 +291,29 @@ impl Application {
                         stop.clone(),
                     )
                     .boxed()
+                }),
+            );
+            // Mail goes with the projector: it is what queues confirmations.
+            if mail.smtp_url.is_some() {
+                let (db, stop, mail) =
+                    (pool("mailer", ROLE_POOL)?, roles_stop.clone(), mail.clone());
+                supervised(
+                    "mailer",
+                    None,
+                    Box::new(move || {
+                        crate::mailer::send(db.clone(), mail.clone(), stop.clone()).boxed()
+                    }),
+                );
+            } else {
+                tracing::warn!("TIDINGS_SMTP_URL is not set: mail is queued, not sent");
+            }
+            let (db, stop) = (pool("mail-upkeep", ROLE_POOL)?, roles_stop.clone());
+            supervised(
+                "mail upkeep",
+                None,
+                Box::new(move || {
+                    crate::mailer::upkeep(db.clone(), presence.clone(), mail.clone(), stop.clone())
+                        .boxed()
                 }),
             );
         }
@@ -374,6 +402,9 @@ impl Application {
                 settings: ApiSettings {
                     min_position_wait: settings.min_position_wait(),
                     partitions: settings.partitions,
+                    password_reset_ttl: settings.mail.password_reset_ttl(),
+                    forgot_interval: settings.mail.forgot_interval(),
+                    mail_queue_max: settings.mail.mail_queue_max,
                 },
             });
             let media = media_store.map(|store| {
@@ -410,6 +441,7 @@ impl Application {
                 let gateway = web::Data::new(Gateway {
                     db: pool("realtime", settings.database_pool)?,
                     auth: state.clone().into_inner(),
+                    presence: Some(presence.clone()),
                 });
                 Some((hub, gateway))
             } else {

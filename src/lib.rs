@@ -14,13 +14,15 @@
 //!
 //! Here: [`settings`] (typed configuration), [`app::Application`], which
 //! starts the roles asked for against the services given, and [`sweeper`],
-//! which unwinds registrations that died midway, and [`media_sweeper`], which
-//! deletes media items no post took. Read
+//! which unwinds registrations that died midway, [`media_sweeper`], which
+//! deletes media items no post took, and [`mailer`], which sends the mail
+//! outbox and queues notification digests. Read
 //! `../shared/DESIGN.md` for why the pieces are shaped as they are.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod media_sweeper;
+pub mod mailer;
 pub mod settings;
 pub mod sweeper;
 pub mod telemetry;

@@ -153,6 +153,64 @@ pub struct Settings {
     /// Events folded on a partition between two decider snapshots.
     #[arg(long, env = "TIDINGS_SNAPSHOT_EVERY", default_value_t = 1_000)]
     pub snapshot_every: u64,
+    #[command(flatten)]
+    pub mail: MailSettings,
+}
+
+/// Mail: where it goes out, from whom, and the limits of what is sent.
+#[derive(Clone, Args)]
+pub struct MailSettings {
+    /// The SMTP server mail goes out through, as a URL:
+    /// `smtps://user:password@host:465` (TLS), `smtp://host:587?tls=required`
+    /// (STARTTLS), `smtp://127.0.0.1:2525` (plain: a local relay only).
+    /// Unset: mail is queued in PostgreSQL (up to `TIDINGS_MAIL_QUEUE_MAX`)
+    /// and sent once it is set. May hold a password: never printed.
+    #[arg(long, env = "TIDINGS_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The `From` of every mail: an address, or `Name <address>` (quoted
+    /// in a settings file, as `tidings config` prints it).
+    #[arg(
+        long,
+        env = "TIDINGS_MAIL_FROM",
+        default_value = "no-reply@tidings.localhost"
+    )]
+    pub mail_from: String,
+    /// Mails waiting to be sent beyond which `POST /api/auth/password/forgot`
+    /// answers 503 `overloaded` (and digests wait).
+    #[arg(long, env = "TIDINGS_MAIL_QUEUE_MAX", default_value_t = 10_000)]
+    pub mail_queue_max: i64,
+    /// How long a password reset token works.
+    #[arg(long, env = "TIDINGS_PASSWORD_RESET_TTL_SECS", default_value_t = 3600)]
+    pub password_reset_ttl_secs: u64,
+    /// At most one reset mail per address per this many seconds.
+    #[arg(
+        long,
+        env = "TIDINGS_PASSWORD_FORGOT_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub password_forgot_interval_secs: u64,
+    /// At most one notification digest per user per this (milliseconds),
+    /// to users with no socket open; 0 sends none.
+    #[arg(
+        long,
+        env = "TIDINGS_NOTIFICATION_MAIL_INTERVAL_MS",
+        default_value_t = 900_000
+    )]
+    pub notification_mail_interval_ms: u64,
+}
+
+impl MailSettings {
+    pub fn password_reset_ttl(&self) -> Duration {
+        Duration::from_secs(self.password_reset_ttl_secs)
+    }
+
+    pub fn forgot_interval(&self) -> Duration {
+        Duration::from_secs(self.password_forgot_interval_secs)
+    }
+
+    pub fn notification_interval(&self) -> Duration {
+        Duration::from_millis(self.notification_mail_interval_ms)
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -167,7 +225,32 @@ impl fmt::Debug for Settings {
             .field("partitions", &self.partitions)
             .field("instance_id", &self.instance_id())
             .field("jwt_secret", &"***")
+            .field(
+                "smtp_url",
+                &self.mail.smtp_url.as_deref().map(mask_password),
+            )
+            .field("mail_from", &self.mail.mail_from)
             .finish_non_exhaustive()
+    }
+}
+
+/// A value as a settings file line takes it: quoted when it has white space
+/// or a character the file's syntax gives a meaning to (in single quotes,
+/// which take everything literally, unless it holds one), as-is otherwise.
+fn quoted(value: &str) -> String {
+    if !value
+        .chars()
+        .any(|c| c.is_whitespace() || "\"'#\\$`<>".contains(c))
+    {
+        value.to_owned()
+    } else if !value.contains('\'') {
+        format!("'{value}'")
+    } else {
+        let escaped = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('$', "\\$");
+        format!("\"{escaped}\"")
     }
 }
 
@@ -258,6 +341,23 @@ impl Settings {
                 "TIDINGS_MEDIA_UNUSED_SECS",
                 self.media_unused_secs.to_string(),
             ),
+            ("TIDINGS_MAIL_FROM", self.mail.mail_from.clone()),
+            (
+                "TIDINGS_MAIL_QUEUE_MAX",
+                self.mail.mail_queue_max.to_string(),
+            ),
+            (
+                "TIDINGS_PASSWORD_RESET_TTL_SECS",
+                self.mail.password_reset_ttl_secs.to_string(),
+            ),
+            (
+                "TIDINGS_PASSWORD_FORGOT_INTERVAL_SECS",
+                self.mail.password_forgot_interval_secs.to_string(),
+            ),
+            (
+                "TIDINGS_NOTIFICATION_MAIL_INTERVAL_MS",
+                self.mail.notification_mail_interval_ms.to_string(),
+            ),
         ];
         // Unset optional settings stay out: an empty variable is a value.
         for (key, value) in [
@@ -274,6 +374,9 @@ impl Settings {
         if let Some(store) = &self.media_store {
             vars.push(("TIDINGS_MEDIA_STORE", store.clone()));
         }
+        if let Some(url) = &self.mail.smtp_url {
+            vars.push(("TIDINGS_SMTP_URL", url.clone()));
+        }
         vars
     }
 
@@ -284,6 +387,7 @@ impl Settings {
             ("TIDINGS_TLS_KEY", self.tls_key.is_none()),
             ("TIDINGS_INSTANCE_ID", self.instance_id.is_none()),
             ("TIDINGS_MEDIA_STORE", self.media_store.is_none()),
+            ("TIDINGS_SMTP_URL", self.mail.smtp_url.is_none()),
         ]
         .into_iter()
         .filter_map(|(key, unset)| unset.then_some(key))
@@ -298,10 +402,12 @@ impl Settings {
             .map(|(key, value)| {
                 let shown = match key {
                     "TIDINGS_JWT_SECRET" => "***".to_owned(),
-                    "TIDINGS_DATABASE_URL" | "TIDINGS_REDIS_URL" => mask_password(&value),
+                    "TIDINGS_DATABASE_URL" | "TIDINGS_REDIS_URL" | "TIDINGS_SMTP_URL" => {
+                        mask_password(&value)
+                    }
                     _ => value,
                 };
-                format!("{key}={shown}\n")
+                format!("{key}={}\n", quoted(&shown))
             })
             .chain(self.unset().into_iter().map(|key| format!("# {key}=\n")))
             .collect()
@@ -316,6 +422,9 @@ impl Settings {
             if self.jwt_secret.len() < MIN_PRODUCTION_SECRET {
                 return Err(format!("TIDINGS_JWT_SECRET must be at least {MIN_PRODUCTION_SECRET} bytes in production"));
             }
+        }
+        if let Err(error) = self.mail.mail_from.parse::<lettre::message::Mailbox>() {
+            return Err(format!("TIDINGS_MAIL_FROM is not a mail address: {error}"));
         }
         if !(0.0..=900_000.0).contains(&self.kafka_linger_ms) {
             return Err("TIDINGS_KAFKA_LINGER_MS must be between 0 and 900000".into());
@@ -394,6 +503,31 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("TIDINGS_JWT_SECRET=***"));
+    }
+
+    #[test]
+    fn printed_settings_read_back_as_they_were() {
+        let mut settings = Settings::from_env();
+        settings.mail.mail_from = "Tidings <no-reply@example.com>".into();
+        let file = std::env::temp_dir().join(format!("tidings-settings-{}", std::process::id()));
+        let odd = "it's \"$HOME\" \\ here";
+        std::fs::write(&file, format!("{}ODD={}\n", settings.masked(), quoted(odd))).unwrap();
+        let read: std::collections::HashMap<String, String> = dotenvy::from_path_iter(&file)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(read["TIDINGS_MAIL_FROM"], "Tidings <no-reply@example.com>");
+        assert_eq!(read["ODD"], odd);
+    }
+
+    #[test]
+    fn the_smtp_password_is_never_shown() {
+        let mut settings = Settings::from_env();
+        settings.mail.smtp_url = Some("smtps://mailer:s3cr3t@smtp.example.com:465".into());
+        let shown = settings.masked();
+        assert!(shown.contains("TIDINGS_SMTP_URL=smtps://mailer:***@smtp.example.com:465"));
+        assert!(!format!("{shown}{settings:?}").contains("s3cr3t"));
     }
 
     #[test]

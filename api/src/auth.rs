@@ -276,6 +276,9 @@ impl Authenticator for ApiState {
                 .map(|who| Identity {
                     user_id: who.user_id,
                     expires_at: who.expires_at,
+                    // A checked token carries its account's version (0 for
+                    // an account not projected yet).
+                    token_version: who.account.as_ref().map_or(0, |a| a.token_version),
                 })
                 .map_err(|error| Rejection {
                     code: error.code,

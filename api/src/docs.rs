@@ -30,6 +30,7 @@ use crate::follows;
 use crate::health;
 use crate::media;
 use crate::notifications;
+use crate::passwords;
 use crate::posts;
 
 #[derive(OpenApi)]
@@ -47,6 +48,9 @@ use crate::posts;
         accounts::public_profile,
         details::own_details,
         details::update_details,
+        passwords::forgot,
+        passwords::reset,
+        passwords::change,
         posts::create_post,
         posts::get_post,
         posts::delete_post,

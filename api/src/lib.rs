@@ -6,6 +6,7 @@
 //!
 //! - [`accounts`]: register, login, profiles — start here;
 //! - [`details`]: the extended profile, and its public part;
+//! - [`passwords`]: forgot, reset and change (a reset token by mail);
 //! - [`posts`], [`follows`], [`notifications`]: the social routes (posts,
 //!   reactions, comments, the feed; follows; notifications);
 //! - [`media`]: uploads of images and videos, and serving them;
@@ -34,6 +35,7 @@ pub mod media;
 pub mod middleware;
 pub mod notifications;
 pub mod page;
+pub mod passwords;
 pub mod posts;
 pub mod validate;
 
@@ -67,6 +69,12 @@ pub struct ApiSettings {
     /// Partitions of the topics: a position naming another one names no
     /// place in the log.
     pub partitions: i32,
+    /// How long a password reset token works.
+    pub password_reset_ttl: Duration,
+    /// At most one reset mail per address per this.
+    pub forgot_interval: Duration,
+    /// Mails waiting to be sent beyond which a reset is refused (503).
+    pub mail_queue_max: i64,
 }
 
 /// What every handler shares.
@@ -140,6 +148,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(docs::routes)
         .configure(accounts::routes)
         .configure(details::routes)
+        .configure(passwords::routes)
         .configure(posts::routes)
         .configure(media::routes)
         .configure(follows::routes)

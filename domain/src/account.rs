@@ -34,6 +34,10 @@ pub enum Command {
     /// Changes the extended profile ([`crate::details`]).
     #[serde(rename = "account.update_details")]
     UpdateDetails(UpdateDetails),
+    /// Puts a new password in force (its hash waits in the API's private
+    /// store) and revokes every token issued before.
+    #[serde(rename = "account.change_password")]
+    ChangePassword(ChangePassword),
 }
 
 /// What a registration asks for. The password is not here: its hash is kept
@@ -78,6 +82,29 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// A password change, by a reset or by the signed-in owner. No hash here:
+/// the API keeps the new one under (user, `token_version`) in its private
+/// store, and the projector puts it in force when it applies the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangePassword {
+    /// The version the change moves the tokens to: the account's current
+    /// one + 1, as the API read it. Anything else means another change came
+    /// in between, and this one is refused rather than applied on top.
+    pub token_version: i32,
+    pub reason: PasswordChangeReason,
+    pub at: DateTime<Utc>,
+}
+
+/// Why a password changed, for the confirmation mail and for analysts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordChangeReason {
+    /// Through `POST /api/auth/password/reset` and a token sent by mail.
+    Reset,
+    /// Through `POST /api/auth/password/change`, with the current password.
+    Change,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum Event {
@@ -91,6 +118,16 @@ pub enum Event {
     ProfileUpdated(ProfileUpdated),
     #[serde(rename = "account.details_updated")]
     DetailsUpdated(DetailsUpdated),
+    #[serde(rename = "account.password_changed")]
+    PasswordChanged(PasswordChanged),
+}
+
+/// The password in force changed: tokens of an older version stop working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChanged {
+    pub token_version: i32,
+    pub reason: PasswordChangeReason,
+    pub changed_at: DateTime<Utc>,
 }
 
 /// A pending account: what the registration asked for.
@@ -145,6 +182,10 @@ pub struct Account {
     /// shares the size of the largest.
     #[serde(default)]
     pub details: Box<Details>,
+    /// Moved by each password change; states snapshotted before there was
+    /// one read as 0.
+    #[serde(default)]
+    pub token_version: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +203,10 @@ pub enum Error {
     /// 409 `account_active`: an active account is not abandoned.
     #[error("this account is active")]
     Active,
+    /// 409 `password_change_conflict`: another password change came first;
+    /// try again.
+    #[error("another password change came first; try again")]
+    PasswordChangeConflict,
 }
 
 impl Rejection for Error {
@@ -171,13 +216,17 @@ impl Rejection for Error {
             Error::NotRegistered => "account_not_found",
             Error::Expired => "registration_expired",
             Error::Active => "account_active",
+            Error::PasswordChangeConflict => "password_change_conflict",
         }
     }
 
     fn kind(&self) -> ErrorKind {
         match self {
             Error::NotRegistered => ErrorKind::NotFound,
-            Error::AlreadyRegistered | Error::Expired | Error::Active => ErrorKind::Conflict,
+            Error::AlreadyRegistered
+            | Error::Expired
+            | Error::Active
+            | Error::PasswordChangeConflict => ErrorKind::Conflict,
         }
     }
 }
@@ -250,7 +299,22 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
             })
         }
         (Command::UpdateDetails(_), _) => Err(Error::NotRegistered),
+        (Command::ChangePassword(c), State::Active(account)) => change_password(c, account),
+        (Command::ChangePassword(_), _) => Err(Error::NotRegistered),
     }
+}
+
+/// A password change applies on the version it was decided from, so that
+/// of two racing changes one is refused instead of both taking a version.
+fn change_password(c: &ChangePassword, account: &Account) -> Result<Vec<Event>, Error> {
+    if c.token_version != account.token_version + 1 {
+        return Err(Error::PasswordChangeConflict);
+    }
+    Ok(vec![Event::PasswordChanged(PasswordChanged {
+        token_version: c.token_version,
+        reason: c.reason,
+        changed_at: c.at,
+    })])
 }
 
 pub fn evolve(state: State, event: &Event) -> State {
@@ -264,6 +328,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             bio: None,
             avatar_url: None,
             details: Box::default(),
+            token_version: 0,
         }),
         (State::Pending(_), Event::Abandoned { .. }) => State::Abandoned,
         (State::Active(account), Event::ProfileUpdated(u)) => State::Active(Account {
@@ -274,6 +339,10 @@ pub fn evolve(state: State, event: &Event) -> State {
         }),
         (State::Active(account), Event::DetailsUpdated(u)) => State::Active(Account {
             details: Box::new(u.details.clone()),
+            ..account
+        }),
+        (State::Active(account), Event::PasswordChanged(p)) => State::Active(Account {
+            token_version: p.token_version,
             ..account
         }),
         // The sequence rule admits only events that follow the state they
@@ -297,6 +366,7 @@ impl crate::Decider for AccountDecider {
         "account.abandoned",
         "account.profile_updated",
         "account.details_updated",
+        "account.password_changed",
     ];
 
     fn command_type(command: &Command) -> &'static str {
@@ -306,6 +376,7 @@ impl crate::Decider for AccountDecider {
             Command::Abandon { .. } => "account.abandon",
             Command::UpdateProfile(_) => "account.update_profile",
             Command::UpdateDetails(_) => "account.update_details",
+            Command::ChangePassword(_) => "account.change_password",
         }
     }
 
@@ -510,5 +581,70 @@ mod tests {
         given([])
             .when(update, decide)
             .then_err(Error::NotRegistered);
+    }
+
+    fn change_password(token_version: i32, reason: PasswordChangeReason) -> Command {
+        Command::ChangePassword(ChangePassword {
+            token_version,
+            reason,
+            at: at(),
+        })
+    }
+
+    fn password_changed(token_version: i32, reason: PasswordChangeReason) -> Event {
+        Event::PasswordChanged(PasswordChanged {
+            token_version,
+            reason,
+            changed_at: at(),
+        })
+    }
+
+    #[test]
+    fn changing_the_password_moves_the_token_version_by_one() {
+        given([opened(), activated()])
+            .when(change_password(1, PasswordChangeReason::Reset), decide)
+            .then([password_changed(1, PasswordChangeReason::Reset)]);
+        given([
+            opened(),
+            activated(),
+            password_changed(1, PasswordChangeReason::Reset),
+        ])
+        .when(change_password(2, PasswordChangeReason::Change), decide)
+        .then([password_changed(2, PasswordChangeReason::Change)]);
+    }
+
+    #[test]
+    fn a_change_decided_from_an_old_version_is_refused() {
+        // Two changes read version 0; the first took version 1.
+        given([
+            opened(),
+            activated(),
+            password_changed(1, PasswordChangeReason::Change),
+        ])
+        .when(change_password(1, PasswordChangeReason::Reset), decide)
+        .then_err(Error::PasswordChangeConflict);
+        given([opened(), activated()])
+            .when(change_password(3, PasswordChangeReason::Change), decide)
+            .then_err(Error::PasswordChangeConflict);
+    }
+
+    #[test]
+    fn only_an_active_account_changes_its_password() {
+        given([opened()])
+            .when(change_password(1, PasswordChangeReason::Reset), decide)
+            .then_err(Error::NotRegistered);
+        given([])
+            .when(change_password(1, PasswordChangeReason::Reset), decide)
+            .then_err(Error::NotRegistered);
+    }
+
+    #[test]
+    fn a_state_snapshotted_before_password_changes_reads_version_zero() {
+        let json = serde_json::json!({"Active": {"user_id": alice(), "username": "alice",
+            "email": "alice@example.com", "display_name": "Alice", "bio": null, "avatar_url": null}});
+        let State::Active(account) = serde_json::from_value::<State>(json).unwrap() else {
+            panic!("an active account");
+        };
+        assert_eq!(account.token_version, 0);
     }
 }

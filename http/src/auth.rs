@@ -100,6 +100,9 @@ pub struct Identity {
     pub user_id: Uuid,
     /// When the token expires (Unix seconds).
     pub expires_at: i64,
+    /// The account's token version the token carries: a socket learns from
+    /// its channel when a password change moves past it.
+    pub token_version: i32,
 }
 
 /// Why a token was not accepted: a stable `code` and a sentence.

@@ -62,6 +62,7 @@ codes! {
     TokenExpired = "token_expired", http(StatusCode::UNAUTHORIZED), "the token has expired";
     TokenRevoked = "token_revoked", http(StatusCode::UNAUTHORIZED), "the token was revoked by a password change";
     InvalidCredentials = "invalid_credentials", http(StatusCode::UNAUTHORIZED), "wrong login or password";
+    InvalidResetToken = "invalid_reset_token", http(StatusCode::BAD_REQUEST), "the password reset token is unknown, expired, used, or ended by a newer one";
     Forbidden = "forbidden", http(StatusCode::FORBIDDEN), "the caller may not do this";
     NotFound = "not_found", http(StatusCode::NOT_FOUND), "no such resource, or one the caller may not see";
     MethodNotAllowed = "method_not_allowed", http(StatusCode::METHOD_NOT_ALLOWED), "the path exists under other methods (`Allow`)";

@@ -198,6 +198,9 @@ async fn apply(
             details: vec![crate::details::apply(tx, id, version, u).await?],
             ..Effects::default()
         }),
+        Event::PasswordChanged(changed) => {
+            crate::credentials::put_in_force(tx, envelope, id, changed).await
+        }
     }
 }
 

@@ -13,7 +13,9 @@
 //!   the queries that show each viewer only what it may see;
 //! - [`media`]: uploaded images and videos (their bytes are in the media
 //!   store, not here) and what the media sweeper looks for;
-//! - [`credentials`]: the private store of password hashes (not from the log);
+//! - [`credentials`]: the private store of password hashes (not from the
+//!   log), pending password changes and reset tokens;
+//! - [`mail`]: the mail outbox and the notification digests;
 //! - [`outbox`]: what each realtime channel receives, and the relay that
 //!   publishes it to `tidings.updates`;
 //! - [`cache`]: the Redis caches, versioned so a stale write never wins and
@@ -33,6 +35,7 @@ pub mod details;
 pub mod follows;
 pub mod lag;
 pub mod media;
+pub mod mail;
 pub mod notifications;
 pub mod outbox;
 pub mod posts;

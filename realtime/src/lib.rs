@@ -7,6 +7,7 @@
 //!   `tidings.updates`, talked to over a `Command` channel;
 //! - [`session`]: one task per socket — authentication, subscriptions with
 //!   resume (`since`), gap filling from the outbox, heartbeats, backpressure;
+//! - [`presence`]: who has a socket open, across gateways (Redis, expiring);
 //! - [`socket`]: the socket's writing half, frames encoded straight into the
 //!   response body (reading is actix-ws's).
 //!
@@ -17,6 +18,7 @@
 
 pub mod frames;
 pub mod hub;
+pub mod presence;
 pub mod session;
 pub mod socket;
 
@@ -34,6 +36,8 @@ pub struct Gateway {
     pub db: PgPool,
     /// Checks a token against its account, as the REST API does.
     pub auth: Arc<dyn Authenticator>,
+    /// Where open sessions are counted; `None` counts nothing.
+    pub presence: Option<presence::Presence>,
 }
 
 /// The gateway's part of the OpenAPI document.

@@ -26,6 +26,7 @@ use tidings_domain::post::Visibility;
 use tidings_http::auth::{bearer, Rejection};
 use tidings_http::codes::Code;
 use tidings_http::problem::Problem;
+use tidings_projections::credentials::PASSWORD_CHANGED_UPDATE;
 use tidings_projections::outbox::{self, Update};
 use tidings_projections::{follows, posts};
 use tidings_schemas::channel::{Channel, ReadPolicy};
@@ -122,6 +123,9 @@ struct Session {
     id: Uuid,
     user_id: Uuid,
     expires_at: Instant,
+    /// The token version of the session's token: a password change past it
+    /// closes the session (4001).
+    token_version: i32,
     /// When the next heartbeat is due.
     next_ping: Instant,
     /// When the client was last heard from.
@@ -197,7 +201,7 @@ async fn open(
     token: String,
     mut ws: Writer,
 ) -> Option<(Session, mpsc::Receiver<Update>)> {
-    let (user_id, expires_at) = match check(&gateway, &token).await {
+    let (user_id, expires_at, token_version) = match check(&gateway, &token).await {
         Ok(who) => who,
         Err(error) => {
             let _ = ws
@@ -224,6 +228,7 @@ async fn open(
         id: Uuid::new_v4(),
         user_id,
         expires_at,
+        token_version,
         next_ping: now + HEARTBEAT,
         last_heard: now,
         ws,
@@ -238,10 +243,14 @@ async fn open(
 
 /// Authenticates a token the way the REST API does; on success, who it is
 /// and when it expires.
-async fn check(gateway: &Gateway, token: &str) -> Result<(Uuid, Instant), Rejection> {
+async fn check(gateway: &Gateway, token: &str) -> Result<(Uuid, Instant, i32), Rejection> {
     let who = gateway.auth.authenticate(token).await?;
     let left = (who.expires_at - chrono::Utc::now().timestamp()).max(0) as u64;
-    Ok((who.user_id, Instant::now() + Duration::from_secs(left)))
+    Ok((
+        who.user_id,
+        Instant::now() + Duration::from_secs(left),
+        who.token_version,
+    ))
 }
 
 fn reason(code: u16, description: &str) -> CloseReason {
@@ -304,6 +313,9 @@ impl Session {
         if self.send(&welcome).await.is_err() {
             return Err(End::ClientLeft);
         }
+        if let Some(presence) = &self.gateway.presence {
+            presence.join(self.user_id, self.id).await;
+        }
         let own = format!("user:{}", self.user_id);
         self.subscribe(own, None, None, None).await
     }
@@ -347,6 +359,9 @@ impl Session {
                     return Err(End::ClientLeft);
                 }
                 self.next_ping = Instant::now() + HEARTBEAT;
+                if let Some(presence) = &self.gateway.presence {
+                    presence.join(self.user_id, self.id).await;
+                }
                 write(self.ws.ping(b"")).await
             }
         }
@@ -356,6 +371,9 @@ impl Session {
     /// the end calls for.
     async fn finish(self, end: End) {
         self.hub.send(Command::Leave { session: self.id });
+        if let Some(presence) = &self.gateway.presence {
+            presence.leave(self.user_id, self.id).await;
+        }
         let code = match &end {
             End::ClientClosed(_) | End::ClientLeft => "client".to_owned(),
             End::Stalled => TOO_SLOW.to_string(),
@@ -444,8 +462,9 @@ impl Session {
                 .await
             }
             ClientFrame::Auth { token } => match check(&self.gateway, &token).await {
-                Ok((user_id, expires_at)) if user_id == self.user_id => {
+                Ok((user_id, expires_at, token_version)) if user_id == self.user_id => {
                     self.expires_at = expires_at;
+                    self.token_version = token_version;
                     Ok(())
                 }
                 Ok(_) => {
@@ -727,6 +746,11 @@ impl Session {
         metrics::counter!("tidings_ws_deliveries_total").increment(1);
         let unfollowed = self.unfollowed(&update);
         let deleted = (update.event == posts::POST_DELETED).then(|| update.channel.clone());
+        let revoked = update.event == PASSWORD_CHANGED_UPDATE
+            && update.channel == format!("user:{}", self.user_id)
+            && update.data["token_version"]
+                .as_i64()
+                .is_some_and(|v| v > i64::from(self.token_version));
         self.send(&ServerFrame::Event {
             channel: update.channel,
             seq: update.seq,
@@ -735,6 +759,18 @@ impl Session {
             data: update.data,
         })
         .await?;
+        if revoked {
+            // The password changed after this session's token was issued:
+            // the token no longer works anywhere, nor does its socket.
+            let _ = self
+                .send(&ServerFrame::error(
+                    Code::TokenRevoked.as_str(),
+                    "the token was revoked by a password change",
+                    None,
+                ))
+                .await;
+            return Err(End::Close(UNAUTHORIZED, "token revoked"));
+        }
         // What the update ends comes after it: the client sees why.
         if let Some(followee) = unfollowed {
             self.recheck_posts_of(followee).await?;

@@ -297,9 +297,12 @@ mod tests {
         for (event_type, version, schema) in crate::json::events() {
             let schema: Value = serde_json::from_str(schema).unwrap();
             for (name, _) in schema["properties"].as_object().into_iter().flatten() {
+                // A version number (`token_version`) names a secret without
+                // being one.
                 if ["password", "hash", "secret", "token"]
                     .iter()
                     .any(|word| name.contains(word))
+                    && !name.ends_with("_version")
                 {
                     assert!(
                         private_fields(event_type, version).contains(name),

@@ -11,6 +11,7 @@ mod crashes;
 mod halts;
 mod idempotency;
 mod media;
+mod mail;
 mod operations;
 mod overload;
 mod profile;
