@@ -21,8 +21,8 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod media_sweeper;
 pub mod mailer;
+pub mod media_sweeper;
 pub mod settings;
 pub mod sweeper;
 pub mod telemetry;
