@@ -76,6 +76,14 @@ impl RequestContext {
         }
     }
 
+    /// The context once an upload's handler bound its key
+    /// ([`crate::idempotency::DeferredKey`]).
+    pub fn with_key(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency_key = Some(key.key.clone());
+        self.scoped_key = Some(key);
+        self
+    }
+
     pub fn envelope(
         &self,
         command_id: Uuid,

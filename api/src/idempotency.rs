@@ -24,6 +24,14 @@
 //!   of it so that another request with a key that expired gets commands of
 //!   its own, not the first request's outcomes (its account, say).
 //!
+//! An upload (`POST /api/media`) is the one exception to "the middleware
+//! fingerprints the body": its body is up to tens of MiB, read by its
+//! handler as a stream, and a retry's multipart boundary differs anyway. The
+//! middleware hands the handler a [`DeferredKey`]; the handler binds it once
+//! it holds the file ([`DeferredKey::bind`], the fingerprint being of the
+//! file's bytes), before anything is stored or sent; from there the claim is
+//! renewed, kept and replayed as any other.
+//!
 //! Answers that say "not now" (401, 403, 408, 409, 429, any 5xx) are not
 //! kept: the key is released and a retry runs again, under the same command
 //! ids. A 409 in particular may be a lost race, which a retry must be able
@@ -74,8 +82,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// Bodies are buffered to be fingerprinted, so this must stay small: a route
 /// taking large uploads needs a streamed fingerprint first.
 const MAX_BODY: usize = crate::MAX_JSON_BODY;
-/// Routes whose bodies are uploads: `Idempotency-Key` is not held for them
-/// (see the middleware).
+/// Routes whose bodies are uploads: their handlers bind the key once they
+/// hold the file ([`DeferredKey`]).
 const UNFINGERPRINTED: &[&str] = &["/api/media"];
 /// The largest answer stored; a larger one is answered but not kept.
 const MAX_ANSWER: u64 = 256 * 1024;
@@ -114,6 +122,67 @@ impl IdempotencyKey {
         name.push(b'\n');
         name.extend_from_slice(&self.fingerprint);
         name
+    }
+}
+
+/// An upload's `Idempotency-Key`, checked and scoped but not yet bound to
+/// a fingerprint: the handler binds it once it holds the file's bytes.
+#[derive(Clone)]
+pub struct DeferredKey(std::sync::Arc<Deferred>);
+
+struct Deferred {
+    store: web::Data<Idempotency>,
+    key: String,
+    scope: String,
+    method: Method,
+    path: String,
+    /// The claim `bind` took, for the middleware to renew and complete.
+    claimed: std::sync::Mutex<Option<(IdempotencyKey, Uuid)>>,
+}
+
+/// What binding an upload's key found.
+pub enum Bound {
+    /// The key is this request's: its command ids derive from it.
+    Mine(IdempotencyKey),
+    /// The same key and the same bytes were answered before: that answer.
+    Answered(HttpResponse),
+}
+
+impl DeferredKey {
+    /// Claims the key for `content`, the uploaded file: the same key with
+    /// other bytes is 422 `idempotency_key_reused`, with the same bytes the
+    /// first answer (or 409 while the first still runs).
+    pub async fn bind(&self, content: &[u8]) -> Result<Bound, ApiError> {
+        let deferred = &self.0;
+        let key = IdempotencyKey {
+            key: deferred.key.clone(),
+            scope: deferred.scope.clone(),
+            fingerprint: deferred
+                .store
+                .fingerprint(&deferred.method, &deferred.path, content),
+        };
+        match deferred.store.claim(&key).await? {
+            Claim::Mine(attempt) => {
+                if let Ok(mut claimed) = deferred.claimed.lock() {
+                    *claimed = Some((key.clone(), attempt));
+                }
+                Ok(Bound::Mine(key))
+            }
+            Claim::Replay(stored) => {
+                metrics::counter!("tidings_idempotent_replays_total").increment(1);
+                deferred.store.replay(stored).map(Bound::Answered)
+            }
+            Claim::InFlight => Err(ApiError::idempotency_key_in_flight()),
+            Claim::Reused => Err(ApiError::idempotency_key_reused()),
+        }
+    }
+
+    fn claimed(&self) -> Option<(IdempotencyKey, Uuid)> {
+        self.0
+            .claimed
+            .lock()
+            .ok()
+            .and_then(|claimed| claimed.clone())
     }
 }
 
@@ -538,11 +607,11 @@ pub async fn middleware(
             return Ok(next.call(req).await?.map_into_boxed_body());
         }
         (true, _, Err(error)) => return Ok(answer(req, error_response(error))),
-        // An upload is no command of its own to repeat: a retry stores
-        // another item, and the one no post takes is swept. Its body (up to
-        // tens of MiB) is not buffered to be fingerprinted; the key is only
-        // checked.
-        (true, _, Ok(Some(_))) if upload => return Ok(next.call(req).await?.map_into_boxed_body()),
+        // An upload's body is not buffered here: its handler binds the key
+        // to the file it reads.
+        (true, Some(store), Ok(Some(key))) if upload => {
+            return upload_with_key(req, next, store, key).await
+        }
         (true, Some(store), Ok(Some(key))) => (key, store),
         _ => return Ok(next.call(req).await?.map_into_boxed_body()),
     };
@@ -599,6 +668,65 @@ pub async fn middleware(
             _ = renew.tick() => store.renew(&key, attempt.id).await,
         }
     };
+    finish(&store, attempt, response).await
+}
+
+/// An upload with a key: the handler binds it ([`DeferredKey`]); once it
+/// has, the claim is renewed while the handler runs and completed with its
+/// answer, as for any write.
+async fn upload_with_key(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    store: web::Data<Idempotency>,
+    key: String,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let deferred = DeferredKey(std::sync::Arc::new(Deferred {
+        key,
+        scope: store.scope(&req),
+        method: req.method().clone(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.path().to_owned(), |p| p.as_str().to_owned()),
+        store: store.clone(),
+        claimed: std::sync::Mutex::new(None),
+    }));
+    req.extensions_mut().insert(deferred.clone());
+    let mut call = std::pin::pin!(next.call(req));
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+    let response = loop {
+        tokio::select! {
+            response = &mut call => break response,
+            _ = renew.tick() => {
+                if let Some((key, attempt)) = deferred.claimed() {
+                    store.renew(&key, attempt).await;
+                }
+            }
+        }
+    };
+    match deferred.claimed() {
+        Some((key, id)) => {
+            let attempt = Attempt {
+                db: store.db.clone(),
+                key,
+                id,
+                settled: false,
+            };
+            finish(&store, attempt, response).await
+        }
+        None => Ok(response?.map_into_boxed_body()),
+    }
+}
+
+/// Keeps a claimed request's final answer for its key, or gives the key
+/// back when the answer says "not now" (or cannot be kept).
+async fn finish<B: MessageBody + 'static>(
+    store: &Idempotency,
+    attempt: Attempt,
+    response: Result<ServiceResponse<B>, actix_web::Error>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let key = attempt.key.clone();
     let response = match response {
         Ok(response) => response,
         Err(error) => {

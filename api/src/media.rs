@@ -23,7 +23,7 @@ use std::time::Duration;
 use actix_multipart::{Multipart, MultipartError};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
@@ -40,6 +40,7 @@ use uuid::Uuid;
 use crate::auth::Authenticated;
 use crate::context::RequestContext;
 use crate::error::{accepted, ApiError, Code, FieldError, Problem};
+use crate::idempotency::{Bound, DeferredKey};
 use crate::ApiState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -407,6 +408,17 @@ pub(crate) async fn upload(
         .try_acquire_owned()
         .map_err(|_| ApiError::overloaded("too many uploads at once; retry"))?;
     let (kind, bytes) = read_file(&mut form, settings).await?;
+    // An `Idempotency-Key` is bound to the file's bytes before anything is
+    // stored: a retry of the same file is the same item (its id and command
+    // derive from the key), the same key with another file is refused.
+    let deferred = req.extensions().get::<DeferredKey>().cloned();
+    let ctx = match deferred {
+        Some(deferred) => match deferred.bind(&bytes).await? {
+            Bound::Mine(key) => ctx.with_key(key),
+            Bound::Answered(response) => return Ok(response),
+        },
+        None => ctx,
+    };
     let id = Uuid::new_v5(&ctx.command_id(Some(me.user_id)), b"media");
     let decoded = match kind.image_format() {
         Some(format) => {

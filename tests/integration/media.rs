@@ -577,3 +577,78 @@ async fn the_sweeper_deletes_media_no_post_took_and_keeps_the_rest() {
     app.stop().await;
     world.clean_up().await;
 }
+
+async fn upload_keyed(client: &Client, token: &str, key: &str, bytes: Vec<u8>) -> Reply {
+    // Each request has a multipart boundary of its own, as a client's retry
+    // would: the key is bound to the file, not to the form around it.
+    let part = Part::bytes(bytes).file_name("retry.png");
+    client
+        .send(
+            client
+                .post("/api/media")
+                .bearer_auth(token)
+                .header("idempotency-key", key)
+                .multipart(Form::new().part("file", part)),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn an_upload_retried_under_its_key_is_the_same_item_and_another_file_is_refused() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, mia, _) = client.user("mia").await;
+    let (_, ben, _) = client.user("ben").await;
+    let file = noise(200, 200);
+    assert!(file.len() > 100 * 1024, "larger than any JSON body");
+
+    let first = upload_keyed(&client, &mia, "photo-1", file.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = upload_keyed(&client, &mia, "photo-1", file.clone()).await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.body["id"], first.body["id"], "the same item");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+
+    let other = upload_keyed(&client, &mia, "photo-1", picture(ImageFormat::Png, 8, 8)).await;
+    assert_eq!(
+        (other.status, &other.body["code"]),
+        (422, &json!("idempotency_key_reused")),
+        "{}",
+        other.body
+    );
+    // Keys are the caller's own: another user's same key is another item.
+    let bens = upload_keyed(&client, &ben, "photo-1", file.clone()).await;
+    assert_eq!(bens.status, 201, "{}", bens.body);
+    assert_ne!(bens.body["id"], first.body["id"]);
+
+    // Retries racing each other: one item, whoever answers.
+    let racing = futures_util::future::join_all(
+        (0..6).map(|_| upload_keyed(&client, &mia, "photo-2", file.clone())),
+    )
+    .await;
+    let mut ids: Vec<&Value> = Vec::new();
+    for reply in &racing {
+        match reply.status {
+            201 => ids.push(&reply.body["id"]),
+            409 => assert_eq!(reply.body["code"], "idempotency_key_in_flight"),
+            // Past the uploads held at once (2 per core).
+            503 => assert_eq!(reply.body["code"], "overloaded"),
+            other => panic!("{other}: {}", reply.body),
+        }
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let settled = upload_keyed(&client, &mia, "photo-2", file.clone()).await;
+    assert_eq!(settled.status, 201, "{}", settled.body);
+    if let Some(first) = ids.first() {
+        assert_eq!(&&settled.body["id"], first);
+    }
+
+    assert_eq!(
+        event_count(&world, "media.uploaded"),
+        3,
+        "mia's two and ben's one"
+    );
+    app.stop().await;
+    world.clean_up().await;
+}
