@@ -204,6 +204,7 @@ async fn apply(
                 text: c.text.clone(),
                 visibility: c.visibility.as_str().to_owned(),
                 created_at: c.created_at,
+                media: attached_media(tx, &c.media).await?,
             };
             let entry = serde_json::to_value(entry).expect("feed entries serialize");
             effects
@@ -383,6 +384,36 @@ pub struct FeedEntry {
     pub text: String,
     pub visibility: String,
     pub created_at: DateTime<Utc>,
+    /// As on the post's view, in the post's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<PostMedia>,
+}
+
+/// The views of `ids`, in their order (the API checked that each exists
+/// before the post was decided).
+async fn attached_media(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> Result<Vec<PostMedia>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = crate::media::by_ids(&mut **tx, ids).await?;
+    Ok(ids
+        .iter()
+        .filter_map(|id| rows.iter().find(|row| row.id == *id))
+        .map(|row| {
+            let view = crate::media::MediaView::from(row);
+            PostMedia {
+                id: view.id,
+                url: view.url,
+                content_type: view.content_type,
+                width: view.width,
+                height: view.height,
+                thumbnail_url: view.thumbnail_url,
+            }
+        })
+        .collect())
 }
 
 /// Whose home feeds hold the posts of `author`: the author's and the

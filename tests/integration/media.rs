@@ -9,7 +9,7 @@ use image::ImageFormat;
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 
-use crate::support::{eventually, Client, Reply, World, ALL_ROLES};
+use crate::support::{eventually, Client, Reply, Socket, World, ALL_ROLES};
 
 /// A real image of `width`×`height` in `format`, made here.
 fn picture(format: ImageFormat, width: u32, height: u32) -> Vec<u8> {
@@ -432,6 +432,19 @@ async fn posts_show_up_to_four_media_items_of_their_author() {
     );
     assert_eq!(event_count(&world, "media.attached"), 0);
 
+    // Bob follows Alice and has a socket open: her post reaches his feed
+    // channel with its media.
+    let follow = client
+        .send(
+            client
+                .put(&format!("/api/users/{alice_id}/follow"))
+                .bearer_auth(&bob),
+        )
+        .await;
+    assert_eq!(follow.status, 200, "{}", follow.body);
+    let mut bobs_socket = Socket::connect(&app.base, &bob).await;
+    bobs_socket.expect("welcome").await;
+
     let reply = post(&client, &alice, json!([mine[2], video["id"], mine[0]])).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     let media = &reply.body["post"]["media"];
@@ -462,6 +475,14 @@ async fn posts_show_up_to_four_media_items_of_their_author() {
     assert_eq!(media[1]["content_type"], "video/mp4");
     assert!(media[1]["thumbnail_url"].is_null());
     let post_id = reply.body["post"]["id"].as_str().unwrap();
+    let pushed = loop {
+        let frame = bobs_socket.expect("event").await;
+        if frame["event"] == "feed.post_created" {
+            break frame;
+        }
+    };
+    assert_eq!(pushed["data"]["post_id"], post_id);
+    assert_eq!(&pushed["data"]["media"], media);
 
     let read = client
         .send(
