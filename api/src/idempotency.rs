@@ -41,7 +41,9 @@
 //! `X-Token` header are replaced by their claims (user, token version); a
 //! replay issues a fresh token with those claims. Only a request with the
 //! same fingerprint (so the same password) can replay, and a token revoked
-//! since (a password change bumps the version) stays revoked.
+//! since (a password change bumps the version) stays revoked: a replay whose
+//! caller's token, or whose stored credential, was revoked since is 401
+//! `token_revoked`, never the first answer.
 
 use std::time::Duration;
 
@@ -170,7 +172,12 @@ impl DeferredKey {
             }
             Claim::Replay(stored) => {
                 metrics::counter!("tidings_idempotent_replays_total").increment(1);
-                deferred.store.replay(stored).map(Bound::Answered)
+                // The handler has checked the caller's token already.
+                deferred
+                    .store
+                    .replay(None, stored)
+                    .await
+                    .map(Bound::Answered)
             }
             Claim::InFlight => Err(ApiError::idempotency_key_in_flight()),
             Claim::Reused => Err(ApiError::idempotency_key_reused()),
@@ -394,8 +401,44 @@ impl Idempotency {
         }
     }
 
+    /// Whether tokens of version `ver` still work for `user`: a password
+    /// change since has revoked them. An account not projected yet has
+    /// only its first version.
+    async fn current(&self, user: Uuid, ver: i32) -> Result<bool, ApiError> {
+        let version: Option<i32> =
+            sqlx::query_scalar("SELECT token_version FROM accounts WHERE id = $1")
+                .bind(user)
+                .fetch_optional(&self.db)
+                .await?;
+        Ok(version.unwrap_or(0) == ver)
+    }
+
+    /// The stored answer as a response, with fresh credentials. A replay
+    /// gives nothing a fresh request could not get: a caller whose token
+    /// was revoked since, or an answer whose credential was, gets 401
+    /// `token_revoked` instead.
+    async fn replay(&self, token: Option<&str>, answer: Answer) -> Result<HttpResponse, ApiError> {
+        let revoked = || {
+            ApiError::new(
+                Code::TokenRevoked,
+                "the token was revoked by a password change",
+            )
+        };
+        if let Some(claims) = token.and_then(|token| self.jwt.verify(token).ok()) {
+            if !self.current(claims.sub, claims.ver).await? {
+                return Err(revoked());
+            }
+        }
+        for credential in &answer.credentials.0 {
+            if !self.current(credential.sub, credential.ver).await? {
+                return Err(revoked());
+            }
+        }
+        self.replayed(answer)
+    }
+
     /// The stored answer as a response, with fresh credentials.
-    fn replay(&self, answer: Answer) -> Result<HttpResponse, ApiError> {
+    fn replayed(&self, answer: Answer) -> Result<HttpResponse, ApiError> {
         let status = u16::try_from(answer.status)
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
@@ -633,7 +676,10 @@ pub async fn middleware(
         Ok(Claim::Mine(attempt)) => attempt,
         Ok(Claim::Replay(stored)) => {
             metrics::counter!("tidings_idempotent_replays_total").increment(1);
-            let response = store.replay(stored).unwrap_or_else(error_response);
+            let response = store
+                .replay(bearer(req.request()), stored)
+                .await
+                .unwrap_or_else(error_response);
             return Ok(answer(req, response));
         }
         Ok(Claim::InFlight) => {
@@ -853,7 +899,7 @@ mod tests {
         assert!(!text.contains(&token) && !text.contains("token"), "{text}");
         assert_eq!(stored.headers.0.len(), 2, "{:?}", stored.headers.0);
 
-        let replayed = store.replay(stored).unwrap();
+        let replayed = store.replayed(stored).unwrap();
         assert_eq!(replayed.status(), StatusCode::CREATED);
         assert_eq!(
             replayed.headers().get(&IDEMPOTENT_REPLAYED).unwrap(),

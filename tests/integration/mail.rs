@@ -313,6 +313,7 @@ async fn changing_the_password_hands_out_a_new_token_and_revokes_every_other() {
         .send(
             client
                 .post("/api/auth/login")
+                .header("Idempotency-Key", "login-1")
                 .json(&json!({ "login": "carol", "password": PASSWORD })),
         )
         .await
@@ -338,7 +339,20 @@ async fn changing_the_password_hands_out_a_new_token_and_revokes_every_other() {
         (422, Some("validation_failed"))
     );
 
-    let changed = client.send(change(PASSWORD, NEW_PASSWORD)).await;
+    let posted = client
+        .send(
+            client
+                .post("/api/posts")
+                .bearer_auth(&token)
+                .header("Idempotency-Key", "post-1")
+                .json(&json!({ "text": "before the change", "visibility": "public" })),
+        )
+        .await;
+    assert_eq!(posted.status, 201, "{}", posted.body);
+
+    let changed = client
+        .send(change(PASSWORD, NEW_PASSWORD).header("Idempotency-Key", "change-1"))
+        .await;
     assert_eq!(changed.status, 204, "{}", changed.body);
     let fresh = changed.headers["x-token"].to_str().unwrap().to_owned();
     for old in [&token, &other] {
@@ -348,6 +362,42 @@ async fn changing_the_password_hands_out_a_new_token_and_revokes_every_other() {
             (401, Some("token_revoked"))
         );
     }
+    // A replay hands out nothing a fresh request could not get: not the
+    // change's new token to the old one, not a login's revoked token, not
+    // an earlier answer to a revoked caller.
+    let replays = [
+        change(PASSWORD, NEW_PASSWORD).header("Idempotency-Key", "change-1"),
+        client
+            .post("/api/auth/login")
+            .header("Idempotency-Key", "login-1")
+            .json(&json!({ "login": "carol", "password": PASSWORD })),
+        client
+            .post("/api/posts")
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "post-1")
+            .json(&json!({ "text": "before the change", "visibility": "public" })),
+    ];
+    for replay in replays {
+        let replay = client.send(replay).await;
+        assert_eq!(
+            (replay.status, replay.body["code"].as_str()),
+            (401, Some("token_revoked")),
+            "{}",
+            replay.body
+        );
+        assert!(replay.headers.get("x-token").is_none());
+    }
+    let again = client
+        .send(
+            client
+                .post("/api/posts")
+                .bearer_auth(&fresh)
+                .header("Idempotency-Key", "post-1")
+                .json(&json!({ "text": "before the change", "visibility": "public" })),
+        )
+        .await;
+    assert_eq!(again.status, 201, "the key is the user's: {}", again.body);
+    assert_eq!(again.body["post"]["id"], posted.body["post"]["id"]);
     let (status, body) = profile(&client, &fresh).await;
     assert_eq!((status, body["username"].as_str()), (200, Some("carol")));
     assert_eq!(login(&client, "carol", PASSWORD).await, 401);
