@@ -34,7 +34,7 @@ use tidings_commands::AnyCommand;
 use tidings_domain::media;
 use tidings_projections::media::{self as read, MediaView};
 use tidings_schemas::{AggregateRef, AggregateType, Position};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::auth::Authenticated;
@@ -59,9 +59,18 @@ const SNIFF_BYTES: usize = 12;
 const STALL: Duration = Duration::from_secs(15);
 /// How long an upload waits for a decoding slot before 503 `overloaded`.
 const DECODE_WAIT: Duration = Duration::from_secs(1);
-/// Uploads held in memory at once, per decoding slot: each may hold up to
-/// its type's limit, so this bounds the memory uploads take.
+/// The memory uploads being read may hold at once, in videos of the
+/// largest size per decoding slot. It is counted in bytes received, not in
+/// uploads: a client that stalls holds only what it sent, never a slot
+/// others wait for.
 const UPLOADS_PER_SLOT: usize = 2;
+/// Uploads one user may have under way at once; past it 429.
+const UPLOADS_PER_USER: usize = 2;
+/// The longest an upload may take to arrive, whatever its pace: a client
+/// that trickles bytes holds its memory this long at most.
+const UPLOAD_DEADLINE: Duration = Duration::from_secs(120);
+/// Memory is counted in blocks of this many bytes.
+const BLOCK: usize = 64 * 1024;
 /// Served bytes never change under an id: caches may keep them.
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
@@ -83,7 +92,29 @@ pub struct MediaService {
     pub store: Arc<dyn ObjectStore>,
     pub settings: MediaSettings,
     decoding: Arc<Semaphore>,
-    uploads: Arc<Semaphore>,
+    /// The memory uploads may hold, in [`BLOCK`]s.
+    memory: Arc<Semaphore>,
+    /// Uploads under way per user.
+    under_way: std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
+}
+
+/// One of a user's uploads under way, counted until dropped.
+struct UnderWay<'a> {
+    counts: &'a std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
+    user: Uuid,
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock() {
+            if let Some(n) = counts.get_mut(&self.user) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&self.user);
+                }
+            }
+        }
+    }
 }
 
 impl MediaService {
@@ -92,9 +123,36 @@ impl MediaService {
         MediaService {
             store,
             decoding: Arc::new(Semaphore::new(slots)),
-            uploads: Arc::new(Semaphore::new(slots * UPLOADS_PER_SLOT)),
+            memory: Arc::new(Semaphore::new(
+                slots * UPLOADS_PER_SLOT * (settings.video_max_bytes as usize).div_ceil(BLOCK),
+            )),
+            under_way: std::sync::Mutex::new(std::collections::HashMap::new()),
             settings,
         }
+    }
+
+    /// Counts an upload of `user` under way, unless it has as many as
+    /// allowed.
+    fn start_upload(&self, user: Uuid) -> Result<UnderWay<'_>, ApiError> {
+        let mut counts = self
+            .under_way
+            .lock()
+            .map_err(|_| ApiError::internal(anyhow::anyhow!("the uploads count was poisoned")))?;
+        let n = counts.entry(user).or_default();
+        if *n >= UPLOADS_PER_USER {
+            return Err(ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    Code::TooManyUploads,
+                    format!("at most {UPLOADS_PER_USER} uploads at once"),
+                )
+            });
+        }
+        *n += 1;
+        Ok(UnderWay {
+            counts: &self.under_way,
+            user,
+        })
     }
 }
 
@@ -227,7 +285,8 @@ async fn next_part(form: &mut Multipart) -> Result<Option<actix_multipart::Field
 async fn read_file(
     form: &mut Multipart,
     settings: &MediaSettings,
-) -> Result<(Kind, Bytes), ApiError> {
+    memory: &Arc<Semaphore>,
+) -> Result<(Kind, Bytes, Option<OwnedSemaphorePermit>), ApiError> {
     let stalled = || ApiError::new(Code::MalformedMultipart, "the upload stalled");
     let mut field = match next_part(form).await? {
         Some(field) if field.name() == Some("file") => field,
@@ -242,11 +301,27 @@ async fn read_file(
     let mut limit = largest;
     let mut kind = None;
     let mut bytes = BytesMut::new();
+    // The memory the bytes received take, counted before they are kept.
+    let mut held: Option<OwnedSemaphorePermit> = None;
     while let Some(chunk) = tokio::time::timeout(STALL, field.next())
         .await
         .map_err(|_| stalled())?
     {
         let chunk = chunk.map_err(malformed)?;
+        let blocks = (bytes.len() + chunk.len()).div_ceil(BLOCK);
+        let more = blocks - held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        if more > 0 {
+            let permit = u32::try_from(more)
+                .ok()
+                .and_then(|n| memory.clone().try_acquire_many_owned(n).ok())
+                .ok_or_else(|| {
+                    ApiError::overloaded("uploads hold all the memory allowed; retry")
+                })?;
+            match &mut held {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+        }
         bytes.extend_from_slice(&chunk);
         if kind.is_none() && bytes.len() >= SNIFF_BYTES {
             let sniffed = sniff(&bytes).ok_or_else(unsupported)?;
@@ -276,7 +351,7 @@ async fn read_file(
         Some(kind) => kind,
         None => sniff(&bytes).ok_or_else(unsupported)?,
     };
-    Ok((kind, bytes.freeze()))
+    Ok((kind, bytes.freeze(), held))
 }
 
 fn limit_of(kind: Kind, settings: &MediaSettings) -> u64 {
@@ -376,10 +451,12 @@ pub(crate) struct Uploaded {
     responses(
         (status = 201, description = "Stored; `url` serves it (and `thumbnail_url` its thumbnail, images only)", body = Uploaded, headers(("X-Position" = String))),
         (status = 400, description = "`malformed_multipart`: the form cannot be read", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "`upload_too_slow`: the file did not arrive within the upload deadline (120 s)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`: beyond the limit of the file's type", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`: the bytes are not a PNG, JPEG, GIF, WebP or MP4, or the body is not multipart/form-data", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed` (no part named `file`, or it is empty), `image_too_large` (dimensions or decoding memory past the limits), `undecodable_media`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded` (every upload or decoding slot busy), `media_store_unavailable`, or the command could not be decided; `Retry-After`", body = Problem, content_type = "application/problem+json")
+        (status = 429, description = "`too_many_uploads`: the caller already has 2 uploads under way; `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (uploads being read hold all the memory allowed, or every decoding slot is busy), `media_store_unavailable`, or the command could not be decided; `Retry-After`", body = Problem, content_type = "application/problem+json")
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id, request_id = %ctx.request_id))]
 pub(crate) async fn upload(
@@ -402,12 +479,21 @@ pub(crate) async fn upload(
     if announced.is_some_and(|n| n > largest + 64 * 1024) {
         return Err(too_large(largest, "a file"));
     }
-    let _held = service
-        .uploads
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::overloaded("too many uploads at once; retry"))?;
-    let (kind, bytes) = read_file(&mut form, settings).await?;
+    let _under_way = service.start_upload(me.user_id)?;
+    let (kind, bytes, _memory) = tokio::time::timeout(
+        UPLOAD_DEADLINE,
+        read_file(&mut form, settings, &service.memory),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            Code::UploadTooSlow,
+            format!(
+                "the upload did not arrive within {} s",
+                UPLOAD_DEADLINE.as_secs()
+            ),
+        )
+    })??;
     // An `Idempotency-Key` is bound to the file's bytes before anything is
     // stored: a retry of the same file is the same item (its id and command
     // derive from the key), the same key with another file is refused.

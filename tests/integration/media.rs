@@ -653,8 +653,8 @@ async fn an_upload_retried_under_its_key_is_the_same_item_and_another_file_is_re
         match reply.status {
             201 => ids.push(&reply.body["id"]),
             409 => assert_eq!(reply.body["code"], "idempotency_key_in_flight"),
-            // Past the uploads held at once (2 per core).
-            503 => assert_eq!(reply.body["code"], "overloaded"),
+            // Past the uploads one user may have under way.
+            429 => assert_eq!(reply.body["code"], "too_many_uploads"),
             other => panic!("{other}: {}", reply.body),
         }
     }
@@ -670,6 +670,91 @@ async fn an_upload_retried_under_its_key_is_the_same_item_and_another_file_is_re
         3,
         "mia's two and ben's one"
     );
+    app.stop().await;
+    world.clean_up().await;
+}
+
+/// Starts an upload that sends its head, a PNG signature and nothing more,
+/// and keeps the connection open.
+async fn stalled_upload(base: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n";
+    let request = format!(
+        "POST /api/media HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n{head}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+        .write_all(&[0x89, b'P', b'N', b'G', 13, 10, 26, 10])
+        .await
+        .unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn uploads_that_stall_hold_their_sender_back_and_nobody_else() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, eve, _) = client.user("eve").await;
+    let (_, mal, _) = client.user("mal").await;
+    let (_, ann, _) = client.user("ann").await;
+
+    // Four stalled uploads of two users: twice as many as the server has
+    // cores, as many as it would hold were uploads counted, not bytes.
+    let mut stalled = Vec::new();
+    for token in [&eve, &eve, &mal, &mal] {
+        stalled.push(stalled_upload(&app.base, token).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = upload(
+        &client,
+        &eve,
+        picture(ImageFormat::Png, 4, 4),
+        "c.png",
+        "image/png",
+    )
+    .await;
+    assert_eq!(
+        (third.status, &third.body["code"]),
+        (429, &json!("too_many_uploads")),
+        "{}",
+        third.body
+    );
+    assert!(third.headers.get("retry-after").is_some());
+    // Others upload as if nothing stalled.
+    for n in 0..6 {
+        let reply = upload(
+            &client,
+            &ann,
+            picture(ImageFormat::Png, 8 + n, 8),
+            "a.png",
+            "image/png",
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    drop(stalled);
+    // Eve's uploads end with her connections: she may upload again.
+    eventually(
+        Duration::from_secs(10),
+        "eve's stalled uploads end",
+        || async {
+            upload(
+                &client,
+                &eve,
+                picture(ImageFormat::Png, 4, 4),
+                "c.png",
+                "image/png",
+            )
+            .await
+            .status
+                == 201
+        },
+    )
+    .await;
     app.stop().await;
     world.clean_up().await;
 }
