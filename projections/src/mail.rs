@@ -17,6 +17,7 @@ use tidings_domain::account::{PasswordChangeReason, PasswordChanged};
 use uuid::Uuid;
 
 use crate::accounts::AccountRow;
+use crate::notifications::SHOWN;
 
 /// Attempts at one mail before it is given up (`failed_at`): with the
 /// backoff below, about a day of trying.
@@ -198,15 +199,16 @@ pub async fn digest_candidates(
     lookback: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar(&format!(
         "SELECT n.user_id FROM notifications n
          LEFT JOIN notification_mails m ON m.user_id = n.user_id
          WHERE n.read_at IS NULL AND n.mailed_at IS NULL
            AND n.created_at > now() - make_interval(secs => $2)
            AND (m.last_mailed_at IS NULL OR m.last_mailed_at <= now() - make_interval(secs => $1))
+           AND {SHOWN}
          GROUP BY n.user_id
-         LIMIT $3",
-    )
+         LIMIT $3"
+    ))
     .bind(interval.as_secs_f64())
     .bind(lookback.as_secs_f64())
     .bind(limit)
@@ -271,19 +273,22 @@ pub async fn take_digest(
     let Some((email, username)) = account else {
         return Ok(None);
     };
-    let lines: Vec<DigestLine> = sqlx::query_as(
+    // What the user may not see (a deleted post's, say) is not mailed,
+    // and is left unmarked.
+    let lines: Vec<DigestLine> = sqlx::query_as(&format!(
         "WITH marked AS (
            UPDATE notifications SET mailed_at = now()
-           WHERE id IN (SELECT id FROM notifications
-                        WHERE user_id = $1 AND read_at IS NULL AND mailed_at IS NULL
-                          AND created_at > now() - make_interval(secs => $2)
-                        ORDER BY created_at DESC
+           WHERE id IN (SELECT n.id FROM notifications n
+                        WHERE n.user_id = $1 AND n.read_at IS NULL AND n.mailed_at IS NULL
+                          AND n.created_at > now() - make_interval(secs => $2)
+                          AND {SHOWN}
+                        ORDER BY n.created_at DESC
                         LIMIT $3)
            RETURNING id, kind, actor_id, reaction, created_at)
          SELECT m.kind, a.username AS actor_username, m.reaction, m.created_at
          FROM marked m LEFT JOIN accounts a ON a.id = m.actor_id
-         ORDER BY m.created_at DESC, m.id DESC",
-    )
+         ORDER BY m.created_at DESC, m.id DESC"
+    ))
     .bind(user_id)
     .bind(lookback.as_secs_f64())
     .bind(DIGEST_MARK)

@@ -175,8 +175,12 @@ impl Projection for Inbox {
     }
 }
 
-/// Hides notifications about a post that is gone.
-const SHOWN: &str = "(n.post_id IS NULL OR EXISTS (SELECT 1 FROM posts p WHERE p.id = n.post_id AND p.deleted_at IS NULL))";
+/// Hides notifications (`notifications n`) about a post that is gone, or
+/// that their user may no longer see (a followers-only post of an author
+/// they unfollowed): in lists, counts and mailed digests alike.
+pub const SHOWN: &str = "(n.post_id IS NULL OR EXISTS (SELECT 1 FROM posts p WHERE p.id = n.post_id
+    AND p.deleted_at IS NULL AND (p.visibility = 'public' OR p.author_id = n.user_id
+    OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = n.user_id AND f.followee_id = p.author_id))))";
 
 /// How many of the user's notifications are unread.
 pub async fn unread_count(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<i64, sqlx::Error> {

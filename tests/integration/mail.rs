@@ -465,7 +465,7 @@ async fn mail_waits_out_an_smtp_server_that_is_down_and_an_expired_token_is_refu
 async fn notifications_are_mailed_to_users_without_a_socket_at_most_once_per_interval() {
     let smtp = SmtpServer::started().await;
     let world = World::new().await;
-    let interval = Duration::from_millis(2000);
+    let interval = Duration::from_millis(3000);
     let mut settings = world.settings.clone();
     settings.mail.smtp_url = Some(smtp.url());
     settings.mail.notification_mail_interval_ms = interval.as_millis() as u64;
@@ -514,6 +514,27 @@ async fn notifications_are_mailed_to_users_without_a_socket_at_most_once_per_int
             .await;
         assert_eq!(reply.status, 201, "{}", reply.body);
     }
+    // A mention in a post deleted before the digest is not mailed.
+    let gone = client
+        .send(
+            client
+                .post("/api/posts")
+                .bearer_auth(&alice)
+                .json(&json!({ "text": "gone soon, @bob", "visibility": "public" })),
+        )
+        .await;
+    assert_eq!(gone.status, 201, "{}", gone.body);
+    let deleted = client
+        .send(
+            client
+                .delete(&format!(
+                    "/api/posts/{}",
+                    gone.body["post"]["id"].as_str().unwrap()
+                ))
+                .bearer_auth(&alice),
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
     eventually(Duration::from_secs(15), "a second digest", || async {
         smtp.mails_to("bob@example.com", "new notification").len() >= 2
     })

@@ -976,3 +976,38 @@ async fn feed_latency_warm_and_cold() {
     app.stop().await;
     world.clean_up().await;
 }
+
+#[tokio::test]
+async fn a_notification_about_a_post_its_user_may_no_longer_see_is_hidden() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    follow(&client, &bob, &alice).await;
+    let id = posted(&client, &alice, "for followers, @bob", "followers").await;
+    let listed = get(&client, &bob, "/api/notifications").await;
+    let kinds: Vec<&Value> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["kind"])
+        .collect();
+    assert_eq!(kinds, [&json!("mention")], "{}", listed.body);
+    assert_eq!(listed.headers["x-unread-count"], "1");
+
+    let unfollowed = delete(&client, &bob, &format!("/api/users/{}/follow", alice.id)).await;
+    assert_eq!(unfollowed.status, 200, "{}", unfollowed.body);
+    let read = get(&client, &bob, &format!("/api/posts/{id}")).await;
+    assert_eq!(read.status, 404, "{}", read.body);
+    let listed = get(&client, &bob, "/api/notifications").await;
+    assert_eq!(listed.body["items"], json!([]), "{}", listed.body);
+    assert_eq!(listed.headers["x-unread-count"], "0");
+
+    // Following again shows it again: it was hidden, not dropped.
+    follow(&client, &bob, &alice).await;
+    let listed = get(&client, &bob, "/api/notifications").await;
+    assert_eq!(listed.headers["x-unread-count"], "1");
+    app.stop().await;
+    world.clean_up().await;
+}
