@@ -25,6 +25,7 @@ pub mod claim;
 pub mod follow;
 pub mod inbox;
 pub mod post;
+pub mod room;
 
 #[cfg(test)]
 mod testing;
