@@ -10,6 +10,8 @@
 //! - [`posts`], [`follows`], [`notifications`]: the social read models
 //!   (posts with their reactions and comments, follows, notifications) and
 //!   the queries that show each viewer only what it may see;
+//! - [`rooms`]: rooms, participants, messages and receipts, and what each
+//!   participant's and room's channel receives;
 //! - [`credentials`]: the private store of password hashes (not from the log);
 //! - [`outbox`]: what each realtime channel receives, and the relay that
 //!   publishes it to `tidings.updates`;
@@ -33,5 +35,6 @@ pub mod outbox;
 pub mod posts;
 pub mod projection;
 pub mod projector;
+pub mod rooms;
 
 pub use cache::Cache;

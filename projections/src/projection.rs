@@ -21,6 +21,7 @@ use crate::follows::Follows;
 use crate::notifications::Inbox;
 use crate::outbox::ChannelUpdate;
 use crate::posts::Posts;
+use crate::rooms::Rooms;
 
 /// What applying events asks for beyond their rows.
 #[derive(Debug, Default)]
@@ -89,5 +90,6 @@ pub async fn apply(
         DomainEvent::Post(event) => Posts::apply(tx, envelope, event).await,
         DomainEvent::Follow(event) => Follows::apply(tx, envelope, event).await,
         DomainEvent::Inbox(event) => Inbox::apply(tx, envelope, event).await,
+        DomainEvent::Room(event) => Rooms::apply(tx, envelope, event).await,
     }
 }

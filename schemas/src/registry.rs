@@ -181,6 +181,7 @@ registry! {
     Post => tidings_domain::post::PostDecider { Post = "post" }
     Follow => tidings_domain::follow::FollowDecider { Follow = "follow" }
     Inbox => tidings_domain::inbox::InboxDecider { Inbox = "inbox" }
+    Room => tidings_domain::room::RoomDecider { Room = "room" }
 }
 
 #[cfg(test)]
