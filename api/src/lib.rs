@@ -7,6 +7,7 @@
 //! - [`accounts`]: register, login, profiles — start here;
 //! - [`posts`], [`follows`], [`notifications`]: the social routes (posts,
 //!   reactions, comments, the feed; follows; notifications);
+//! - [`rooms`]: rooms, their members and messages, direct conversations;
 //! - [`page`]: cursor pagination;
 //! - [`auth`]: JWTs, passwords, the [`auth::Authenticated`] extractor;
 //! - [`context`]: request id, idempotency key, command envelopes;
@@ -31,6 +32,7 @@ pub mod middleware;
 pub mod notifications;
 pub mod page;
 pub mod posts;
+pub mod rooms;
 pub mod validate;
 
 use std::time::Duration;
@@ -137,7 +139,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(accounts::routes)
         .configure(posts::routes)
         .configure(follows::routes)
-        .configure(notifications::routes);
+        .configure(notifications::routes)
+        .configure(rooms::routes);
 }
 
 /// The answer for a request no route takes: 405 with `Allow` when the path
