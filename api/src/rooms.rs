@@ -109,8 +109,7 @@ async fn existing(state: &ApiState, user: Uuid) -> Result<(), ApiError> {
 
 fn name(value: &str) -> Result<String, String> {
     let value = value.trim();
-    if value.is_empty() || value.chars().count() > MAX_NAME || value.chars().any(char::is_control)
-    {
+    if value.is_empty() || value.chars().count() > MAX_NAME || value.chars().any(char::is_control) {
         return Err(format!("1 to {MAX_NAME} printable characters"));
     }
     Ok(value.to_owned())
@@ -149,10 +148,15 @@ fn no_media(fields: &mut Fields, media_ids: &[Uuid]) {
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomBody {
     /// 1 to 100 printable characters, trimmed.
-    #[schema(pattern = r"^\s*[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,98}[^\s\x00-\x1f\x7f-\x9f])?\s*$")]
+    #[schema(
+        pattern = r"^\s*[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,98}[^\s\x00-\x1f\x7f-\x9f])?\s*$"
+    )]
     pub name: String,
     /// At most 1,000 characters.
-    #[schema(max_length = 1000, pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        max_length = 1000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+    )]
     pub description: Option<String>,
     pub is_private: bool,
     /// 1 to 1,000; 1,000 when absent.
@@ -341,9 +345,14 @@ pub(crate) async fn preview(
 #[serde(deny_unknown_fields)]
 pub struct UpdateRoomBody {
     /// 1 to 100 printable characters, trimmed.
-    #[schema(pattern = r"^\s*[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,98}[^\s\x00-\x1f\x7f-\x9f])?\s*$")]
+    #[schema(
+        pattern = r"^\s*[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,98}[^\s\x00-\x1f\x7f-\x9f])?\s*$"
+    )]
     pub name: Option<String>,
-    #[schema(max_length = 1000, pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        max_length = 1000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+    )]
     pub description: Option<String>,
     #[schema(max_length = 2048, pattern = r"^https?://[^\s\x00-\x1f\x7f-\x9f]+$")]
     pub avatar_url: Option<String>,

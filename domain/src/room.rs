@@ -482,7 +482,9 @@ pub enum Error {
     OwnerMustTransfer,
     /// 422 `max_participants_out_of_range`: below the participants already
     /// in, or above the cap.
-    #[error("max_participants must hold the participants already in and be at most {MAX_PARTICIPANTS}")]
+    #[error(
+        "max_participants must hold the participants already in and be at most {MAX_PARTICIPANTS}"
+    )]
     MaxParticipantsOutOfRange,
     /// 404 `message_not_found`: no such message in the room, or deleted.
     #[error("no such message in this room")]
@@ -537,9 +539,7 @@ impl Rejection for Error {
             | Error::AlreadyParticipant
             | Error::OwnerMustTransfer
             | Error::MessageExists => ErrorKind::Conflict,
-            Error::NotFound | Error::MemberNotFound | Error::MessageNotFound => {
-                ErrorKind::NotFound
-            }
+            Error::NotFound | Error::MemberNotFound | Error::MessageNotFound => ErrorKind::NotFound,
             Error::NotParticipant
             | Error::NotRoomAdmin
             | Error::NotRoomOwner
@@ -804,10 +804,7 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
             message_id,
             at,
         } => {
-            let participant = room
-                .participants
-                .get(user)
-                .ok_or_else(|| room.outsider())?;
+            let participant = room.participants.get(user).ok_or_else(|| room.outsider())?;
             let message = room
                 .messages
                 .get(message_id)
@@ -867,15 +864,11 @@ pub fn evolve(state: State, event: &Event) -> State {
                 Event::Joined(j) => {
                     room.invited.remove(&j.user);
                     let read = room.posted;
-                    room.participants.insert(
-                        j.user,
-                        Participant {
-                            role: j.role,
-                            read,
-                        },
-                    );
+                    room.participants
+                        .insert(j.user, Participant { role: j.role, read });
                 }
-                Event::Left(Left { user, .. }) | Event::MemberRemoved(MemberRemoved { user, .. }) => {
+                Event::Left(Left { user, .. })
+                | Event::MemberRemoved(MemberRemoved { user, .. }) => {
                     room.participants.remove(user);
                 }
                 Event::RoleChanged(r) => {
@@ -1296,9 +1289,12 @@ mod tests {
         given(staffed())
             .when(remove(admin(), member()), decide)
             .then([removed(admin(), member())]);
-        given(with(staffed(), [joined(outsider(), false), promoted(outsider())]))
-            .when(remove(admin(), outsider()), decide)
-            .then_err(Error::CannotRemoveAdmin);
+        given(with(
+            staffed(),
+            [joined(outsider(), false), promoted(outsider())],
+        ))
+        .when(remove(admin(), outsider()), decide)
+        .then_err(Error::CannotRemoveAdmin);
         given(staffed())
             .when(remove(admin(), owner()), decide)
             .then_err(Error::CannotRemoveOwner);
@@ -1426,10 +1422,7 @@ mod tests {
 
     #[test]
     fn receipts_only_move_forward() {
-        let history = with(
-            staffed(),
-            [posted(50, owner(), 1), posted(51, owner(), 2)],
-        );
+        let history = with(staffed(), [posted(50, owner(), 1), posted(51, owner(), 2)]);
         let read = |id| Command::MarkRead {
             user: member(),
             message_id: Uuid::from_u128(id),
@@ -1505,7 +1498,13 @@ mod tests {
             .when(join(outsider()), decide)
             .then_err(Error::NotFound);
         given([opened])
-            .when(Command::Leave { user: alice, at: at() }, decide)
+            .when(
+                Command::Leave {
+                    user: alice,
+                    at: at(),
+                },
+                decide,
+            )
             .then_err(Error::DirectConversation);
     }
 }

@@ -168,7 +168,13 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effe
             let roles: Vec<&str> = c
                 .participants
                 .iter()
-                .map(|p| if Some(*p) == c.owner { "owner" } else { "member" })
+                .map(|p| {
+                    if Some(*p) == c.owner {
+                        "owner"
+                    } else {
+                        "member"
+                    }
+                })
                 .collect();
             sqlx::query(
                 "INSERT INTO room_members (room_id, user_id, role, joined_at)

@@ -514,7 +514,9 @@ impl Session {
     /// order, so nothing the room's channel carries after the departure
     /// reaches the session.
     async fn revoke_if_told(&mut self, event: &str, data: &serde_json::Value) -> Result<(), End> {
-        let room = data["room_id"].as_str().and_then(|id| id.parse::<Uuid>().ok());
+        let room = data["room_id"]
+            .as_str()
+            .and_then(|id| id.parse::<Uuid>().ok());
         let Some(room) = room else {
             return Ok(());
         };

@@ -14,5 +14,6 @@ mod operations;
 mod overload;
 mod race;
 mod realtime;
+mod rooms;
 mod social;
 mod support;
