@@ -115,11 +115,19 @@ fn name(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// At most [`MAX_DESCRIPTION`] characters, no control characters but line
+/// breaks and tabs; trimmed.
 fn description(value: &str) -> Result<String, String> {
     if value.chars().count() > MAX_DESCRIPTION {
         return Err(format!("at most {MAX_DESCRIPTION} characters"));
     }
-    validate::bio(value).map_err(|_| "no control characters but line breaks and tabs".into())
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err("no control characters but line breaks and tabs".into());
+    }
+    Ok(value.trim().to_owned())
 }
 
 fn settings(value: Map<String, Value>) -> Result<Map<String, Value>, String> {
@@ -149,7 +157,7 @@ fn no_media(fields: &mut Fields, media_ids: &[Uuid]) {
 pub struct CreateRoomBody {
     /// 1 to 100 printable characters, trimmed.
     #[schema(
-        pattern = r"^\s*[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,98}[^\s\x00-\x1f\x7f-\x9f])?\s*$"
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,98}[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub name: String,
     /// At most 1,000 characters.
@@ -163,7 +171,9 @@ pub struct CreateRoomBody {
     #[schema(minimum = 1, maximum = 1000)]
     pub max_participants: Option<i64>,
     /// An http(s) URL.
-    #[schema(max_length = 2048, pattern = r"^https?://[^\s\x00-\x1f\x7f-\x9f]+$")]
+    #[schema(
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*(http://[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{0,2041}|https://[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{0,2040})[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub avatar_url: Option<String>,
     /// Anything the client keeps with the room, a JSON object of at most
     /// 4,096 bytes.
@@ -346,7 +356,7 @@ pub(crate) async fn preview(
 pub struct UpdateRoomBody {
     /// 1 to 100 printable characters, trimmed.
     #[schema(
-        pattern = r"^\s*[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,98}[^\s\x00-\x1f\x7f-\x9f])?\s*$"
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]{0,98}[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub name: Option<String>,
     #[schema(
@@ -354,7 +364,9 @@ pub struct UpdateRoomBody {
         pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
     )]
     pub description: Option<String>,
-    #[schema(max_length = 2048, pattern = r"^https?://[^\s\x00-\x1f\x7f-\x9f]+$")]
+    #[schema(
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*(http://[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{0,2041}|https://[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]{0,2040})[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub avatar_url: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub settings: Option<Map<String, Value>>,
