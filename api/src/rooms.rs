@@ -1013,3 +1013,45 @@ pub(crate) async fn direct_messages(
     }
     history(&state, room_id, &query).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(json: &str) -> Result<Changes, ApiError> {
+        Changes::try_from(serde_json::from_str::<UpdateRoomBody>(json).unwrap())
+    }
+
+    #[test]
+    fn a_patch_changes_only_what_it_names_trimmed() {
+        let c = changes(r#"{"name": "  lounge  ", "is_private": true}"#).unwrap();
+        assert_eq!(c.name.as_deref(), Some("lounge"));
+        assert_eq!(c.is_private, Some(true));
+        assert_eq!(c.description, None);
+        assert_eq!(c.max_participants, None);
+        assert_eq!(changes("{}").unwrap(), Changes::default());
+    }
+
+    #[test]
+    fn bad_patches_are_refused_field_by_field() {
+        let long = "x".repeat(MAX_DESCRIPTION + 1);
+        let settings = format!(r#"{{"k": "{}"}}"#, "v".repeat(MAX_SETTINGS));
+        let error = changes(&format!(
+            r#"{{"name": " ", "description": "{long}", "avatar_url": "ftp://x", "settings": {settings}, "max_participants": 1001}}"#
+        ))
+        .unwrap_err();
+        let fields: Vec<&str> = error.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "name",
+                "description",
+                "avatar_url",
+                "settings",
+                "max_participants"
+            ]
+        );
+        assert!(changes(r#"{"max_participants": 0}"#).is_err());
+        assert!(changes(r#"{"description": "a\u0000b"}"#).is_err());
+    }
+}
