@@ -130,10 +130,24 @@ fn description(value: &str) -> Result<String, String> {
     Ok(value.trim().to_owned())
 }
 
+/// A JSON object of at most [`MAX_SETTINGS`] bytes, without a NUL in any
+/// key or string: PostgreSQL's `jsonb` cannot hold one, and a value it
+/// cannot store would stop the projector.
 fn settings(value: Map<String, Value>) -> Result<Map<String, Value>, String> {
     let size = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
     if size > MAX_SETTINGS {
         return Err(format!("at most {MAX_SETTINGS} bytes of JSON"));
+    }
+    fn has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+    if value.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err("no NUL characters".into());
     }
     Ok(value)
 }
@@ -1053,5 +1067,7 @@ mod tests {
         );
         assert!(changes(r#"{"max_participants": 0}"#).is_err());
         assert!(changes(r#"{"description": "a\u0000b"}"#).is_err());
+        assert!(changes(r#"{"settings": {"a": [{"b\u0000": 1}]}}"#).is_err());
+        assert!(changes(r#"{"settings": {"a": ["\u0000"]}}"#).is_err());
     }
 }
