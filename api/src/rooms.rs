@@ -30,8 +30,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/rooms", web::post().to(create_room))
         .route("/api/rooms", web::get().to(my_rooms))
         .route("/api/rooms/public", web::get().to(public_rooms))
-        .route("/api/rooms/{id}", web::get().to(get_room))
-        .route("/api/rooms/{id}", web::patch().to(update_room))
+        // A room id is hex and dashes, so that `/api/rooms/public` is never
+        // taken for a room (a PATCH of it is 405, not a room not found).
+        .route("/api/rooms/{id:[0-9a-fA-F-]+}", web::get().to(get_room))
+        .route(
+            "/api/rooms/{id:[0-9a-fA-F-]+}",
+            web::patch().to(update_room),
+        )
         .route("/api/rooms/{id}/preview", web::get().to(preview))
         .route("/api/rooms/{id}/join", web::post().to(join))
         .route("/api/rooms/{id}/leave", web::post().to(leave))
