@@ -8,7 +8,10 @@ CREATE TABLE rooms (
     name              text NOT NULL,
     description       text,
     avatar_url        text,
-    settings          jsonb NOT NULL DEFAULT '{}',
+    -- `json`, not `jsonb`: kept as the text the API wrote, so it reads back
+    -- as written (jsonb's numbers can print as a number the API's JSON
+    -- reader takes as out of range, and the projector would stop there).
+    settings          json NOT NULL DEFAULT '{}',
     is_private        boolean NOT NULL,
     max_participants  integer NOT NULL,
     owner_id          uuid,

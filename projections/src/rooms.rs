@@ -150,14 +150,14 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effe
             sqlx::query(
                 "INSERT INTO rooms (id, kind, name, description, avatar_url, settings, is_private,
                                     max_participants, owner_id, participant_count, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                 VALUES ($1, $2, $3, $4, $5, $6::text::json, $7, $8, $9, $10, $11, $11)",
             )
             .bind(c.room_id)
             .bind(c.kind.as_str())
             .bind(&c.name)
             .bind(&c.description)
             .bind(&c.avatar_url)
-            .bind(sqlx::types::Json(&c.settings))
+            .bind(settings_text(&c.settings))
             .bind(c.is_private)
             .bind(c.max_participants as i32)
             .bind(c.owner)
@@ -191,7 +191,7 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effe
             let c = &u.changes;
             sqlx::query(
                 "UPDATE rooms SET name = coalesce($2, name), description = coalesce($3, description),
-                        avatar_url = coalesce($4, avatar_url), settings = coalesce($5, settings),
+                        avatar_url = coalesce($4, avatar_url), settings = coalesce($5::text::json, settings),
                         is_private = coalesce($6, is_private), max_participants = coalesce($7, max_participants),
                         updated_at = $8
                  WHERE id = $1",
@@ -200,16 +200,19 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effe
             .bind(&c.name)
             .bind(&c.description)
             .bind(&c.avatar_url)
-            .bind(c.settings.as_ref().map(sqlx::types::Json))
+            .bind(c.settings.as_ref().map(settings_text))
             .bind(c.is_private)
             .bind(c.max_participants.map(|m| m as i32))
             .bind(u.updated_at)
             .execute(&mut **tx)
             .await?;
             if let Some(room) = visible(&mut **tx, u.by, u.room_id).await? {
+                // The settings are the client's own JSON: a client reads
+                // them over REST; the outbox (jsonb) carries only what
+                // Tidings wrote.
                 let room = serde_json::json!({
                     "room_id": room.id, "name": room.name, "description": room.description,
-                    "avatar_url": room.avatar_url, "settings": room.settings,
+                    "avatar_url": room.avatar_url, "settings_changed": c.settings.is_some(),
                     "is_private": room.is_private, "max_participants": room.max_participants,
                     "by": u.by,
                 });
@@ -399,6 +402,11 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effe
         updates,
         ..Effects::default()
     })
+}
+
+/// A room's settings as the text stored in its `json` column.
+fn settings_text(settings: &serde_json::Map<String, serde_json::Value>) -> String {
+    serde_json::to_string(settings).expect("settings serialize")
 }
 
 async fn add_participants(

@@ -313,13 +313,17 @@ async fn the_owner_promotes_admins_moderate_and_ownership_is_handed_over() {
         &client,
         &bob,
         &room,
-        json!({"name": "renamed", "settings": {"slow_mode": 5}}),
+        json!({"name": "renamed", "settings": {"slow_mode": 5, "huge": f64::MAX, "tiny": 5e-324}}),
     )
     .await;
     assert_eq!(renamed.status, 200, "{}", renamed.body);
     assert_eq!(renamed.body["room"]["name"], "renamed");
     assert_eq!(renamed.body["room"]["description"], "where we meet");
-    assert_eq!(renamed.body["room"]["settings"], json!({"slow_mode": 5}));
+    // Read back as written, however large or small a number.
+    assert_eq!(
+        renamed.body["room"]["settings"],
+        json!({"slow_mode": 5, "huge": f64::MAX, "tiny": 5e-324})
+    );
 
     // An admin deletes a member's message; a member deletes no one else's.
     let carols = say(&client, &carol, &id, "spam").await;
