@@ -32,6 +32,7 @@ use crate::media;
 use crate::notifications;
 use crate::passwords;
 use crate::posts;
+use crate::rooms;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -71,6 +72,25 @@ use crate::posts;
         follows::following,
         notifications::list,
         notifications::mark_read,
+        rooms::create_room,
+        rooms::my_rooms,
+        rooms::public_rooms,
+        rooms::get_room,
+        rooms::preview,
+        rooms::update_room,
+        rooms::join,
+        rooms::leave,
+        rooms::invite,
+        rooms::transfer,
+        rooms::remove_member,
+        rooms::set_role,
+        rooms::post_message,
+        rooms::messages,
+        rooms::edit_message,
+        rooms::delete_message,
+        rooms::mark_read,
+        rooms::send_direct,
+        rooms::direct_messages,
         health::health,
         health::ready,
         health::metrics,
@@ -85,6 +105,7 @@ use crate::posts;
     tags(
         (name = "accounts", description = "Register, sign in, profiles"),
         (name = "social", description = "Posts, media, reactions, comments, follows, the home feed"),
+        (name = "rooms", description = "Rooms, their participants and messages, direct conversations"),
         (name = "notifications", description = "Likes, comments, follows and mentions of the caller"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
         (name = "realtime", description = "The WebSocket gateway"),

@@ -10,6 +10,7 @@
 //! - [`posts`], [`follows`], [`notifications`]: the social routes (posts,
 //!   reactions, comments, the feed; follows; notifications);
 //! - [`media`]: uploads of images and videos, and serving them;
+//! - [`rooms`]: rooms, their members and messages, direct conversations;
 //! - [`page`]: cursor pagination;
 //! - [`auth`]: JWTs, passwords, the [`auth::Authenticated`] extractor;
 //! - [`context`]: request id, idempotency key, command envelopes;
@@ -37,6 +38,7 @@ pub mod notifications;
 pub mod page;
 pub mod passwords;
 pub mod posts;
+pub mod rooms;
 pub mod validate;
 
 use std::time::Duration;
@@ -152,7 +154,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(posts::routes)
         .configure(media::routes)
         .configure(follows::routes)
-        .configure(notifications::routes);
+        .configure(notifications::routes)
+        .configure(rooms::routes);
 }
 
 /// The answer for a request no route takes: 405 with `Allow` when the path

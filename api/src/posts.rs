@@ -57,7 +57,7 @@ async fn seen(state: &ApiState, viewer: Uuid, id: Uuid) -> Result<PostView, ApiE
 
 /// A write with its position, or 202 with only the position when the read
 /// models did not show it within the bounded wait.
-fn written<T: Serialize>(
+pub(crate) fn written<T: Serialize>(
     status: actix_web::http::StatusCode,
     position: Position,
     body: Option<T>,

@@ -27,6 +27,7 @@ pub mod follow;
 pub mod inbox;
 pub mod media;
 pub mod post;
+pub mod room;
 
 #[cfg(test)]
 mod testing;

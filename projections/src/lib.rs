@@ -11,6 +11,8 @@
 //! - [`posts`], [`follows`], [`notifications`]: the social read models
 //!   (posts with their reactions and comments, follows, notifications) and
 //!   the queries that show each viewer only what it may see;
+//! - [`rooms`]: rooms, participants, messages and receipts, and what each
+//!   participant's and room's channel receives;
 //! - [`media`]: uploaded images and videos (their bytes are in the media
 //!   store, not here) and what the media sweeper looks for;
 //! - [`credentials`]: the private store of password hashes (not from the
@@ -41,5 +43,6 @@ pub mod outbox;
 pub mod posts;
 pub mod projection;
 pub mod projector;
+pub mod rooms;
 
 pub use cache::Cache;

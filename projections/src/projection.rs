@@ -23,6 +23,7 @@ use crate::media::Media;
 use crate::notifications::Inbox;
 use crate::outbox::ChannelUpdate;
 use crate::posts::Posts;
+use crate::rooms::Rooms;
 
 /// What applying events asks for beyond their rows.
 #[derive(Debug, Default)]
@@ -98,5 +99,6 @@ pub async fn apply(
         DomainEvent::Follow(event) => Follows::apply(tx, envelope, event).await,
         DomainEvent::Inbox(event) => Inbox::apply(tx, envelope, event).await,
         DomainEvent::Media(event) => Media::apply(tx, envelope, event).await,
+        DomainEvent::Room(event) => Rooms::apply(tx, envelope, event).await,
     }
 }

@@ -28,7 +28,7 @@ use tidings_http::codes::Code;
 use tidings_http::problem::Problem;
 use tidings_projections::credentials::PASSWORD_CHANGED_UPDATE;
 use tidings_projections::outbox::{self, Update};
-use tidings_projections::{follows, posts};
+use tidings_projections::{follows, posts, rooms};
 use tidings_schemas::channel::{Channel, ReadPolicy};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -453,7 +453,9 @@ impl Session {
                 Ok(())
             }
             ClientFrame::Typing { channel, .. } => {
-                // Typing travels in rooms, which this gateway does not serve yet.
+                // Typing is an ephemeral signal over Redis, not served by
+                // this gateway yet; whoever may type on a room's channel is
+                // whoever `may_read` lets subscribe to it.
                 self.send(&ServerFrame::error(
                     Code::UnknownChannel.as_str(),
                     format!("no typing on {channel}"),
@@ -488,8 +490,9 @@ impl Session {
     /// Which channels this user may read, by the channel's read policy
     /// (`tidings_schemas::channel`). A post's channel is readable by whoever
     /// may see the post (as `GET /api/posts/{id}` decides); any other post
-    /// is answered as a channel that does not exist. Rooms come with their
-    /// domain. On success, for a followers-only post of another user, its
+    /// is answered as a channel that does not exist; so is a room's channel,
+    /// readable by its participants and, for a public room, by anyone
+    /// signed in. On success, for a followers-only post of another user, its
     /// author: the subscription lasts as long as the follow of them.
     async fn may_read(&self, channel: &str) -> Result<Option<Uuid>, (&'static str, String)> {
         let unknown = || {
@@ -520,8 +523,57 @@ impl Session {
                     }
                 }
             }
-            ReadPolicy::RoomReaders(_) => Err(unknown()),
+            ReadPolicy::RoomReaders(room) => {
+                match rooms::visible(&self.gateway.db, self.user_id, room).await {
+                    Ok(Some(_)) => Ok(None),
+                    Ok(None) => Err(unknown()),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot tell whether a room is readable");
+                        Err((
+                            Code::Unavailable.as_str(),
+                            format!("{channel} cannot be checked now; subscribe again"),
+                        ))
+                    }
+                }
+            }
         }
+    }
+
+    /// Acts on an update just passed on that takes a room away from this
+    /// user: a departure of the user (on the room's channel or the user's
+    /// own) ends the subscription to the room's channel at once, and a room
+    /// turned private is checked again. The updates come in each channel's
+    /// order, so nothing the room's channel carries after the departure
+    /// reaches the session.
+    async fn revoke_if_told(&mut self, event: &str, data: &serde_json::Value) -> Result<(), End> {
+        let room = data["room_id"]
+            .as_str()
+            .and_then(|id| id.parse::<Uuid>().ok());
+        let Some(room) = room else {
+            return Ok(());
+        };
+        let channel = Channel::Room(room).to_string();
+        if !self.sent.contains_key(&channel) {
+            return Ok(());
+        }
+        let departed = rooms::REVOKED.contains(&event)
+            && data["user_id"].as_str() == Some(self.user_id.to_string().as_str());
+        if departed {
+            self.sent.remove(&channel);
+            self.hub.send(Command::Unsubscribe {
+                session: self.id,
+                channel,
+            });
+            return Ok(());
+        }
+        let turned_private =
+            event == "room.updated" && data["is_private"] == serde_json::json!(true);
+        if turned_private {
+            if let Err((code, message)) = self.may_read(&channel).await {
+                return self.drop_channel(&channel, code, message, None).await;
+            }
+        }
+        Ok(())
     }
 
     /// Subscribes, then replays what the client missed since `since`. A
@@ -545,6 +597,14 @@ impl Session {
             Ok(head) => head,
             Err(error) => return self.unavailable(&channel, reference, error).await,
         };
+        // A departure projected before the head was read is not replayed
+        // (the client starts at the head), so who may read a room is asked
+        // again now; one projected later arrives through the hub.
+        if channel.starts_with("room:") {
+            if let Err((code, message)) = self.may_read(&channel).await {
+                return self.drop_channel(&channel, code, message, reference).await;
+            }
+        }
         let sent = self
             .sent
             .get(&channel)
@@ -751,6 +811,11 @@ impl Session {
             && update.data["token_version"]
                 .as_i64()
                 .is_some_and(|v| v > i64::from(self.token_version));
+        // Membership changes are rare: only their copy is kept past the send.
+        let membership = update
+            .event
+            .starts_with("room.")
+            .then(|| (update.event.clone(), update.data.clone()));
         self.send(&ServerFrame::Event {
             channel: update.channel,
             seq: update.seq,
@@ -775,8 +840,11 @@ impl Session {
         if let Some(followee) = unfollowed {
             self.recheck_posts_of(followee).await?;
         }
-        match deleted {
-            Some(channel) => self.end_subscription(&channel, "deleted").await,
+        if let Some(channel) = deleted {
+            self.end_subscription(&channel, "deleted").await?;
+        }
+        match membership {
+            Some((event, data)) => self.revoke_if_told(&event, &data).await,
             None => Ok(()),
         }
     }

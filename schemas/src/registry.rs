@@ -182,6 +182,7 @@ registry! {
     Follow => tidings_domain::follow::FollowDecider { Follow = "follow" }
     Inbox => tidings_domain::inbox::InboxDecider { Inbox = "inbox" }
     Media => tidings_domain::media::MediaDecider { Media = "media" }
+    Room => tidings_domain::room::RoomDecider { Room = "room" }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod overload;
 mod profile;
 mod race;
 mod realtime;
+mod rooms;
 mod social;
 mod subscriptions;
 mod support;
