@@ -95,7 +95,11 @@ pub mod rules {
     pub fn website(value: &str) -> Result<String, String> {
         let wrong = || format!("an absolute http or https URL of at most {MAX_WEBSITE} characters");
         if value.chars().count() > MAX_WEBSITE
-            || !(value.starts_with("http://") || value.starts_with("https://"))
+            || !["http://", "https://"].iter().any(|scheme| {
+                value
+                    .get(..scheme.len())
+                    .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+            })
             || value.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(wrong());
@@ -399,6 +403,8 @@ mod tests {
         }
         assert!(rules::website("https://example.com/a?b#c").is_ok());
         assert!(rules::website("http://localhost:8080").is_ok());
+        // Schemes are case-insensitive, as URL parsers read them.
+        assert!(rules::website("HTTPS://EXAMPLE.com").is_ok());
         for bad in [
             "example.com",
             "ftp://example.com",

@@ -163,11 +163,23 @@ pub fn store(url: Option<&str>, dir: &std::path::Path) -> anyhow::Result<Arc<dyn
     use anyhow::Context as _;
     match url.filter(|u| !u.is_empty()) {
         Some(url) if url.starts_with("s3://") => {
+            let parsed = url::Url::parse(url)
+                .with_context(|| format!("TIDINGS_MEDIA_STORE: {url} is not a URL"))?;
+            let bucket = parsed
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .with_context(|| format!("TIDINGS_MEDIA_STORE: {url} names no bucket"))?;
             let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url)
+                .with_bucket_name(bucket)
                 .build()
                 .with_context(|| format!("configuring the media store {url}"))?;
-            Ok(Arc::new(s3))
+            // The path after the bucket is where Tidings' objects go in it.
+            let prefix = parsed.path().trim_matches('/');
+            Ok(if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+            })
         }
         Some(url) => anyhow::bail!("TIDINGS_MEDIA_STORE: {url} is not an s3:// URL"),
         None => {
@@ -397,8 +409,12 @@ fn decode(
     })?;
     let (width, height) = (image.width(), image.height());
     // RGBA8 is what PNG encodes whatever the source's pixel type.
-    let small =
-        image::DynamicImage::ImageRgba8(image.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE).to_rgba8());
+    // Never larger than the image: a small one is its own thumbnail.
+    let small = if width.max(height) <= THUMBNAIL_SIDE {
+        image::DynamicImage::ImageRgba8(image.to_rgba8())
+    } else {
+        image::DynamicImage::ImageRgba8(image.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE).to_rgba8())
+    };
     let mut thumbnail = Vec::new();
     small
         .write_to(&mut Cursor::new(&mut thumbnail), image::ImageFormat::Png)

@@ -135,6 +135,14 @@ async fn each_type_is_sniffed_measured_stored_and_served() {
             (Some(40), Some(30))
         );
         assert!(item["thumbnail_url"].is_string(), "{item}");
+        // Smaller than a thumbnail: never scaled up.
+        let thumbnail = client
+            .get(item["thumbnail_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let small = image::load_from_memory(&thumbnail.bytes().await.unwrap()).unwrap();
+        assert_eq!((small.width(), small.height()), (40, 30));
     }
     let video = uploaded(&client, &token, mp4(), "clip.png", "image/png").await;
 
@@ -755,6 +763,136 @@ async fn uploads_that_stall_hold_their_sender_back_and_nobody_else() {
         },
     )
     .await;
+    app.stop().await;
+    world.clean_up().await;
+}
+
+/// An S3-compatible object store: moto's standalone server, a process of
+/// the test's own on 127.0.0.1 (`scripts/stack up` installs it), with one
+/// bucket.
+struct S3Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl S3Server {
+    async fn started(bucket: &str) -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let program =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/moto/bin/moto_server");
+        let child = std::process::Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server runs (scripts/stack up installs it)");
+        let server = S3Server { child, port };
+        let bucket_url = format!("{}/{bucket}", server.endpoint());
+        eventually(
+            Duration::from_secs(30),
+            "the S3 server makes the bucket",
+            || {
+                let bucket_url = bucket_url.clone();
+                async move {
+                    reqwest::Client::new()
+                        .put(&bucket_url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        server
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The keys of the bucket's objects under `prefix`.
+    async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let listing = reqwest::get(format!(
+            "{}/{bucket}?list-type=2&prefix={prefix}",
+            self.endpoint()
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        listing
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_s3_compatible_store_keeps_the_bytes_under_its_prefix() {
+    let s3 = S3Server::started("tidings-media").await;
+    // What any S3-compatible store is configured with (a test runs in a
+    // process of its own under nextest).
+    for (name, value) in [
+        ("AWS_ENDPOINT", s3.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "tidings".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "tidings-secret".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ] {
+        std::env::set_var(name, value);
+    }
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.media_store = Some("s3://tidings-media/uploads".to_owned());
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, token, _) = client.user("sia").await;
+
+    let png = picture(ImageFormat::Png, 400, 100);
+    let item = uploaded(&client, &token, png.clone(), "wide.png", "image/png").await;
+    let id = item["id"].as_str().unwrap();
+    let keys = s3.keys("tidings-media", "uploads/").await;
+    assert_eq!(keys.len(), 2, "the image and its thumbnail: {keys:?}");
+    assert!(keys.iter().all(|k| k.contains(id)), "{keys:?}");
+    assert!(
+        s3.keys("tidings-media", "").await.len() == 2,
+        "nothing outside the prefix"
+    );
+
+    let served = client.get(&format!("/media/{id}")).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers()["content-type"], "image/png");
+    assert_eq!(served.bytes().await.unwrap().as_ref(), png.as_slice());
+    let part = client
+        .get(&format!("/media/{id}"))
+        .header("Range", "bytes=0-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &png[..8]);
+    let thumbnail = client
+        .get(item["thumbnail_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let small = image::load_from_memory(&thumbnail.bytes().await.unwrap()).unwrap();
+    assert_eq!((small.width(), small.height()), (320, 80));
+
     app.stop().await;
     world.clean_up().await;
 }
