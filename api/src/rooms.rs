@@ -802,6 +802,8 @@ pub struct HistoryQuery {
     /// A message of the room (`next_cursor` of the page before): only
     /// older messages follow.
     pub before: Option<Uuid>,
+    /// The same as `before`, under the name every other list takes.
+    pub cursor: Option<String>,
 }
 
 /// A page of a room's history, newest first; `next_cursor` is the `before`
@@ -818,7 +820,22 @@ async fn history(
             format!("limit is 1 to {MAX_LIMIT}"),
         ));
     }
-    let before = match query.before {
+    let cursor = match &query.cursor {
+        None => None,
+        Some(cursor) => Some(Uuid::parse_str(cursor).map_err(|_| {
+            ApiError::new(Code::InvalidQuery, "cursor is not one this API handed out")
+        })?),
+    };
+    let before = match (query.before, cursor) {
+        (Some(before), Some(cursor)) if before != cursor => {
+            return Err(ApiError::new(
+                Code::InvalidQuery,
+                "before and cursor name different messages",
+            ))
+        }
+        (before, cursor) => before.or(cursor),
+    };
+    let before = match before {
         None => None,
         Some(before) => Some(
             read::message(&state.db, before)
@@ -841,8 +858,8 @@ async fn history(
     params(("id" = Uuid, Path, description = "room id"), HistoryQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Messages newest first, deleted ones as tombstones (`text` null); `next_cursor` is the `before` of the next page", body = Paged<MessageView>),
-        (status = 400, description = "`invalid_query`: a bad limit, or `before` names no message of the room", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Messages newest first, deleted ones as tombstones (`text` null); `next_cursor` is the `before` (or `cursor`) of the next page", body = Paged<MessageView>),
+        (status = 400, description = "`invalid_query`: a bad limit, or `before` (`cursor`) names no message of the room", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such room, or a private one the caller is not in", body = Problem, content_type = "application/problem+json")
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id))]

@@ -514,6 +514,10 @@ async fn messages_are_edited_and_deleted_to_a_tombstone_and_paged_newest_first()
         assert_eq!(page.status, 200, "{}", page.body);
         pages.extend(page.body["items"].as_array().unwrap().clone());
         match page.body["next_cursor"].as_str() {
+            // `cursor`, as every list takes it, and `before`, turn about.
+            Some(next) if pages.len() % 4 == 2 => {
+                path = format!("{room}/messages?limit=2&cursor={next}")
+            }
             Some(before) => path = format!("{room}/messages?limit=2&before={before}"),
             None => break,
         }
@@ -532,6 +536,11 @@ async fn messages_are_edited_and_deleted_to_a_tombstone_and_paged_newest_first()
     )
     .await;
     assert_eq!(bad.status, 400, "{}", bad.body);
+    let garbage = get(&client, &bob, &format!("{room}/messages?cursor=zzz")).await;
+    assert_eq!(
+        (garbage.status, &garbage.body["code"]),
+        (400, &json!("invalid_query"))
+    );
 
     app.stop().await;
     world.clean_up().await;
