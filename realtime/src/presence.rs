@@ -426,6 +426,50 @@ mod tests {
         assert_eq!(presence.online_among(&[user]).await, Some(vec![]));
     }
 
+    /// A gateway that died left its sessions behind: once they lapse, one
+    /// sweep (of any gateway) takes the user offline, once.
+    #[tokio::test]
+    async fn a_sweep_takes_offline_whoever_only_lapsed_sessions_keep() {
+        let presence = Presence::new(
+            "redis://127.0.0.1:6379",
+            &format!("presence_test_{}", Uuid::new_v4().simple()),
+        )
+        .unwrap();
+        let (stale, live) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(presence.join(stale, Uuid::new_v4()).await);
+        assert!(presence.join(live, Uuid::new_v4()).await);
+        assert_eq!(presence.sweep_once().await, Ok(vec![]), "nobody lapsed yet");
+        // The stale user's session as it stands TTL after its last refresh.
+        let lapsed = now_ms() - 1;
+        let mut command = redis::cmd("ZADD");
+        command
+            .arg(presence.key(stale))
+            .arg(lapsed)
+            .arg("dead-gateway");
+        let mut conn = presence.pool.get().await.unwrap();
+        command.query_async::<i64>(&mut conn).await.unwrap();
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(presence.key(stale))
+            .arg(lapsed + 1)
+            .arg("+inf")
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+        redis::cmd("ZADD")
+            .arg(presence.online_key())
+            .arg(lapsed)
+            .arg(stale.to_string())
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(presence.sweep_once().await, Ok(vec![stale]));
+        assert_eq!(presence.sweep_once().await, Ok(vec![]), "announced once");
+        assert_eq!(
+            presence.online_among(&[stale, live]).await,
+            Some(vec![live])
+        );
+    }
+
     #[tokio::test]
     async fn redis_down_is_unknown() {
         let presence = Presence::new("redis://127.0.0.1:1", "nowhere").unwrap();

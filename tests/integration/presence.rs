@@ -98,7 +98,16 @@ async fn hears_no_signal(socket: &mut Socket, within: Duration) {
 async fn a_participant_is_online_from_the_first_socket_to_the_last_on_any_gateway() {
     let world = World::new().await;
     let app = world.start(&ALL_ROLES).await;
-    let other = world.start(&[Role::Realtime]).await;
+    // A second gateway in a process of its own: presence goes between the
+    // two through Redis only.
+    let child = world.spawn("api,realtime", &[]);
+    let (child, base) = tokio::task::spawn_blocking(move || {
+        let base = child.base_url();
+        (child, base)
+    })
+    .await
+    .unwrap();
+    let other = Gateway { base };
     let client = Client::new(&app.base);
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
@@ -156,9 +165,16 @@ async fn a_participant_is_online_from_the_first_socket_to_the_last_on_any_gatewa
     assert_eq!(now["status"], "online");
 
     hears_no_signal(&mut carols, Duration::from_secs(1)).await;
-    other.stop().await;
+    tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(20)))
+        .await
+        .unwrap();
     app.stop().await;
     world.clean_up().await;
+}
+
+/// Where a spawned gateway listens.
+struct Gateway {
+    base: String,
 }
 
 #[tokio::test]
