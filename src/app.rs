@@ -443,6 +443,17 @@ impl Application {
                     auth: state.clone().into_inner(),
                     presence: Some(presence.clone()),
                 });
+                // Presence and typing between gateways (Redis pub/sub), and
+                // the sweep that announces users of a dead gateway offline.
+                tokio::spawn(tidings_realtime::presence::relay(
+                    presence.clone(),
+                    gateway.db.clone(),
+                    hub.get_ref().clone(),
+                ));
+                tokio::spawn(tidings_realtime::presence::sweep(
+                    presence.clone(),
+                    shutdown.clone(),
+                ));
                 Some((hub, gateway))
             } else {
                 None

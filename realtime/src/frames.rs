@@ -32,6 +32,22 @@ pub enum ServerFrame {
         channel: String,
         reason: String,
     },
+    /// A participant of the room on `channel` came online (their first
+    /// socket on any gateway) or went offline (their last one closed, or
+    /// lapsed). Ephemeral: no `seq`, never in the log.
+    Presence {
+        channel: String,
+        user_id: Uuid,
+        status: String,
+    },
+    /// A participant of the room on `channel` started or stopped typing.
+    /// A `true` not refreshed within [`crate::hub::TYPING_TTL`] is followed
+    /// by a `false` from the server.
+    Typing {
+        channel: String,
+        user_id: Uuid,
+        is_typing: bool,
+    },
     Error {
         code: String,
         message: String,

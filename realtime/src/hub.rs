@@ -14,23 +14,44 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::frames::ServerFrame;
+
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::Message;
 use tidings_projections::outbox::Update;
 use tidings_schemas::kafka::{assign_at_end, KafkaSettings};
 use tidings_schemas::shortcut::Shortcut;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Updates queued for one session before it counts as too slow.
 pub const SESSION_QUEUE: usize = 512;
+/// Ephemeral frames (presence, typing) queued for one session; past this
+/// they are dropped for it: they carry no `seq` to resume from, and the
+/// next change says the state again.
+pub const SIGNAL_QUEUE: usize = 64;
+/// How long a `typing: true` lasts without a refresh: past it the hub
+/// tells the channel's subscribers `typing: false` itself, so a sender that
+/// vanished (or whose gateway died) does not leave anyone typing forever.
+pub const TYPING_TTL: Duration = Duration::from_secs(5);
+
+/// An ephemeral frame for the subscribers of `channel`, about `user_id`
+/// (whose own sessions skip it).
+#[derive(Debug, Clone)]
+pub struct Signal {
+    pub channel: String,
+    pub user_id: Uuid,
+    pub frame: ServerFrame,
+}
 
 pub enum Command {
     Subscribe {
         session: Uuid,
         channel: String,
         queue: mpsc::Sender<Update>,
+        signals: mpsc::Sender<Signal>,
         too_slow: CancellationToken,
     },
     Unsubscribe {
@@ -41,10 +62,12 @@ pub enum Command {
         session: Uuid,
     },
     Deliver(Update),
+    Signal(Signal),
 }
 
 struct Subscriber {
     queue: mpsc::Sender<Update>,
+    signals: mpsc::Sender<Signal>,
     too_slow: CancellationToken,
 }
 
@@ -112,19 +135,67 @@ struct Subscribers {
 
 async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut channels: HashMap<String, Subscribers> = HashMap::new();
-    while let Some(command) = commands.recv().await {
+    // Who is typing where, until when: only on channels with subscribers
+    // here, each entry gone at its deadline, so it stays small.
+    let mut typing: HashMap<(String, Uuid), Instant> = HashMap::new();
+    loop {
+        let next = typing.values().min().copied();
+        let command = tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => command,
+                None => return,
+            },
+            _ = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = Instant::now();
+                let lapsed: Vec<(String, Uuid)> = typing
+                    .iter()
+                    .filter(|(_, &until)| until <= now)
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for (channel, user_id) in lapsed {
+                    typing.remove(&(channel.clone(), user_id));
+                    let frame = ServerFrame::Typing {
+                        channel: channel.clone(),
+                        user_id,
+                        is_typing: false,
+                    };
+                    signal(&mut channels, Signal { channel, user_id, frame });
+                }
+                continue;
+            }
+        };
         match command {
             Command::Subscribe {
                 session,
                 channel,
                 queue,
+                signals,
                 too_slow,
             } => {
-                channels
-                    .entry(channel)
-                    .or_default()
-                    .sessions
-                    .insert(session, Subscriber { queue, too_slow });
+                channels.entry(channel).or_default().sessions.insert(
+                    session,
+                    Subscriber {
+                        queue,
+                        signals,
+                        too_slow,
+                    },
+                );
+            }
+            Command::Signal(sent) => {
+                if let ServerFrame::Typing { is_typing, .. } = sent.frame {
+                    let key = (sent.channel.clone(), sent.user_id);
+                    if is_typing && channels.contains_key(&sent.channel) {
+                        typing.insert(key, Instant::now() + TYPING_TTL);
+                    } else {
+                        typing.remove(&key);
+                    }
+                }
+                signal(&mut channels, sent);
             }
             Command::Unsubscribe { session, channel } => {
                 if let Some(subscribers) = channels.get_mut(&channel) {
@@ -169,6 +240,23 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
     }
 }
 
+/// Hands an ephemeral frame to the subscribers of its channel; one whose
+/// signal queue is full misses it (see [`SIGNAL_QUEUE`]).
+fn signal(channels: &mut HashMap<String, Subscribers>, signal: Signal) {
+    let Some(subscribers) = channels.get_mut(&signal.channel) else {
+        return;
+    };
+    subscribers.sessions.retain(|_, subscriber| {
+        !matches!(
+            subscriber.signals.try_send(signal.clone()),
+            Err(mpsc::error::TrySendError::Closed(_))
+        )
+    });
+    if subscribers.sessions.is_empty() {
+        channels.remove(&signal.channel);
+    }
+}
+
 async fn follow(
     consumer: StreamConsumer,
     hub: mpsc::UnboundedSender<Command>,
@@ -206,15 +294,20 @@ mod tests {
         id: Uuid,
         updates: mpsc::Receiver<Update>,
         queue: mpsc::Sender<Update>,
+        signals: mpsc::Sender<Signal>,
+        received: mpsc::Receiver<Signal>,
         too_slow: CancellationToken,
     }
 
     fn session(capacity: usize) -> Session {
         let (queue, updates) = mpsc::channel(capacity);
+        let (signals, received) = mpsc::channel(capacity);
         Session {
             id: Uuid::new_v4(),
             updates,
             queue,
+            signals,
+            received,
             too_slow: CancellationToken::new(),
         }
     }
@@ -230,6 +323,7 @@ mod tests {
             session: session.id,
             channel: channel.into(),
             queue: session.queue.clone(),
+            signals: session.signals.clone(),
             too_slow: session.too_slow.clone(),
         })
         .unwrap();
@@ -333,5 +427,46 @@ mod tests {
         for seq in 1..=4 {
             assert_eq!(next(&mut quick).await, Some(seq));
         }
+    }
+
+    #[tokio::test]
+    async fn a_typing_not_refreshed_lapses_into_not_typing() {
+        let hub = hub();
+        let mut a = session(8);
+        subscribe(&hub, &a, "room:1");
+        let user_id = Uuid::new_v4();
+        let typing = |is_typing| {
+            Command::Signal(Signal {
+                channel: "room:1".into(),
+                user_id,
+                frame: ServerFrame::Typing {
+                    channel: "room:1".into(),
+                    user_id,
+                    is_typing,
+                },
+            })
+        };
+        hub.send(typing(true)).unwrap();
+        let first = a.received.recv().await.unwrap();
+        assert!(matches!(
+            first.frame,
+            ServerFrame::Typing {
+                is_typing: true,
+                ..
+            }
+        ));
+        tokio::time::sleep(TYPING_TTL - Duration::from_millis(100)).await;
+        assert!(a.received.try_recv().is_err(), "not before its time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let lapsed = a.received.recv().await.unwrap();
+        assert!(matches!(
+            lapsed.frame,
+            ServerFrame::Typing {
+                is_typing: false,
+                ..
+            }
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(a.received.try_recv().is_err(), "once");
     }
 }

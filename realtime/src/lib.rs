@@ -7,7 +7,8 @@
 //!   `tidings.updates`, talked to over a `Command` channel;
 //! - [`session`]: one task per socket — authentication, subscriptions with
 //!   resume (`since`), gap filling from the outbox, heartbeats, backpressure;
-//! - [`presence`]: who has a socket open, across gateways (Redis, expiring);
+//! - [`presence`]: who has a socket open, across gateways (Redis, expiring),
+//!   and the presence and typing frames gateways pass each other (pub/sub);
 //! - [`socket`]: the socket's writing half, frames encoded straight into the
 //!   response body (reading is actix-ws's).
 //!

@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::frames::{ClientFrame, ServerFrame};
-use crate::hub::{Command, Hub, SESSION_QUEUE};
+use crate::hub::{Command, Hub, Signal, SESSION_QUEUE, SIGNAL_QUEUE};
+use crate::presence::Wire;
 use crate::socket::{self, Writer};
 use crate::Gateway;
 
@@ -56,6 +57,11 @@ const REPLAY_PAGE: i64 = 500;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last frame (a close) gets before the session is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most one typing frame per room per this, per socket; more are dropped
+/// silently (a `false` right after a relayed `true` still goes through).
+pub const TYPING_EVERY: Duration = Duration::from_secs(1);
+/// Rooms a socket may have typed in within [`TYPING_EVERY`].
+const TYPING_ROOMS: usize = 32;
 
 const GOING_AWAY: u16 = 1001;
 /// RFC 6455 "Try Again Later": the token could not be checked (a dependency
@@ -134,9 +140,12 @@ struct Session {
     gateway: Arc<Gateway>,
     hub: Hub,
     queue: mpsc::Sender<Update>,
+    signals: mpsc::Sender<Signal>,
     too_slow: CancellationToken,
     /// What was sent on each subscribed channel.
     sent: HashMap<String, Sent>,
+    /// Per room, when typing was last relayed and what it said.
+    typed: HashMap<Uuid, (Instant, bool)>,
 }
 
 /// What a subscribed channel has sent to the client.
@@ -158,6 +167,7 @@ enum Wake {
     /// A message from the client, a broken stream, or its end.
     Client(Option<Result<Message, ProtocolError>>),
     Update(Update),
+    Signal(Signal),
     TooSlow,
     ShuttingDown,
     /// A heartbeat is due, or the token expired.
@@ -183,11 +193,13 @@ async fn serve(
     ws: Writer,
     mut stream: actix_ws::MessageStream,
 ) {
-    let Some((mut session, mut updates)) = Box::pin(open(gateway, hub, token, ws)).await else {
+    let Some((mut session, mut updates, mut signals)) =
+        Box::pin(open(gateway, hub, token, ws)).await
+    else {
         return;
     };
     metrics::gauge!("tidings_ws_connections").increment(1.0);
-    let end = session.run(&mut stream, &mut updates).await;
+    let end = session.run(&mut stream, &mut updates, &mut signals).await;
     metrics::gauge!("tidings_ws_connections").decrement(1.0);
     Box::pin(session.finish(end)).await;
 }
@@ -200,7 +212,7 @@ async fn open(
     hub: Hub,
     token: String,
     mut ws: Writer,
-) -> Option<(Session, mpsc::Receiver<Update>)> {
+) -> Option<(Session, mpsc::Receiver<Update>, mpsc::Receiver<Signal>)> {
     let (user_id, expires_at, token_version) = match check(&gateway, &token).await {
         Ok(who) => who,
         Err(error) => {
@@ -223,6 +235,7 @@ async fn open(
         }
     };
     let (queue, updates) = mpsc::channel(SESSION_QUEUE);
+    let (signals, received) = mpsc::channel(SIGNAL_QUEUE);
     let now = Instant::now();
     let session = Session {
         id: Uuid::new_v4(),
@@ -235,10 +248,12 @@ async fn open(
         gateway,
         hub,
         queue,
+        signals,
         too_slow: CancellationToken::new(),
         sent: HashMap::new(),
+        typed: HashMap::new(),
     };
-    Some((session, updates))
+    Some((session, updates, received))
 }
 
 /// Authenticates a token the way the REST API does; on success, who it is
@@ -285,6 +300,7 @@ impl Session {
         &mut self,
         stream: &mut actix_ws::MessageStream,
         updates: &mut mpsc::Receiver<Update>,
+        signals: &mut mpsc::Receiver<Signal>,
     ) -> End {
         if let Err(end) = Box::pin(self.start()).await {
             return end;
@@ -293,6 +309,7 @@ impl Session {
             let wake = tokio::select! {
                 message = stream.recv() => Wake::Client(message),
                 Some(update) = updates.recv() => Wake::Update(update),
+                Some(signal) = signals.recv() => Wake::Signal(signal),
                 _ = self.too_slow.cancelled() => Wake::TooSlow,
                 _ = self.hub.shutdown.cancelled() => Wake::ShuttingDown,
                 _ = tokio::time::sleep_until(self.next_ping.min(self.expires_at)) => Wake::Timer,
@@ -313,9 +330,7 @@ impl Session {
         if self.send(&welcome).await.is_err() {
             return Err(End::ClientLeft);
         }
-        if let Some(presence) = &self.gateway.presence {
-            presence.join(self.user_id, self.id).await;
-        }
+        self.join_presence().await;
         let own = format!("user:{}", self.user_id);
         self.subscribe(own, None, None, None).await
     }
@@ -336,6 +351,13 @@ impl Session {
             Wake::Client(Some(Err(_))) => Err(End::Close(PROTOCOL_ERROR, "protocol error")),
             Wake::Client(None) => Err(End::ClientLeft),
             Wake::Update(update) => self.deliver(update).await,
+            // Ephemeral frames about others, on a channel still subscribed.
+            Wake::Signal(signal) => {
+                if signal.user_id == self.user_id || !self.sent.contains_key(&signal.channel) {
+                    return Ok(());
+                }
+                self.send(&signal.frame).await
+            }
             Wake::TooSlow => Err(End::Close(
                 TOO_SLOW,
                 "too slow to keep up; resume with since",
@@ -359,9 +381,7 @@ impl Session {
                     return Err(End::ClientLeft);
                 }
                 self.next_ping = Instant::now() + HEARTBEAT;
-                if let Some(presence) = &self.gateway.presence {
-                    presence.join(self.user_id, self.id).await;
-                }
+                self.join_presence().await;
                 write(self.ws.ping(b"")).await
             }
         }
@@ -372,7 +392,14 @@ impl Session {
     async fn finish(self, end: End) {
         self.hub.send(Command::Leave { session: self.id });
         if let Some(presence) = &self.gateway.presence {
-            presence.leave(self.user_id, self.id).await;
+            if presence.leave(self.user_id, self.id).await {
+                presence
+                    .publish(&Wire::Presence {
+                        user_id: self.user_id,
+                        online: false,
+                    })
+                    .await;
+            }
         }
         let code = match &end {
             End::ClientClosed(_) | End::ClientLeft => "client".to_owned(),
@@ -452,17 +479,7 @@ impl Session {
                 }
                 Ok(())
             }
-            ClientFrame::Typing { channel, .. } => {
-                // Typing is an ephemeral signal over Redis, not served by
-                // this gateway yet; whoever may type on a room's channel is
-                // whoever `may_read` lets subscribe to it.
-                self.send(&ServerFrame::error(
-                    Code::UnknownChannel.as_str(),
-                    format!("no typing on {channel}"),
-                    None,
-                ))
-                .await
-            }
+            ClientFrame::Typing { channel, is_typing } => self.typing(&channel, is_typing).await,
             ClientFrame::Auth { token } => match check(&self.gateway, &token).await {
                 Ok((user_id, expires_at, token_version)) if user_id == self.user_id => {
                     self.expires_at = expires_at;
@@ -485,6 +502,85 @@ impl Session {
                 }
             },
         }
+    }
+
+    /// Counts this session as open, and announces the user online when it
+    /// made them so.
+    async fn join_presence(&self) {
+        if let Some(presence) = &self.gateway.presence {
+            if presence.join(self.user_id, self.id).await {
+                presence
+                    .publish(&Wire::Presence {
+                        user_id: self.user_id,
+                        online: true,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Relays that the user types (or stopped) in a room they are in, to
+    /// the other subscribers of its channel on every gateway; never logged.
+    /// Only a participant may: another room's channel is `forbidden` when
+    /// the user may read it (a public room), else `unknown_channel`.
+    async fn typing(&mut self, channel: &str, is_typing: bool) -> Result<(), End> {
+        let unknown = || {
+            ServerFrame::error(
+                Code::UnknownChannel.as_str(),
+                format!("no room {channel} to type in"),
+                None,
+            )
+        };
+        let Ok(Channel::Room(room)) = channel.parse::<Channel>() else {
+            return self.send(&unknown()).await;
+        };
+        let Some(presence) = self.gateway.presence.clone() else {
+            return self.send(&unknown()).await;
+        };
+        let unavailable = |error: sqlx::Error| {
+            tracing::warn!(%error, "cannot tell whether a user is in a room");
+            ServerFrame::error(
+                Code::Unavailable.as_str(),
+                format!("{channel} cannot be checked now; try again"),
+                None,
+            )
+        };
+        match rooms::is_participant(&self.gateway.db, self.user_id, room).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let frame = match rooms::visible(&self.gateway.db, self.user_id, room).await {
+                    Ok(Some(_)) => ServerFrame::error(
+                        Code::Forbidden.as_str(),
+                        format!("only the participants of {channel} type in it"),
+                        None,
+                    ),
+                    Ok(None) => unknown(),
+                    Err(error) => unavailable(error),
+                };
+                return self.send(&frame).await;
+            }
+            Err(error) => return self.send(&unavailable(error)).await,
+        }
+        let now = Instant::now();
+        if self.typed.len() >= TYPING_ROOMS {
+            self.typed.retain(|_, (at, _)| at.elapsed() < TYPING_EVERY);
+        }
+        let allowed = match self.typed.get(&room) {
+            Some(&(at, was)) => now - at >= TYPING_EVERY || (was && !is_typing),
+            None => self.typed.len() < TYPING_ROOMS,
+        };
+        if !allowed {
+            return Ok(());
+        }
+        self.typed.insert(room, (now, is_typing));
+        presence
+            .publish(&Wire::Typing {
+                room_id: room,
+                user_id: self.user_id,
+                is_typing,
+            })
+            .await;
+        Ok(())
     }
 
     /// Which channels this user may read, by the channel's read policy
@@ -591,6 +687,7 @@ impl Session {
             session: self.id,
             channel: channel.clone(),
             queue: self.queue.clone(),
+            signals: self.signals.clone(),
             too_slow: self.too_slow.clone(),
         });
         let head = match outbox::head(&self.gateway.db, &channel).await {
@@ -638,7 +735,44 @@ impl Session {
             recovered,
         })
         .await?;
-        self.catch_up(&channel, head.seq, reference).await
+        self.catch_up(&channel, head.seq, reference).await?;
+        self.present(&channel).await
+    }
+
+    /// On a room's channel: who of its participants is online now, one
+    /// `presence` frame each (not the user). Read after the hub has the
+    /// subscription, so a change after this read comes as a signal and
+    /// none falls between; one during it may come twice. What cannot be
+    /// read is skipped: the next change says it.
+    async fn present(&mut self, channel: &str) -> Result<(), End> {
+        let (Ok(Channel::Room(room)), Some(presence)) =
+            (channel.parse::<Channel>(), self.gateway.presence.clone())
+        else {
+            return Ok(());
+        };
+        if !self.sent.contains_key(channel) {
+            return Ok(());
+        }
+        let others: Vec<Uuid> = match rooms::participants(&self.gateway.db, room).await {
+            Ok(participants) => participants
+                .iter()
+                .map(|p| p.user_id)
+                .filter(|&id| id != self.user_id)
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "reading a room's participants");
+                return Ok(());
+            }
+        };
+        for user_id in presence.online_among(&others).await.unwrap_or_default() {
+            self.send(&ServerFrame::Presence {
+                channel: channel.to_owned(),
+                user_id,
+                status: "online".to_owned(),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Sends the channel's updates from the outbox, after what the client has,

@@ -14,6 +14,7 @@ mod mail;
 mod media;
 mod operations;
 mod overload;
+mod presence;
 mod profile;
 mod race;
 mod realtime;
