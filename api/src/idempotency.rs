@@ -704,17 +704,31 @@ pub async fn middleware(
     };
     req.extensions_mut().insert(key.clone());
 
-    // The handler runs while the lease is renewed beside it.
-    let mut call = std::pin::pin!(next.call(req));
+    let claim = (key.clone(), attempt.id);
+    let response = renewing(&store, next.call(req), || Some(claim.clone())).await;
+    finish(&store, attempt, response).await
+}
+
+/// Runs `call` (the handler) while the claim `claimed` names, once there is
+/// one, has its lease renewed beside it.
+async fn renewing<F: std::future::Future>(
+    store: &Idempotency,
+    call: F,
+    claimed: impl Fn() -> Option<(IdempotencyKey, Uuid)>,
+) -> F::Output {
+    let mut call = std::pin::pin!(call);
     let mut renew =
         tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
-    let response = loop {
+    loop {
         tokio::select! {
-            response = &mut call => break response,
-            _ = renew.tick() => store.renew(&key, attempt.id).await,
+            output = &mut call => return output,
+            _ = renew.tick() => {
+                if let Some((key, attempt)) = claimed() {
+                    store.renew(&key, attempt).await;
+                }
+            }
         }
-    };
-    finish(&store, attempt, response).await
+    }
 }
 
 /// An upload with a key: the handler binds it ([`DeferredKey`]); once it
@@ -738,19 +752,7 @@ async fn upload_with_key(
         claimed: std::sync::Mutex::new(None),
     }));
     req.extensions_mut().insert(deferred.clone());
-    let mut call = std::pin::pin!(next.call(req));
-    let mut renew =
-        tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
-    let response = loop {
-        tokio::select! {
-            response = &mut call => break response,
-            _ = renew.tick() => {
-                if let Some((key, attempt)) = deferred.claimed() {
-                    store.renew(&key, attempt).await;
-                }
-            }
-        }
-    };
+    let response = renewing(&store, next.call(req), || deferred.claimed()).await;
     match deferred.claimed() {
         Some((key, id)) => {
             let attempt = Attempt {

@@ -63,6 +63,20 @@ pub struct PostMedia {
     pub thumbnail_url: Option<String>,
 }
 
+impl From<&crate::media::MediaRow> for PostMedia {
+    fn from(row: &crate::media::MediaRow) -> Self {
+        let view = crate::media::MediaView::from(row);
+        PostMedia {
+            id: view.id,
+            url: view.url,
+            content_type: view.content_type,
+            width: view.width,
+            height: view.height,
+            thumbnail_url: view.thumbnail_url,
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct PostRow {
     id: Uuid,
@@ -402,17 +416,7 @@ async fn attached_media(
     Ok(ids
         .iter()
         .filter_map(|id| rows.iter().find(|row| row.id == *id))
-        .map(|row| {
-            let view = crate::media::MediaView::from(row);
-            PostMedia {
-                id: view.id,
-                url: view.url,
-                content_type: view.content_type,
-                width: view.width,
-                height: view.height,
-                thumbnail_url: view.thumbnail_url,
-            }
-        })
+        .map(PostMedia::from)
         .collect())
 }
 
