@@ -32,6 +32,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tidings_commands::AnyCommand;
 use tidings_domain::media;
+pub(crate) use tidings_domain::media::Holder;
 use tidings_projections::media::{self as read, MediaView};
 use tidings_schemas::{AggregateRef, AggregateType, Position};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -818,6 +819,83 @@ pub(crate) async fn thumbnail(
     // marked, is as strong a validator.
     let etag = format!("\"{}-thumbnail\"", row.sha256);
     serve(&req, service.store.as_ref(), key, content_type, etag).await
+}
+
+/// The most media items a post or a message shows.
+pub(crate) const MAX_ITEMS: usize = 4;
+
+/// A post's or a message's `media_ids`: at most [`MAX_ITEMS`], each once.
+pub(crate) fn ids(ids: &[Uuid]) -> Result<Vec<Uuid>, String> {
+    let unique: std::collections::HashSet<&Uuid> = ids.iter().collect();
+    match ids.len() {
+        n if n > MAX_ITEMS => Err(format!("at most {MAX_ITEMS} media items")),
+        n if unique.len() < n => Err("each media item at most once".to_owned()),
+        _ => Ok(ids.to_vec()),
+    }
+}
+
+/// Has each media item's decider attach it to the post or message, after a look at
+/// the read model that turns away, with nothing appended, what is unknown,
+/// deleted or someone else's. The deciders have the last word (the sweeper
+/// may have deleted an item since): an item one of them refuses is a field
+/// error too; the items attached before it stay attached and are not swept,
+/// and the post or message is not written. Command ids follow from the
+/// write's, so a retried write attaches nothing twice.
+pub(crate) async fn attach(
+    state: &ApiState,
+    me: &Authenticated,
+    ctx: &RequestContext,
+    command_id: Uuid,
+    holder: Holder,
+    items: &[Uuid],
+) -> Result<(), ApiError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let found = tidings_projections::media::by_ids(&state.db, items).await?;
+    let refused = |index: usize, message: &str| {
+        FieldError::new(&format!("media_ids[{index}]"), message.to_owned())
+    };
+    let mut errors = Vec::new();
+    for (index, id) in items.iter().enumerate() {
+        match found.iter().find(|row| row.id == *id) {
+            None => errors.push(refused(index, "no such media item")),
+            Some(row) if row.owner_id != me.user_id => {
+                errors.push(refused(index, "a media item of someone else"))
+            }
+            Some(row) if row.deleted_at.is_some() => {
+                errors.push(refused(index, "this media item was deleted"))
+            }
+            Some(_) => {}
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let outcomes = futures_util::future::join_all(items.iter().map(|media_id| {
+        let command = ctx.envelope(
+            Uuid::new_v5(&command_id, media_id.as_bytes()),
+            Some(me.user_id),
+            AggregateRef::new(AggregateType::Media, media_id.to_string()),
+            AnyCommand::Media(media::Command::Attach {
+                holder,
+                by: me.user_id,
+                at: ctx.issued_at,
+            }),
+        );
+        async move { state.bus.send(&command).await }
+    }))
+    .await;
+    let mut errors = Vec::new();
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        if let tidings_commands::Outcome::Rejected { message, .. } = outcome? {
+            errors.push(refused(index, &message));
+        }
+    }
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(ApiError::validation(errors)),
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::accounts::Accepted;
 use crate::auth::Authenticated;
 use crate::context::RequestContext;
 use crate::error::{accepted, ApiError, FieldError, Problem};
+use crate::media;
 use crate::page::{Page, PageQuery, Paged};
 use crate::validate::{self, Fields};
 use crate::ApiState;
@@ -76,9 +77,10 @@ pub(crate) fn written<T: Serialize>(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePostBody {
-    /// 1 to 5,000 characters once surrounding white space is trimmed, no
-    /// control characters but line breaks and tabs (the pattern says so
-    /// for JSON Schema).
+    /// 1 to 5,000 characters once surrounding white space is trimmed, not
+    /// only invisible ones (zero-width spaces, joiners), no control
+    /// characters but line breaks and tabs (the pattern says so for JSON
+    /// Schema, but for the invisible ones).
     #[schema(
         pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]([^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]{0,4998}[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
@@ -100,9 +102,6 @@ struct NewPost {
     media: Vec<Uuid>,
 }
 
-/// The most media items a post shows.
-const MAX_MEDIA: usize = 4;
-
 impl TryFrom<CreatePostBody> for NewPost {
     type Error = ApiError;
 
@@ -117,85 +116,13 @@ impl TryFrom<CreatePostBody> for NewPost {
                 Some(_) => Err("public or followers".to_owned()),
             },
         );
-        let unique: std::collections::HashSet<&Uuid> = body.media_ids.iter().collect();
-        let media = fields.check(
-            "media_ids",
-            match body.media_ids.len() {
-                n if n > MAX_MEDIA => Err(format!("at most {MAX_MEDIA} media items")),
-                n if unique.len() < n => Err("each media item at most once".to_owned()),
-                _ => Ok(body.media_ids.clone()),
-            },
-        );
+        let media = fields.check("media_ids", media::ids(&body.media_ids));
         fields.finish()?;
         Ok(NewPost {
             text: text.expect("checked"),
             visibility: visibility.expect("checked"),
             media: media.expect("checked"),
         })
-    }
-}
-
-/// Has each media item's decider attach it to the post, after a look at
-/// the read model that turns away, with nothing appended, what is unknown,
-/// deleted or someone else's. The deciders have the last word (the sweeper
-/// may have deleted an item since): an item one of them refuses is a field
-/// error too; the items attached before it stay attached and are not swept,
-/// and the post is not written. Command ids follow from the post's, so a
-/// retried post attaches nothing twice.
-async fn attach_media(
-    state: &ApiState,
-    me: &Authenticated,
-    ctx: &RequestContext,
-    command_id: Uuid,
-    post_id: Uuid,
-    media: &[Uuid],
-) -> Result<(), ApiError> {
-    if media.is_empty() {
-        return Ok(());
-    }
-    let found = tidings_projections::media::by_ids(&state.db, media).await?;
-    let refused = |index: usize, message: &str| {
-        FieldError::new(&format!("media_ids[{index}]"), message.to_owned())
-    };
-    let mut errors = Vec::new();
-    for (index, id) in media.iter().enumerate() {
-        match found.iter().find(|row| row.id == *id) {
-            None => errors.push(refused(index, "no such media item")),
-            Some(row) if row.owner_id != me.user_id => {
-                errors.push(refused(index, "a media item of someone else"))
-            }
-            Some(row) if row.deleted_at.is_some() => {
-                errors.push(refused(index, "this media item was deleted"))
-            }
-            Some(_) => {}
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    let outcomes = futures_util::future::join_all(media.iter().map(|media_id| {
-        let command = ctx.envelope(
-            Uuid::new_v5(&command_id, media_id.as_bytes()),
-            Some(me.user_id),
-            AggregateRef::new(AggregateType::Media, media_id.to_string()),
-            AnyCommand::Media(tidings_domain::media::Command::Attach {
-                post_id,
-                by: me.user_id,
-                at: ctx.issued_at,
-            }),
-        );
-        async move { state.bus.send(&command).await }
-    }))
-    .await;
-    let mut errors = Vec::new();
-    for (index, outcome) in outcomes.into_iter().enumerate() {
-        if let tidings_commands::Outcome::Rejected { message, .. } = outcome? {
-            errors.push(refused(index, &message));
-        }
-    }
-    match errors.is_empty() {
-        true => Ok(()),
-        false => Err(ApiError::validation(errors)),
     }
 }
 
@@ -226,7 +153,8 @@ pub(crate) async fn create_post(
     let input = NewPost::try_from(body.into_inner())?;
     let command_id = ctx.command_id(Some(me.user_id));
     let id = post_id(command_id);
-    attach_media(&state, &me, &ctx, command_id, id, &input.media).await?;
+    let holder = media::Holder::Post(id);
+    media::attach(&state, &me, &ctx, command_id, holder, &input.media).await?;
     let command = ctx.envelope(
         command_id,
         Some(me.user_id),
@@ -473,9 +401,10 @@ pub(crate) async fn unreact(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommentBody {
-    /// 1 to 5,000 characters once surrounding white space is trimmed, no
-    /// control characters but line breaks and tabs (the pattern says so
-    /// for JSON Schema).
+    /// 1 to 5,000 characters once surrounding white space is trimmed, not
+    /// only invisible ones (zero-width spaces, joiners), no control
+    /// characters but line breaks and tabs (the pattern says so for JSON
+    /// Schema, but for the invisible ones).
     #[schema(
         pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]([^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]{0,4998}[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]

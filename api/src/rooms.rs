@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tidings_commands::AnyCommand;
 use tidings_domain::room::{self, Changes, Role, MAX_PARTICIPANTS};
+use tidings_domain::Rejection;
 use tidings_projections::rooms::{self as read, Listing, MessageView, ParticipantView, RoomView};
 use tidings_schemas::{AggregateRef, AggregateType, Position};
 use uuid::Uuid;
@@ -21,6 +22,7 @@ use crate::accounts::Accepted;
 use crate::auth::Authenticated;
 use crate::context::RequestContext;
 use crate::error::{accepted, ApiError, Code, FieldError, Problem};
+use crate::media;
 use crate::page::{Page, PageQuery, Paged, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::posts::written;
 use crate::validate::{self, Fields};
@@ -162,13 +164,6 @@ fn max_participants(value: i64) -> Result<u32, String> {
         .ok()
         .filter(|v| (1..=MAX_PARTICIPANTS).contains(v))
         .ok_or_else(|| format!("1 to {MAX_PARTICIPANTS}"))
-}
-
-/// Media are not stored yet: only no media, or an empty list, is accepted.
-fn no_media(fields: &mut Fields, media_ids: &[Uuid]) {
-    if !media_ids.is_empty() {
-        fields.check::<()>("media_ids", Err("media are not available yet".into()));
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -695,16 +690,18 @@ pub(crate) async fn set_role(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageBody {
-    /// 1 to 5,000 characters once surrounding white space is trimmed, no
-    /// control characters but line breaks and tabs (the pattern says so
-    /// for JSON Schema).
+    /// 1 to 5,000 characters once surrounding white space is trimmed, not
+    /// only invisible ones (zero-width spaces, joiners), no control
+    /// characters but line breaks and tabs (the pattern says so for JSON
+    /// Schema, but for the invisible ones).
     #[schema(
         pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f]([^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]{0,4998}[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub text: String,
-    /// Media are not stored yet: only an empty list is accepted.
+    /// Up to 4 media items of the caller (`POST /api/media`), each once, in
+    /// the order they are shown.
     #[serde(default)]
-    #[schema(max_items = 0)]
+    #[schema(max_items = 4)]
     pub media_ids: Vec<Uuid>,
 }
 
@@ -726,17 +723,47 @@ fn new_message(
 ) -> Result<(Uuid, room::PostMessage), ApiError> {
     let mut fields = Fields::default();
     let text = fields.check("text", validate::text(&body.text));
-    no_media(&mut fields, &body.media_ids);
+    let media_ids = fields.check("media_ids", media::ids(&body.media_ids));
     fields.finish()?;
     let command_id = ctx.command_id(Some(me.user_id));
     let message = room::PostMessage {
         message_id: Uuid::new_v5(&command_id, b"message"),
         author: me.user_id,
         text: text.expect("checked"),
-        media_ids: body.media_ids,
+        media_ids: media_ids.expect("checked"),
         at: ctx.issued_at,
     };
     Ok((command_id, message))
+}
+
+/// Has the message's media items attached to it before it is sent. Nothing
+/// is attached for a writer the read model does not count in the room: the
+/// answer is the decider's refusal, so no item is held by a message that
+/// never was.
+async fn attach_media(
+    state: &ApiState,
+    me: &Authenticated,
+    ctx: &RequestContext,
+    command_id: Uuid,
+    room_id: Uuid,
+    message: &room::PostMessage,
+) -> Result<(), ApiError> {
+    if message.media_ids.is_empty() {
+        return Ok(());
+    }
+    if !read::is_participant(&state.db, me.user_id, room_id).await? {
+        let refusal = match read::visible(&state.db, me.user_id, room_id).await? {
+            Some(_) => room::Error::NotParticipant,
+            None => room::Error::NotFound,
+        };
+        return Err(ApiError::rejected(
+            refusal.code(),
+            refusal.kind(),
+            &refusal.to_string(),
+        ));
+    }
+    let holder = media::Holder::Message(message.message_id);
+    media::attach(state, me, ctx, command_id, holder, &message.media_ids).await
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -786,10 +813,11 @@ pub(crate) async fn post_message(
     body: web::Json<MessageBody>,
 ) -> Result<HttpResponse, ApiError> {
     let (command_id, message) = new_message(&ctx, &me, body.into_inner())?;
+    let id = id.into_inner();
+    attach_media(&state, &me, &ctx, command_id, id, &message).await?;
     let message_id = message.message_id;
     let command = room::Command::PostMessage(message);
-    let (position, projected) =
-        send(&state, &me, &ctx, command_id, id.into_inner(), command).await?;
+    let (position, projected) = send(&state, &me, &ctx, command_id, id, command).await?;
     message_answer(&state, StatusCode::CREATED, position, projected, message_id).await
 }
 
@@ -1020,6 +1048,12 @@ pub(crate) async fn send_direct(
     // Writing to oneself is the decider's to refuse (422).
     if to != me.user_id {
         existing(&state, to).await?;
+    }
+    // The conversation is opened by its first message: a writer is always
+    // in it, so its media are attached up front.
+    if to != me.user_id {
+        let holder = media::Holder::Message(message.message_id);
+        media::attach(&state, &me, &ctx, command_id, holder, &message.media_ids).await?;
     }
     let message_id = message.message_id;
     let command = room::Command::SendDirect { to, message };

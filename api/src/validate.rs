@@ -91,12 +91,28 @@ pub fn display_name(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-/// A post's or a comment's text: not blank, at most [`MAX_TEXT`]
-/// characters, no control characters but line breaks and tabs; trimmed.
+/// Characters that show nothing by themselves: zero-width spaces and
+/// joiners, direction marks, variation selectors, fillers, the soft hyphen.
+/// Kept inside a text (an emoji needs its joiners), but a text of nothing
+/// else is blank.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{2800}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}'
+        | '\u{feff}' | '\u{ffa0}' | '\u{e0000}'..='\u{e007f}')
+}
+
+/// A post's, a comment's or a message's text: not blank (white space and
+/// [`invisible`] characters alone are), at most [`MAX_TEXT`] characters, no
+/// control characters but line breaks and tabs; trimmed.
 pub fn text(value: &str) -> Result<String, String> {
     let value = value.trim();
-    if value.is_empty() || value.chars().count() > MAX_TEXT {
-        return Err(format!("1 to {MAX_TEXT} characters, not only white space"));
+    if value.chars().all(|c| c.is_whitespace() || invisible(c)) || value.chars().count() > MAX_TEXT
+    {
+        return Err(format!(
+            "1 to {MAX_TEXT} characters, not only white space or invisible ones"
+        ));
     }
     if value
         .chars()
@@ -137,6 +153,26 @@ pub fn url(value: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_of_invisible_characters_is_blank_but_an_emoji_keeps_its_own() {
+        for blank in [
+            "",
+            " \n\t",
+            "\u{200b}",
+            " \u{200b}\u{feff}\u{2060} ",
+            "\u{fe0f}\u{200d}",
+        ] {
+            assert!(text(blank).is_err(), "{blank:?}");
+        }
+        assert_eq!(text(" \u{2764}\u{fe0f} ").unwrap(), "\u{2764}\u{fe0f}");
+        assert_eq!(
+            text("\u{1f469}\u{200d}\u{1f4bb}").unwrap(),
+            "\u{1f469}\u{200d}\u{1f4bb}"
+        );
+        assert!(text(&"x".repeat(MAX_TEXT)).is_ok());
+        assert!(text(&"x".repeat(MAX_TEXT + 1)).is_err());
+    }
 
     #[test]
     fn emails() {

@@ -394,6 +394,7 @@ async fn run_scenario(ctx: &Ctx, id: &str) -> anyhow::Result<Scenario> {
         "sockets" => sockets::run(ctx).await,
         "fanout" => fanout::run(ctx).await,
         "social" => social::run(ctx).await,
+        "rooms" => rooms::run(ctx).await,
         other => anyhow::bail!("no scenario {other}"),
     }
 }

@@ -12,11 +12,12 @@ use crate::tidings::Engine;
 /// The scenarios, in the order they run. Write → frame goes last: its
 /// open-loop rate may be past what Tidings can take, and what an overload
 /// leaves behind must not be what the others measure.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "unloaded",
     "throughput",
     "idle",
     "social",
+    "rooms",
     "registrations",
     "sockets",
     "fanout",
@@ -74,7 +75,7 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Only these scenarios (comma-separated): unloaded, throughput, idle,
-    /// social, registrations, sockets, fanout, write-to-frame.
+    /// social, rooms, registrations, sockets, fanout, write-to-frame.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Idle WebSockets per server in the memory scenario.
@@ -128,6 +129,8 @@ pub struct Plan {
     pub connect_concurrency: usize,
     pub fanout_sockets: usize,
     pub fanout_rate: u32,
+    /// Open-loop message rates to one room, rising until one is not held.
+    pub room_rates: Vec<u32>,
     /// How long deliveries still in flight are waited for after a load.
     pub drain: Duration,
     /// How long the bench waits at most, before each scenario, for Tidings
@@ -160,6 +163,7 @@ impl Plan {
                 connect_concurrency: 64,
                 fanout_sockets: 100,
                 fanout_rate: 10,
+                room_rates: vec![20],
                 drain: Duration::from_secs(5),
                 settle: Duration::from_secs(15),
             }
@@ -187,6 +191,7 @@ impl Plan {
                 connect_concurrency: 128,
                 fanout_sockets: 1_000,
                 fanout_rate: 10,
+                room_rates: vec![50, 100, 200, 400, 800],
                 drain: Duration::from_secs(10),
                 settle: Duration::from_secs(180),
             }
@@ -238,6 +243,7 @@ impl Plan {
                 "{} concurrent registrations; {} idle sockets per server × {} rounds; fan-out to {} sockets at {} writes/s",
                 self.burst, self.sockets, self.rounds, self.fanout_sockets, self.fanout_rate
             ),
+            format!("messages to one room at {:?}/s, rising while reply p99 ≤ 50 ms", self.room_rates),
         ]
     }
 }

@@ -1,13 +1,13 @@
 //! A media item: an uploaded image or video, its owner, and whether a post
-//! uses it.
+//! or a message uses it.
 //!
 //! The bytes live in an object store; the log only records that they were
-//! stored (`media.uploaded`, written after the object is), that a post took
-//! the item (`media.attached`), and that the sweeper removed an item no post
-//! ever took (`media.deleted`). Attaching and deleting are decided by the
-//! item itself, so a post that takes an item and a sweeper that removes it
-//! cannot both win: whichever the item's decider sees first, the other is
-//! refused.
+//! stored (`media.uploaded`, written after the object is), that a post or a
+//! message took the item (`media.attached`), and that the sweeper removed
+//! an item nothing ever took (`media.deleted`). Attaching and deleting are
+//! decided by the item itself, so a post that takes an item and a sweeper
+//! that removes it cannot both win: whichever the item's decider sees
+//! first, the other is refused.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -35,20 +35,38 @@ pub struct Stored {
     pub thumbnail_content_type: Option<String>,
 }
 
+/// What takes a media item: written as `post_id` or `message_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holder {
+    #[serde(rename = "post_id")]
+    Post(Uuid),
+    #[serde(rename = "message_id")]
+    Message(Uuid),
+}
+
+impl Holder {
+    pub fn id(self) -> Uuid {
+        match self {
+            Holder::Post(id) | Holder::Message(id) => id,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum Command {
     /// Records an item whose objects are stored.
     #[serde(rename = "media.upload")]
     Upload { stored: Stored, at: DateTime<Utc> },
-    /// A post of `by` takes the item; only its owner's posts may.
+    /// A post or message of `by` takes the item; only its owner's may.
     #[serde(rename = "media.attach")]
     Attach {
-        post_id: Uuid,
+        #[serde(flatten)]
+        holder: Holder,
         by: Uuid,
         at: DateTime<Utc>,
     },
-    /// Removes an item that no post took (the sweeper's).
+    /// Removes an item that nothing took (the sweeper's).
     #[serde(rename = "media.delete")]
     Delete { at: DateTime<Utc> },
 }
@@ -74,7 +92,8 @@ pub struct Uploaded {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attached {
     pub media_id: Uuid,
-    pub post_id: Uuid,
+    #[serde(flatten)]
+    pub holder: Holder,
     pub attached_at: DateTime<Utc>,
 }
 
@@ -102,7 +121,8 @@ pub struct Media {
     pub owner: Uuid,
     pub object_key: String,
     pub thumbnail_key: Option<String>,
-    /// The posts that took it, in order; an item in use is never deleted.
+    /// The posts and messages that took it, in order; an item in use is
+    /// never deleted.
     pub posts: Vec<Uuid>,
 }
 
@@ -163,11 +183,11 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
     match command {
         Command::Upload { .. } => unreachable!("decided above"),
         Command::Attach { by, .. } if *by != media.owner => Err(Error::NotOwner),
-        // A retried post takes the item once.
-        Command::Attach { post_id, .. } if media.posts.contains(post_id) => Ok(vec![]),
-        Command::Attach { post_id, at, .. } => Ok(vec![Event::Attached(Attached {
+        // A retried post or message takes the item once.
+        Command::Attach { holder, .. } if media.posts.contains(&holder.id()) => Ok(vec![]),
+        Command::Attach { holder, at, .. } => Ok(vec![Event::Attached(Attached {
             media_id: media.media_id,
-            post_id: *post_id,
+            holder: *holder,
             attached_at: *at,
         })]),
         Command::Delete { .. } if !media.posts.is_empty() => Err(Error::InUse),
@@ -191,7 +211,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             posts: Vec::new(),
         }),
         (State::Live(mut media), Event::Attached(a)) => {
-            media.posts.push(a.post_id);
+            media.posts.push(a.holder.id());
             State::Live(media)
         }
         (State::Live(_), Event::Deleted(_)) => State::Deleted,
@@ -284,7 +304,7 @@ mod tests {
 
     fn attach(by: Uuid, post_id: Uuid) -> Command {
         Command::Attach {
-            post_id,
+            holder: Holder::Post(post_id),
             by,
             at: at(),
         }
@@ -293,7 +313,7 @@ mod tests {
     fn attached(post_id: Uuid) -> Event {
         Event::Attached(Attached {
             media_id: media_id(),
-            post_id,
+            holder: Holder::Post(post_id),
             attached_at: at(),
         })
     }
@@ -373,5 +393,49 @@ mod tests {
         assert_eq!(json["data"]["sha256"], "ab".repeat(32));
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, uploaded());
+    }
+
+    #[test]
+    fn a_message_takes_an_item_as_a_post_does_and_keeps_it_from_the_sweeper() {
+        let message = Uuid::from_u128(200);
+        let took = Event::Attached(Attached {
+            media_id: media_id(),
+            holder: Holder::Message(message),
+            attached_at: at(),
+        });
+        let by_message = |by| Command::Attach {
+            holder: Holder::Message(message),
+            by,
+            at: at(),
+        };
+        given([uploaded()])
+            .when(by_message(bob()), decide)
+            .then_err(Error::NotOwner);
+        given([uploaded()])
+            .when(by_message(alice()), decide)
+            .then([took.clone()]);
+        given([uploaded(), took.clone()])
+            .when(by_message(alice()), decide)
+            .then([]);
+        given([uploaded(), took])
+            .when(delete(), decide)
+            .then_err(Error::InUse);
+    }
+
+    #[test]
+    fn attached_names_its_holder_as_a_flat_field() {
+        let json = serde_json::to_value(attached(post(1))).unwrap();
+        assert_eq!(json["data"]["post_id"], post(1).to_string());
+        assert!(json["data"].get("message_id").is_none());
+        let message = Event::Attached(Attached {
+            media_id: media_id(),
+            holder: Holder::Message(post(2)),
+            attached_at: at(),
+        });
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(json["data"]["message_id"], post(2).to_string());
+        assert!(json["data"].get("post_id").is_none());
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, message);
     }
 }

@@ -222,6 +222,8 @@ pub struct DigestLine {
     pub kind: String,
     pub actor_username: Option<String>,
     pub reaction: Option<String>,
+    /// For `message`: the room's name, unless it is a direct conversation.
+    pub room_name: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -284,9 +286,10 @@ pub async fn take_digest(
                           AND {SHOWN}
                         ORDER BY n.created_at DESC
                         LIMIT $3)
-           RETURNING id, kind, actor_id, reaction, created_at)
-         SELECT m.kind, a.username AS actor_username, m.reaction, m.created_at
+           RETURNING id, kind, actor_id, reaction, room_id, created_at)
+         SELECT m.kind, a.username AS actor_username, m.reaction, r.name AS room_name, m.created_at
          FROM marked m LEFT JOIN accounts a ON a.id = m.actor_id
+         LEFT JOIN rooms r ON r.id = m.room_id AND r.kind = 'group'
          ORDER BY m.created_at DESC, m.id DESC"
     ))
     .bind(user_id)
@@ -333,6 +336,10 @@ impl Digest {
                 ("comment", _) => "commented on your post".to_owned(),
                 ("follow", _) => "followed you".to_owned(),
                 ("mention", _) => "mentioned you".to_owned(),
+                ("message", _) => match &line.room_name {
+                    Some(room) => format!("wrote in \"{room}\""),
+                    None => "sent you a direct message".to_owned(),
+                },
                 (other, _) => other.to_owned(),
             };
             body.push_str(&format!(
@@ -379,6 +386,7 @@ mod tests {
         let at = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 1, 2, 3, 4, 5).unwrap();
         let line = |kind: &str| DigestLine {
             kind: kind.into(),
+            room_name: None,
             actor_username: Some("alice".into()),
             reaction: None,
             created_at: at,

@@ -1,6 +1,7 @@
 //! Notifications: what a user is told about (a like, a comment, a follow, a
-//! mention), derived by the projector from others' events and pushed on the
-//! user's channel; and the inbox events by which the owner marks them read.
+//! mention, messages in a room), derived by the projector from others'
+//! events and pushed on the user's channel; and the inbox events by which
+//! the owner marks them read.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ pub enum Kind {
     Comment,
     Follow,
     Mention,
+    Message,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Comment => "comment",
             Kind::Follow => "follow",
             Kind::Mention => "mention",
+            Kind::Message => "message",
         }
     }
 }
@@ -39,7 +42,7 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Notification {
     pub id: Uuid,
-    /// `like`, `reaction`, `comment`, `follow` or `mention`.
+    /// `like`, `reaction`, `comment`, `follow`, `mention` or `message`.
     pub kind: String,
     /// Who did it.
     pub actor_id: Uuid,
@@ -48,9 +51,20 @@ pub struct Notification {
     pub comment_id: Option<Uuid>,
     /// For `reaction`: which one.
     pub reaction: Option<String>,
+    /// For `message`: the room, and its first message the user has not
+    /// read (one notification stands for every message after it, until
+    /// the user reads the room).
+    pub room_id: Option<Uuid>,
+    pub message_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub read: bool,
 }
+
+/// The columns of a [`Notification`] from `notifications n`, with the
+/// actor's account `a`.
+const COLUMNS: &str =
+    "n.id, n.kind, n.actor_id, a.username AS actor_username, n.post_id, n.comment_id,
+    n.reaction, n.room_id, n.message_id, n.created_at";
 
 /// One thing to tell `user_id` about, caused by `envelope`.
 pub struct Notify<'a> {
@@ -78,16 +92,15 @@ impl Notify<'_> {
             &self.envelope.event_id,
             format!("notification:{}:{}", self.kind.as_str(), self.user_id).as_bytes(),
         );
-        let written: Option<Notification> = sqlx::query_as(
+        let written: Option<Notification> = sqlx::query_as(&format!(
             "WITH n AS (
                INSERT INTO notifications (id, user_id, kind, actor_id, post_id, comment_id, reaction, created_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                ON CONFLICT (id) DO NOTHING
                RETURNING *)
-             SELECT n.id, n.kind, n.actor_id, a.username AS actor_username, n.post_id, n.comment_id,
-                    n.reaction, n.created_at, false AS read
+             SELECT {COLUMNS}, false AS read
              FROM n LEFT JOIN accounts a ON a.id = n.actor_id",
-        )
+        ))
         .bind(id)
         .bind(self.user_id)
         .bind(self.kind.as_str())
@@ -106,6 +119,121 @@ impl Notify<'_> {
             )
         }))
     }
+}
+
+/// Rooms with more participants than this notify no one of their
+/// messages: in a crowd, the room's unread count is the signal.
+pub const MESSAGE_ROOM_MAX: i32 = 100;
+
+/// A message in a room: each other participant who has not read it and has
+/// no unread `message` notification of the room gets one (the push
+/// returned for each). Its id derives from the event and the
+/// participant, so projecting the event again adds nothing.
+pub async fn message_posted(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &EventEnvelope,
+    room_id: Uuid,
+    message_id: Uuid,
+    author: Uuid,
+    ordinal: i64,
+) -> Result<Vec<ChannelUpdate>, sqlx::Error> {
+    let readers: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT m.user_id FROM room_members m JOIN rooms r ON r.id = m.room_id
+         WHERE m.room_id = $1 AND m.user_id <> $2 AND m.last_read < $3 AND r.participant_count <= $4
+           AND NOT EXISTS (SELECT 1 FROM notifications n
+                           WHERE n.user_id = m.user_id AND n.room_id = m.room_id
+                             AND n.kind = 'message' AND n.read_at IS NULL)",
+    )
+    .bind(room_id)
+    .bind(author)
+    .bind(ordinal)
+    .bind(MESSAGE_ROOM_MAX)
+    .fetch_all(&mut **tx)
+    .await?;
+    if readers.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids: Vec<Uuid> = readers
+        .iter()
+        .map(|user| {
+            Uuid::new_v5(
+                &envelope.event_id,
+                format!("notification:message:{user}").as_bytes(),
+            )
+        })
+        .collect();
+    let written: Vec<(Uuid, Notification)> = sqlx::query_as::<_, NotificationOf>(&format!(
+        "WITH n AS (
+           INSERT INTO notifications (id, user_id, kind, actor_id, room_id, message_id, created_at)
+           SELECT id, user_id, 'message', $3, $4, $5, $6 FROM unnest($1::uuid[], $2::uuid[]) AS u(id, user_id)
+           ON CONFLICT DO NOTHING
+           RETURNING *)
+         SELECT n.user_id AS owner, {COLUMNS}, false AS read
+         FROM n LEFT JOIN accounts a ON a.id = n.actor_id"
+    ))
+    .bind(&ids)
+    .bind(&readers)
+    .bind(author)
+    .bind(room_id)
+    .bind(message_id)
+    .bind(envelope.occurred_at)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|row| (row.owner, row.notification))
+    .collect();
+    Ok(written
+        .into_iter()
+        .map(|(owner, n)| {
+            ChannelUpdate::new(
+                Channel::User(owner),
+                "notification.created",
+                serde_json::to_value(n).expect("notifications serialize"),
+            )
+        })
+        .collect())
+}
+
+/// A notification with the user it is for.
+#[derive(sqlx::FromRow)]
+struct NotificationOf {
+    owner: Uuid,
+    #[sqlx(flatten)]
+    notification: Notification,
+}
+
+/// `user` read `room_id` up to the message at `ordinal`: their `message`
+/// notification of the room is read once the marker reaches the message it
+/// points at. Returns the new unread count for the user's channel if it
+/// changed.
+pub async fn room_read(
+    tx: &mut Transaction<'_, Postgres>,
+    room_id: Uuid,
+    user: Uuid,
+    ordinal: i64,
+    at: DateTime<Utc>,
+) -> Result<Option<ChannelUpdate>, sqlx::Error> {
+    let marked = sqlx::query(
+        "UPDATE notifications n SET read_at = $4
+         WHERE n.user_id = $1 AND n.room_id = $2 AND n.kind = 'message' AND n.read_at IS NULL
+           AND (SELECT x.ordinal FROM room_messages x WHERE x.id = n.message_id) <= $3",
+    )
+    .bind(user)
+    .bind(room_id)
+    .bind(ordinal)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if marked == 0 {
+        return Ok(None);
+    }
+    let unread = unread_count(&mut **tx, user).await?;
+    Ok(Some(ChannelUpdate::new(
+        Channel::User(user),
+        "notifications.read",
+        serde_json::json!({ "unread_count": unread }),
+    )))
 }
 
 /// The usernames `text` mentions (`@name`, not inside a word or an email),
@@ -178,9 +306,12 @@ impl Projection for Inbox {
 /// Hides notifications (`notifications n`) about a post that is gone, or
 /// that their user may no longer see (a followers-only post of an author
 /// they unfollowed): in lists, counts and mailed digests alike.
+/// Notifications about a room are shown to its participants only.
 pub const SHOWN: &str = "(n.post_id IS NULL OR EXISTS (SELECT 1 FROM posts p WHERE p.id = n.post_id
     AND p.deleted_at IS NULL AND (p.visibility = 'public' OR p.author_id = n.user_id
-    OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = n.user_id AND f.followee_id = p.author_id))))";
+    OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = n.user_id AND f.followee_id = p.author_id))))
+    AND (n.room_id IS NULL OR EXISTS (SELECT 1 FROM room_members rm
+    WHERE rm.room_id = n.room_id AND rm.user_id = n.user_id))";
 
 /// How many of the user's notifications are unread.
 pub async fn unread_count(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<i64, sqlx::Error> {
@@ -203,8 +334,7 @@ pub async fn list(
 ) -> Result<Vec<Notification>, sqlx::Error> {
     let (at, id) = after.unzip();
     sqlx::query_as(&format!(
-        "SELECT n.id, n.kind, n.actor_id, a.username AS actor_username, n.post_id, n.comment_id,
-                n.reaction, n.created_at, n.read_at IS NOT NULL AS read
+        "SELECT {COLUMNS}, n.read_at IS NOT NULL AS read
          FROM notifications n LEFT JOIN accounts a ON a.id = n.actor_id
          WHERE n.user_id = $1 AND {SHOWN}
            AND (NOT $2 OR n.read_at IS NULL)

@@ -495,18 +495,30 @@ async fn mention(
     Ok(updates)
 }
 
+/// A [`PostMedia`] as JSON, from a row `m` of `media`: in SQL, so a page
+/// of posts or messages reads its media in the same query.
+macro_rules! media_object {
+    () => {
+        "jsonb_build_object('id', m.id, 'url', '/media/' || m.id, 'content_type', m.content_type,
+            'width', m.width, 'height', m.height,
+            'thumbnail_url', CASE WHEN m.thumbnail_key IS NOT NULL THEN '/media/' || m.id || '/thumbnail' END)"
+    };
+}
+pub(crate) use media_object;
+
 /// The columns of a [`PostView`] for the viewer `$1`.
-const POST_COLUMNS: &str = "p.id, p.author_id, a.username AS author_username, a.display_name AS author_display_name,
+const POST_COLUMNS: &str = concat!(
+    "p.id, p.author_id, a.username AS author_username, a.display_name AS author_display_name,
     a.avatar_url AS author_avatar_url, p.text, p.visibility, p.created_at, p.like_count, p.comment_count,
     (SELECT r.reaction FROM post_reactions r WHERE r.post_id = p.id AND r.user_id = $1) AS my_reaction,
     coalesce((SELECT jsonb_object_agg(c.reaction, c.n) FROM
         (SELECT reaction, count(*) AS n FROM post_reactions WHERE post_id = p.id GROUP BY reaction) c), '{}') AS reactions,
-    coalesce((SELECT jsonb_agg(jsonb_build_object('id', m.id, 'url', '/media/' || m.id, 'content_type', m.content_type,
-            'width', m.width, 'height', m.height,
-            'thumbnail_url', CASE WHEN m.thumbnail_key IS NOT NULL THEN '/media/' || m.id || '/thumbnail' END)
-        ORDER BY pm.position)
+    coalesce((SELECT jsonb_agg(",
+    media_object!(),
+    " ORDER BY pm.position)
         FROM post_media pm JOIN media m ON m.id = pm.media_id AND m.deleted_at IS NULL
-        WHERE pm.post_id = p.id), '[]') AS media";
+        WHERE pm.post_id = p.id), '[]') AS media"
+);
 
 /// What the viewer `$1` may see of `posts p`: no deleted post, and a
 /// followers-only one only as its author or a follower of its author.

@@ -17,8 +17,9 @@ use tidings_domain::room::Event;
 use tidings_schemas::{Channel, EventEnvelope};
 use uuid::Uuid;
 
+use crate::notifications;
 use crate::outbox::ChannelUpdate;
-use crate::posts::Author;
+use crate::posts::{media_object, Author, PostMedia};
 use crate::projection::{Effects, Projection};
 
 /// A room as a viewer sees it.
@@ -71,6 +72,8 @@ pub struct MessageView {
     pub author: Author,
     pub text: Option<String>,
     pub media_ids: Vec<Uuid>,
+    /// The media items, in order, as a post's (none once deleted).
+    pub media: Vec<PostMedia>,
     /// The message's place in the room, from 1.
     pub ordinal: i64,
     pub created_at: DateTime<Utc>,
@@ -89,6 +92,7 @@ struct MessageRow {
     author_avatar_url: Option<String>,
     text: Option<String>,
     media_ids: Vec<Uuid>,
+    media: sqlx::types::Json<Vec<PostMedia>>,
     ordinal: i64,
     created_at: DateTime<Utc>,
     edited_at: Option<DateTime<Utc>>,
@@ -108,6 +112,7 @@ impl From<MessageRow> for MessageView {
             },
             text: row.text,
             media_ids: row.media_ids,
+            media: row.media.0,
             ordinal: row.ordinal,
             created_at: row.created_at,
             edited_at: row.edited_at,
@@ -136,14 +141,18 @@ impl Projection for Rooms {
 
     async fn apply(
         tx: &mut Transaction<'_, Postgres>,
-        _envelope: &EventEnvelope,
+        envelope: &EventEnvelope,
         event: &Event,
     ) -> Result<Effects, sqlx::Error> {
-        apply(tx, event).await
+        apply(tx, envelope, event).await
     }
 }
 
-async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effects, sqlx::Error> {
+async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &EventEnvelope,
+    event: &Event,
+) -> Result<Effects, sqlx::Error> {
     let mut updates = Vec::new();
     match event {
         Event::Created(c) => {
@@ -332,10 +341,22 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effe
             .bind(m.posted_at)
             .execute(&mut **tx)
             .await?;
-            // Offline notifications (`message`) for the other participants
-            // hang here once presence tells who is offline: see the
-            // README's "Rooms".
             updates.extend(to_readers(tx, m.room_id, m.message_id, "message.created").await?);
+            updates.extend(
+                notifications::room_read(tx, m.room_id, m.author, m.ordinal as i64, m.posted_at)
+                    .await?,
+            );
+            updates.extend(
+                notifications::message_posted(
+                    tx,
+                    envelope,
+                    m.room_id,
+                    m.message_id,
+                    m.author,
+                    m.ordinal as i64,
+                )
+                .await?,
+            );
         }
         Event::MessageEdited(e) => {
             sqlx::query("UPDATE room_messages SET text = $2, edited_at = $3 WHERE id = $1")
@@ -348,7 +369,8 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effe
         }
         Event::MessageDeleted(d) => {
             sqlx::query(
-                "UPDATE room_messages SET text = NULL, deleted_at = $2, deleted_by = $3 WHERE id = $1",
+                "UPDATE room_messages SET text = NULL, media_ids = '{}', deleted_at = $2, deleted_by = $3
+                 WHERE id = $1",
             )
             .bind(d.message_id)
             .bind(d.deleted_at)
@@ -396,6 +418,10 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<Effe
                 "room.unread",
                 serde_json::json!({"room_id": r.room_id, "unread_count": unread}),
             ));
+            updates.extend(
+                notifications::room_read(tx, r.room_id, r.user, r.ordinal as i64, r.read_at)
+                    .await?,
+            );
         }
     }
     Ok(Effects {
@@ -631,10 +657,17 @@ pub async fn participants(
     .await
 }
 
-const MESSAGES_FROM: &str = "SELECT x.id, x.room_id, x.author_id, a.username AS author_username,
+const MESSAGES_FROM: &str = concat!(
+    "SELECT x.id, x.room_id, x.author_id, a.username AS author_username,
         a.display_name AS author_display_name, a.avatar_url AS author_avatar_url, x.text, x.media_ids,
+        coalesce((SELECT jsonb_agg(",
+    media_object!(),
+    " ORDER BY i.n)
+            FROM unnest(x.media_ids) WITH ORDINALITY AS i(id, n)
+            JOIN media m ON m.id = i.id AND m.deleted_at IS NULL), '[]') AS media,
         x.ordinal, x.created_at, x.edited_at, x.deleted_at
-    FROM room_messages x LEFT JOIN accounts a ON a.id = x.author_id";
+    FROM room_messages x LEFT JOIN accounts a ON a.id = x.author_id"
+);
 
 /// A room's messages, newest first, before the ordinal `before`, tombstones
 /// included. The caller has checked that the viewer may read the room.

@@ -638,9 +638,10 @@ impl Session {
     /// Acts on an update just passed on that takes a room away from this
     /// user: a departure of the user (on the room's channel or the user's
     /// own) ends the subscription to the room's channel at once, and a room
-    /// turned private is checked again. The updates come in each channel's
-    /// order, so nothing the room's channel carries after the departure
-    /// reaches the session.
+    /// turned private is checked again; either says so with an
+    /// `unsubscribed` frame (`forbidden`), as a post's end does. The
+    /// updates come in each channel's order, so nothing the room's channel
+    /// carries after the departure reaches the session.
     async fn revoke_if_told(&mut self, event: &str, data: &serde_json::Value) -> Result<(), End> {
         let room = data["room_id"]
             .as_str()
@@ -655,18 +656,19 @@ impl Session {
         let departed = rooms::REVOKED.contains(&event)
             && data["user_id"].as_str() == Some(self.user_id.to_string().as_str());
         if departed {
-            self.sent.remove(&channel);
-            self.hub.send(Command::Unsubscribe {
-                session: self.id,
-                channel,
-            });
-            return Ok(());
+            return self.end_subscription(&channel, "forbidden").await;
         }
         let turned_private =
             event == "room.updated" && data["is_private"] == serde_json::json!(true);
         if turned_private {
-            if let Err((code, message)) = self.may_read(&channel).await {
-                return self.drop_channel(&channel, code, message, None).await;
+            match self.may_read(&channel).await {
+                Ok(_) => {}
+                Err((code, _)) if code == Code::UnknownChannel.as_str() => {
+                    return self.end_subscription(&channel, "forbidden").await;
+                }
+                Err((code, message)) => {
+                    return self.drop_channel(&channel, code, message, None).await;
+                }
             }
         }
         Ok(())

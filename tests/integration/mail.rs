@@ -571,3 +571,164 @@ async fn notifications_are_mailed_to_users_without_a_socket_at_most_once_per_int
     app.stop().await;
     world.clean_up().await;
 }
+
+/// `token`'s holder writes `body` to `path`.
+async fn write(client: &Client, token: &str, path: &str, body: Value) -> Value {
+    let reply = client
+        .send(client.post(path).bearer_auth(token).json(&body))
+        .await;
+    assert!(
+        reply.status == 200 || reply.status == 201,
+        "{path}: {} {}",
+        reply.status,
+        reply.body
+    );
+    reply.body
+}
+
+/// The `message` notifications of `token`'s holder, newest first.
+async fn message_notifications(client: &Client, token: &str) -> (Vec<Value>, String) {
+    let reply = client
+        .send(client.get("/api/notifications").bearer_auth(token))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let items = reply.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "message")
+        .cloned()
+        .collect();
+    (
+        items,
+        reply.headers["x-unread-count"].to_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn messages_notify_the_other_participants_once_until_read_and_mail_those_offline() {
+    let smtp = SmtpServer::started().await;
+    let world = World::new().await;
+    let interval = Duration::from_millis(2000);
+    let mut settings = world.settings.clone();
+    settings.mail.smtp_url = Some(smtp.url());
+    settings.mail.notification_mail_interval_ms = interval.as_millis() as u64;
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, alice) = user(&client, "alice").await;
+    let (bob_id, bob) = user(&client, "bob").await;
+    let (carol_id, carol) = user(&client, "carol").await;
+    let (_, dave) = user(&client, "dave").await;
+    let created = write(
+        &client,
+        &alice,
+        "/api/rooms",
+        json!({"name": "book club", "is_private": true}),
+    )
+    .await;
+    let room = created["room"]["id"].as_str().unwrap().to_owned();
+    for (id, token) in [(&bob_id, &bob), (&carol_id, &carol)] {
+        write(
+            &client,
+            &alice,
+            &format!("/api/rooms/{room}/invites"),
+            json!({ "user_id": id }),
+        )
+        .await;
+        write(
+            &client,
+            token,
+            &format!("/api/rooms/{room}/join"),
+            json!({}),
+        )
+        .await;
+    }
+    // Carol is online; Bob is not; Dave is in no room.
+    let mut carols = Socket::connect(&app.base, &carol).await;
+    carols.expect("welcome").await;
+
+    let messages = format!("/api/rooms/{room}/messages");
+    let first = write(&client, &alice, &messages, json!({"text": "chapter one?"})).await;
+    let first_id = first["message"]["id"].as_str().unwrap().to_owned();
+    write(&client, &alice, &messages, json!({"text": "anyone?"})).await;
+
+    // One notification each for the two messages, pointing at the first.
+    for token in [&bob, &carol] {
+        let (items, unread) = message_notifications(&client, token).await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0]["room_id"], room.as_str());
+        assert_eq!(items[0]["message_id"], first_id.as_str());
+        assert_eq!(items[0]["actor_username"], "alice");
+        assert_eq!(items[0]["read"], false);
+        assert_eq!(unread, "1");
+    }
+    assert!(message_notifications(&client, &alice).await.0.is_empty());
+    assert!(message_notifications(&client, &dave).await.0.is_empty());
+    loop {
+        let frame = carols.expect("event").await;
+        if frame["event"] == "notification.created" {
+            assert_eq!(frame["data"]["kind"], "message", "{frame}");
+            assert_eq!(frame["data"]["room_id"], room.as_str());
+            break;
+        }
+    }
+
+    // Bob, offline, has it mailed; Carol, online, does not.
+    let mail = smtp
+        .wait_for(
+            "bob@example.com",
+            "new notification",
+            Duration::from_secs(15),
+        )
+        .await;
+    assert!(mail.contains("alice wrote in \"book club\""), "{mail}");
+
+    // Carol writes back: she has read the room, so her notification is.
+    let reply = write(&client, &carol, &messages, json!({"text": "yes!"})).await;
+    let carols_id = reply["message"]["id"].as_str().unwrap().to_owned();
+    let (items, unread) = message_notifications(&client, &carol).await;
+    assert_eq!(
+        (items[0]["read"].clone(), unread),
+        (json!(true), "0".into())
+    );
+    // Carol's message adds nothing for Bob: his notification stands for
+    // every message after the first he has not read. Reading the room to
+    // its end reads it.
+    let (items, _) = message_notifications(&client, &bob).await;
+    assert_eq!(items.len(), 1, "Carol's message adds none: {items:?}");
+    write(
+        &client,
+        &bob,
+        &format!("/api/rooms/{room}/read"),
+        json!({ "message_id": carols_id }),
+    )
+    .await;
+    let (items, unread) = message_notifications(&client, &bob).await;
+    assert_eq!(
+        (items[0]["read"].clone(), unread),
+        (json!(true), "0".into())
+    );
+    // The next message starts another.
+    write(&client, &alice, &messages, json!({"text": "chapter two"})).await;
+    let (items, unread) = message_notifications(&client, &bob).await;
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(unread, "1");
+
+    // Gone from the room, gone from the list.
+    let left = client
+        .send(
+            client
+                .post(&format!("/api/rooms/{room}/leave"))
+                .bearer_auth(&bob),
+        )
+        .await;
+    assert_eq!(left.status, 200, "{}", left.body);
+    let (items, unread) = message_notifications(&client, &bob).await;
+    assert!(items.is_empty(), "{items:?}");
+    assert_eq!(unread, "0");
+
+    tokio::time::sleep(interval * 2).await;
+    assert!(smtp.mails_to("carol@example.com", "").is_empty());
+    app.stop().await;
+    world.clean_up().await;
+}

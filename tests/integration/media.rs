@@ -896,3 +896,161 @@ async fn an_s3_compatible_store_keeps_the_bytes_under_its_prefix() {
     app.stop().await;
     world.clean_up().await;
 }
+
+/// `who` writes `body` to `path`.
+async fn write(client: &Client, token: &str, path: &str, body: Value) -> Reply {
+    client
+        .send(client.post(path).bearer_auth(token).json(&body))
+        .await
+}
+
+#[tokio::test]
+async fn messages_show_their_authors_media_to_the_room_and_a_tombstone_shows_none() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (_, alice, _) = client.user("alice").await;
+    let (bob_id, bob, position) = client.user("bob").await;
+    let (_, carol, _) = client.user("carol").await;
+    assert_eq!(client.own_profile(&bob, &position).await.status, 200);
+
+    let created = write(
+        &client,
+        &alice,
+        "/api/rooms",
+        json!({"name": "photos", "is_private": true}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let room = created.body["room"]["id"].as_str().unwrap().to_owned();
+    let invite = json!({"user_id": bob_id});
+    let invited = write(
+        &client,
+        &alice,
+        &format!("/api/rooms/{room}/invites"),
+        invite,
+    )
+    .await;
+    assert_eq!(invited.status, 201, "{}", invited.body);
+    let joined = write(&client, &bob, &format!("/api/rooms/{room}/join"), json!({})).await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+
+    let picture_id = |item: Value| item["id"].as_str().unwrap().to_owned();
+    let hers = picture_id(
+        uploaded(
+            &client,
+            &alice,
+            picture(ImageFormat::Png, 30, 20),
+            "a.png",
+            "image/png",
+        )
+        .await,
+    );
+    let clip = picture_id(uploaded(&client, &alice, mp4(), "v.mp4", "video/mp4").await);
+    let his = picture_id(
+        uploaded(
+            &client,
+            &bob,
+            picture(ImageFormat::Png, 8, 8),
+            "b.png",
+            "image/png",
+        )
+        .await,
+    );
+    let carols = picture_id(
+        uploaded(
+            &client,
+            &carol,
+            picture(ImageFormat::Png, 8, 8),
+            "c.png",
+            "image/png",
+        )
+        .await,
+    );
+    let messages = format!("/api/rooms/{room}/messages");
+
+    // Someone else's item, five items, an unknown one: field errors, and
+    // nothing appended.
+    let refused = [
+        json!([hers, his]),
+        json!([hers, clip, his, carols, uuid::Uuid::new_v4()]),
+        json!([uuid::Uuid::new_v4()]),
+        json!([hers, hers]),
+    ];
+    for media_ids in refused {
+        let body = json!({"text": "look", "media_ids": media_ids});
+        let reply = write(&client, &alice, &messages, body).await;
+        assert_eq!(reply.status, 422, "{media_ids}: {}", reply.body);
+        assert!(
+            reply.body["errors"][0]["field"]
+                .as_str()
+                .unwrap()
+                .starts_with("media_ids"),
+            "{}",
+            reply.body
+        );
+    }
+    // Carol is not in the room: the room's answer, and her item stays
+    // unattached.
+    let body = json!({"text": "me too", "media_ids": [carols]});
+    let reply = write(&client, &carol, &messages, body).await;
+    assert_eq!(
+        (reply.status, &reply.body["code"]),
+        (404, &json!("room_not_found"))
+    );
+    assert_eq!(event_count(&world, "room.message_posted"), 0);
+    assert_eq!(event_count(&world, "media.attached"), 0);
+
+    let body = json!({"text": "our trip", "media_ids": [clip, hers]});
+    let reply = write(&client, &alice, &messages, body).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let message = &reply.body["message"];
+    assert_eq!(message["media_ids"], json!([clip, hers]));
+    assert_eq!(message["media"][0]["id"], clip.as_str());
+    assert_eq!(message["media"][0]["content_type"], "video/mp4");
+    assert_eq!(message["media"][1]["url"], format!("/media/{hers}"));
+    assert_eq!(message["media"][1]["width"], 30);
+    assert_eq!(
+        message["media"][1]["thumbnail_url"],
+        format!("/media/{hers}/thumbnail")
+    );
+    let message_id = message["id"].as_str().unwrap().to_owned();
+    let attached: Vec<String> = world
+        .events()
+        .iter()
+        .filter(|(_, _, e)| e.event_type == "media.attached")
+        .map(|(_, _, e)| {
+            assert_eq!(e.version, 2);
+            assert_eq!(e.data["message_id"], message_id.as_str());
+            e.aggregate.id.clone()
+        })
+        .collect();
+    assert_eq!(attached.len(), 2, "{attached:?}");
+
+    // Bob reads it in the history; a direct message takes media too.
+    let history = client.send(client.get(&messages).bearer_auth(&bob)).await;
+    assert_eq!(history.status, 200, "{}", history.body);
+    assert_eq!(history.body["items"][0]["media"][1]["id"], hers.as_str());
+    let body = json!({"text": "for you", "media_ids": [hers]});
+    let dm = write(&client, &alice, &format!("/api/dm/{bob_id}/messages"), body).await;
+    assert_eq!(dm.status, 201, "{}", dm.body);
+    assert_eq!(dm.body["message"]["media"][0]["id"], hers.as_str());
+
+    // Deleted, the message is a tombstone without media.
+    let gone = client
+        .send(
+            client
+                .delete(&format!("{messages}/{message_id}"))
+                .bearer_auth(&alice),
+        )
+        .await;
+    assert!(gone.status == 200 || gone.status == 204, "{}", gone.body);
+    let history = client.send(client.get(&messages).bearer_auth(&bob)).await;
+    let tombstone = &history.body["items"][0];
+    assert_eq!(tombstone["deleted"], true, "{tombstone}");
+    assert_eq!(tombstone["media"], json!([]));
+    assert_eq!(tombstone["media_ids"], json!([]));
+
+    app.stop().await;
+    world.clean_up().await;
+}

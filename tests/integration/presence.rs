@@ -264,3 +264,50 @@ async fn typing_reaches_the_other_participants_on_every_gateway_and_lapses() {
     app.stop().await;
     world.clean_up().await;
 }
+
+#[tokio::test]
+async fn a_killed_gateways_users_go_offline_within_the_expiry() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let child = world.spawn("api,realtime", &[]);
+    let (child, base) = tokio::task::spawn_blocking(move || {
+        let base = child.base_url();
+        (child, base)
+    })
+    .await
+    .unwrap();
+    let client = Client::new(&app.base);
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let id = room(&client, &alice, true, &[&bob]).await;
+    let channel = format!("room:{id}");
+    let mut bobs = subscribed(&app.base, &bob, &channel).await;
+
+    // Alice's only socket is on the gateway that dies without a word.
+    let alices = welcomed(&base, &alice).await;
+    let online = next_about(&mut bobs, "presence", &alice, Duration::from_secs(10))
+        .await
+        .expect("alice comes online");
+    assert_eq!(online["status"], "online");
+    tokio::task::spawn_blocking(move || child.kill())
+        .await
+        .unwrap();
+    let killed = Instant::now();
+    // Her sessions lapse (TTL) and the next sweep of the surviving gateway
+    // announces it.
+    let within = tidings_realtime::presence::TTL
+        + tidings_realtime::presence::SWEEP_EVERY
+        + Duration::from_secs(10);
+    let offline = next_about(&mut bobs, "presence", &alice, within)
+        .await
+        .expect("alice goes offline after her gateway died");
+    assert_eq!(offline["status"], "offline");
+    assert!(
+        killed.elapsed() >= Duration::from_secs(5),
+        "offline by expiry, not by a goodbye: {:?}",
+        killed.elapsed()
+    );
+    drop(alices);
+    app.stop().await;
+    world.clean_up().await;
+}

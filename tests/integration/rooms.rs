@@ -281,6 +281,26 @@ async fn a_private_room_is_not_found_by_outsiders_anywhere_until_they_are_invite
     let mine = get(&client, &bob, "/api/rooms").await;
     assert_eq!(mine.body["items"][0]["id"], id.as_str());
 
+    // A public room turned private: an outsider watching it is told the
+    // channel ended, and hears nothing more of it.
+    let carol = user(&client, "carol").await;
+    let open = self::room(&client, &alice, false, None).await;
+    let channel = format!("room:{open}");
+    let mut carols = subscribed(&app.base, &carol, &channel).await;
+    let hidden = patch(
+        &client,
+        &alice,
+        &format!("/api/rooms/{open}"),
+        json!({"is_private": true}),
+    )
+    .await;
+    assert_eq!(hidden.status, 200, "{}", hidden.body);
+    let ended = carols.expect("unsubscribed").await;
+    assert_eq!(ended["channel"], channel.as_str(), "{ended}");
+    assert_eq!(ended["reason"], "forbidden");
+    say(&client, &alice, &open, "members only now").await;
+    receives_nothing_of(&mut carols, "members only now").await;
+
     app.stop().await;
     world.clean_up().await;
 }
@@ -447,6 +467,10 @@ async fn a_removed_participants_sockets_stop_receiving_the_room_on_every_gateway
                 break;
             }
         }
+        // And told that the room's channel ended, as a post's would.
+        let ended = socket.expect("unsubscribed").await;
+        assert_eq!(ended["channel"], channel.as_str(), "{ended}");
+        assert_eq!(ended["reason"], "forbidden");
     }
     say(&client, &alice, &id, "after").await;
     for socket in [&mut here, &mut there, &mut fresh] {

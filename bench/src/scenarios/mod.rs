@@ -5,6 +5,7 @@
 pub mod fanout;
 pub mod idle;
 pub mod registrations;
+pub mod rooms;
 pub mod social;
 pub mod sockets;
 pub mod throughput;
