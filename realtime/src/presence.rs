@@ -39,6 +39,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// How often each gateway looks for users whose every session lapsed.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Rooms of a user read at once, to tell them of a change of presence.
+const ROOMS_PAGE: i64 = 500;
 /// Users announced offline per sweep, at most.
 const SWEEP_BATCH: i64 = 100;
 
@@ -361,30 +363,43 @@ async fn hand_over(db: &PgPool, hub: &Hub, wire: Wire) {
             }));
         }
         Wire::Presence { user_id, online } => {
-            let rooms: Result<Vec<Uuid>, _> =
-                sqlx::query_scalar("SELECT room_id FROM room_members WHERE user_id = $1")
-                    .bind(user_id)
-                    .fetch_all(db)
-                    .await;
-            let rooms = match rooms {
-                Ok(rooms) => rooms,
-                Err(error) => {
-                    tracing::warn!(%error, "presence: reading a user's rooms");
-                    return;
-                }
-            };
             let status = if online { "online" } else { "offline" };
-            for room in rooms {
-                let channel = Channel::Room(room).to_string();
-                hub.send(Command::Signal(Signal {
-                    channel: channel.clone(),
-                    user_id,
-                    frame: ServerFrame::Presence {
-                        channel,
+            // The user's rooms a page at a time: however many rooms they
+            // are in, one read holds at most a page.
+            let mut after = Uuid::nil();
+            loop {
+                let rooms: Result<Vec<Uuid>, _> = sqlx::query_scalar(
+                    "SELECT room_id FROM room_members WHERE user_id = $1 AND room_id > $2
+                     ORDER BY room_id LIMIT $3",
+                )
+                .bind(user_id)
+                .bind(after)
+                .bind(ROOMS_PAGE)
+                .fetch_all(db)
+                .await;
+                let rooms = match rooms {
+                    Ok(rooms) => rooms,
+                    Err(error) => {
+                        tracing::warn!(%error, "presence: reading a user's rooms");
+                        return;
+                    }
+                };
+                for &room in &rooms {
+                    let channel = Channel::Room(room).to_string();
+                    hub.send(Command::Signal(Signal {
+                        channel: channel.clone(),
                         user_id,
-                        status: status.to_owned(),
-                    },
-                }));
+                        frame: ServerFrame::Presence {
+                            channel,
+                            user_id,
+                            status: status.to_owned(),
+                        },
+                    }));
+                }
+                match rooms.last() {
+                    Some(&last) if rooms.len() as i64 == ROOMS_PAGE => after = last,
+                    _ => return,
+                }
             }
         }
     }
