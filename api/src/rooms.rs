@@ -114,10 +114,19 @@ async fn existing(state: &ApiState, user: Uuid) -> Result<(), ApiError> {
         .ok_or_else(ApiError::not_found)
 }
 
+/// A room's name: 1 to [`MAX_NAME`] printable characters once trimmed, not
+/// only invisible ones, and none that reorders the text around it.
 fn name(value: &str) -> Result<String, String> {
     let value = value.trim();
-    if value.is_empty() || value.chars().count() > MAX_NAME || value.chars().any(char::is_control) {
-        return Err(format!("1 to {MAX_NAME} printable characters"));
+    if validate::blank(value)
+        || value.chars().count() > MAX_NAME
+        || value
+            .chars()
+            .any(|c| c.is_control() || validate::reorders(c))
+    {
+        return Err(format!(
+            "1 to {MAX_NAME} printable characters, not only invisible ones, no direction overrides"
+        ));
     }
     Ok(value.to_owned())
 }
@@ -1125,5 +1134,16 @@ mod tests {
         assert!(changes(r#"{"description": "a\u0000b"}"#).is_err());
         assert!(changes(r#"{"settings": {"a": [{"b\u0000": 1}]}}"#).is_err());
         assert!(changes(r#"{"settings": {"a": ["\u0000"]}}"#).is_err());
+    }
+
+    #[test]
+    fn a_name_shows_something_and_reads_as_written() {
+        for refused in ["\u{200b}", " \u{feff} ", "\u{202e}gnp.exe", "a\u{2067}b"] {
+            assert!(name(refused).is_err(), "{refused:?}");
+        }
+        assert_eq!(
+            name(" \u{1f469}\u{200d}\u{1f4bb} club ").unwrap(),
+            "\u{1f469}\u{200d}\u{1f4bb} club"
+        );
     }
 }

@@ -103,6 +103,18 @@ fn invisible(c: char) -> bool {
         | '\u{feff}' | '\u{ffa0}' | '\u{e0000}'..='\u{e007f}')
 }
 
+/// Whether `value` shows nothing: white space and [`invisible`]
+/// characters alone.
+pub fn blank(value: &str) -> bool {
+    value.chars().all(|c| c.is_whitespace() || invisible(c))
+}
+
+/// The controls that reorder the text around them (right-to-left
+/// overrides and isolates): they make a name read as another.
+pub fn reorders(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// A post's, a comment's or a message's text: not blank (white space and
 /// [`invisible`] characters alone are), at most [`MAX_TEXT`] characters, no
 /// control characters but line breaks and tabs; trimmed.

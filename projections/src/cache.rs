@@ -10,6 +10,7 @@
 //! Every error is logged and turned into a miss, so Redis being down makes
 //! reads slower, never failed.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
@@ -90,6 +91,13 @@ for i = 1, #KEYS, 2 do
 end
 return 1
 ";
+
+/// The Redis key of `user`'s open sessions (a sorted set of session ids
+/// scored by when each stops counting), kept by the gateways
+/// (`realtime/src/presence.rs`).
+pub fn presence_key(prefix: &str, user: Uuid) -> String {
+    format!("{prefix}:presence:{user}")
+}
 
 #[derive(Clone)]
 pub struct Cache {
@@ -380,6 +388,33 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// Which of `users` have a socket open on any gateway (presence, kept
+    /// by the gateways under [`presence_key`]); `None` if Redis cannot say.
+    pub async fn online_among(&self, users: &[Uuid]) -> Option<HashSet<Uuid>> {
+        if users.is_empty() {
+            return Some(HashSet::new());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            let mut pipe = redis::pipe();
+            for &user in users {
+                pipe.cmd("ZCOUNT")
+                    .arg(presence_key(&self.prefix, user))
+                    .arg(now)
+                    .arg("+inf");
+            }
+            let open: Vec<i64> = pipe.query_async(&mut conn).await?;
+            Ok(users
+                .iter()
+                .zip(open)
+                .filter(|(_, open)| *open > 0)
+                .map(|(&user, _)| user)
+                .collect())
+        })
+        .await
     }
 
     /// Whether Redis answers (for `/ready`).

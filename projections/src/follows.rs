@@ -64,6 +64,7 @@ impl Projection for Follows {
                     post_id: None,
                     comment_id: None,
                     reaction: None,
+                    room_id: None,
                 };
                 effects.updates.extend(notify.write(tx).await?);
                 (follower, followee, 1)

@@ -336,6 +336,10 @@ impl Digest {
                 ("comment", _) => "commented on your post".to_owned(),
                 ("follow", _) => "followed you".to_owned(),
                 ("mention", _) => "mentioned you".to_owned(),
+                ("invite", _) => match &line.room_name {
+                    Some(room) => format!("invited you to \"{room}\""),
+                    None => "invited you to a room".to_owned(),
+                },
                 ("message", _) => match &line.room_name {
                     Some(room) => format!("wrote in \"{room}\""),
                     None => "sent you a direct message".to_owned(),

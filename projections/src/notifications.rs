@@ -22,6 +22,7 @@ pub enum Kind {
     Follow,
     Mention,
     Message,
+    Invite,
 }
 
 impl Kind {
@@ -33,6 +34,7 @@ impl Kind {
             Kind::Follow => "follow",
             Kind::Mention => "mention",
             Kind::Message => "message",
+            Kind::Invite => "invite",
         }
     }
 }
@@ -42,7 +44,8 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Notification {
     pub id: Uuid,
-    /// `like`, `reaction`, `comment`, `follow`, `mention` or `message`.
+    /// `like`, `reaction`, `comment`, `follow`, `mention`, `message` or
+    /// `invite`.
     pub kind: String,
     /// Who did it.
     pub actor_id: Uuid,
@@ -53,7 +56,7 @@ pub struct Notification {
     pub reaction: Option<String>,
     /// For `message`: the room, and its first message the user has not
     /// read (one notification stands for every message after it, until
-    /// the user reads the room).
+    /// the user reads the room). For `invite`: the room.
     pub room_id: Option<Uuid>,
     pub message_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
@@ -75,6 +78,7 @@ pub struct Notify<'a> {
     pub post_id: Option<Uuid>,
     pub comment_id: Option<Uuid>,
     pub reaction: Option<&'a str>,
+    pub room_id: Option<Uuid>,
 }
 
 impl Notify<'_> {
@@ -94,8 +98,8 @@ impl Notify<'_> {
         );
         let written: Option<Notification> = sqlx::query_as(&format!(
             "WITH n AS (
-               INSERT INTO notifications (id, user_id, kind, actor_id, post_id, comment_id, reaction, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               INSERT INTO notifications (id, user_id, kind, actor_id, post_id, comment_id, reaction, room_id, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (id) DO NOTHING
                RETURNING *)
              SELECT {COLUMNS}, false AS read
@@ -108,6 +112,7 @@ impl Notify<'_> {
         .bind(self.post_id)
         .bind(self.comment_id)
         .bind(self.reaction)
+        .bind(self.room_id)
         .bind(self.envelope.occurred_at)
         .fetch_optional(&mut **tx)
         .await?;
@@ -125,10 +130,22 @@ impl Notify<'_> {
 /// messages: in a crowd, the room's unread count is the signal.
 pub const MESSAGE_ROOM_MAX: i32 = 100;
 
-/// A message in a room: each other participant who has not read it and has
-/// no unread `message` notification of the room gets one (the push
-/// returned for each). Its id derives from the event and the
-/// participant, so projecting the event again adds nothing.
+/// A message whose other participants are to be told of it if they are
+/// offline. Who is offline is asked of presence once per batch, before the
+/// projector commits ([`tell_offline`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageNotice {
+    pub event_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub room_id: Uuid,
+    pub message_id: Uuid,
+    pub author: Uuid,
+    pub ordinal: i64,
+    /// The other participants, of a room small enough to notify.
+    pub readers: Vec<Uuid>,
+}
+
+/// A message in a room: whom it may notify (see [`tell_offline`]).
 pub async fn message_posted(
     tx: &mut Transaction<'_, Postgres>,
     envelope: &EventEnvelope,
@@ -136,62 +153,90 @@ pub async fn message_posted(
     message_id: Uuid,
     author: Uuid,
     ordinal: i64,
-) -> Result<Vec<ChannelUpdate>, sqlx::Error> {
+) -> Result<Option<MessageNotice>, sqlx::Error> {
     let readers: Vec<Uuid> = sqlx::query_scalar(
         "SELECT m.user_id FROM room_members m JOIN rooms r ON r.id = m.room_id
-         WHERE m.room_id = $1 AND m.user_id <> $2 AND m.last_read < $3 AND r.participant_count <= $4
-           AND NOT EXISTS (SELECT 1 FROM notifications n
-                           WHERE n.user_id = m.user_id AND n.room_id = m.room_id
-                             AND n.kind = 'message' AND n.read_at IS NULL)",
+         WHERE m.room_id = $1 AND m.user_id <> $2 AND r.participant_count <= $3",
     )
     .bind(room_id)
     .bind(author)
-    .bind(ordinal)
     .bind(MESSAGE_ROOM_MAX)
     .fetch_all(&mut **tx)
     .await?;
-    if readers.is_empty() {
-        return Ok(vec![]);
-    }
-    let ids: Vec<Uuid> = readers
-        .iter()
-        .map(|user| {
-            Uuid::new_v5(
-                &envelope.event_id,
-                format!("notification:message:{user}").as_bytes(),
-            )
-        })
-        .collect();
-    let written: Vec<(Uuid, Notification)> = sqlx::query_as::<_, NotificationOf>(&format!(
-        "WITH n AS (
-           INSERT INTO notifications (id, user_id, kind, actor_id, room_id, message_id, created_at)
-           SELECT id, user_id, 'message', $3, $4, $5, $6 FROM unnest($1::uuid[], $2::uuid[]) AS u(id, user_id)
-           ON CONFLICT DO NOTHING
-           RETURNING *)
-         SELECT n.user_id AS owner, {COLUMNS}, false AS read
-         FROM n LEFT JOIN accounts a ON a.id = n.actor_id"
-    ))
-    .bind(&ids)
-    .bind(&readers)
-    .bind(author)
-    .bind(room_id)
-    .bind(message_id)
-    .bind(envelope.occurred_at)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(|row| (row.owner, row.notification))
-    .collect();
-    Ok(written
-        .into_iter()
-        .map(|(owner, n)| {
+    Ok((!readers.is_empty()).then(|| MessageNotice {
+        event_id: envelope.event_id,
+        at: envelope.occurred_at,
+        room_id,
+        message_id,
+        author,
+        ordinal,
+        readers,
+    }))
+}
+
+/// Tells the readers of each message who are offline (not in `online`;
+/// everyone when presence is unknown: better told twice than never) and
+/// have not read it yet: one `message` notification per participant and
+/// room while it is unread, so later messages add none. Its id derives from
+/// the event and the participant, so projecting again adds nothing.
+/// Returns the pushes of the notifications written.
+pub async fn tell_offline(
+    tx: &mut Transaction<'_, Postgres>,
+    notices: &[MessageNotice],
+    online: Option<&std::collections::HashSet<Uuid>>,
+) -> Result<Vec<ChannelUpdate>, sqlx::Error> {
+    let mut updates = Vec::new();
+    for notice in notices {
+        let told: Vec<Uuid> = notice
+            .readers
+            .iter()
+            .copied()
+            .filter(|user| online.is_none_or(|online| !online.contains(user)))
+            .collect();
+        if told.is_empty() {
+            continue;
+        }
+        let ids: Vec<Uuid> = told
+            .iter()
+            .map(|user| {
+                Uuid::new_v5(
+                    &notice.event_id,
+                    format!("notification:message:{user}").as_bytes(),
+                )
+            })
+            .collect();
+        // Still a participant who has not read the message (a receipt
+        // projected since, in the same batch, says otherwise).
+        let written: Vec<NotificationOf> = sqlx::query_as(&format!(
+            "WITH n AS (
+               INSERT INTO notifications (id, user_id, kind, actor_id, room_id, message_id, created_at)
+               SELECT u.id, u.user_id, 'message', $3, $4, $5, $6
+               FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS u(id, user_id, n)
+               JOIN room_members m ON m.room_id = $4 AND m.user_id = u.user_id AND m.last_read < $7
+               ORDER BY u.n
+               ON CONFLICT DO NOTHING
+               RETURNING *)
+             SELECT n.user_id AS owner, {COLUMNS}, false AS read
+             FROM n LEFT JOIN accounts a ON a.id = n.actor_id"
+        ))
+        .bind(&ids)
+        .bind(&told)
+        .bind(notice.author)
+        .bind(notice.room_id)
+        .bind(notice.message_id)
+        .bind(notice.at)
+        .bind(notice.ordinal)
+        .fetch_all(&mut **tx)
+        .await?;
+        updates.extend(written.into_iter().map(|row| {
             ChannelUpdate::new(
-                Channel::User(owner),
+                Channel::User(row.owner),
                 "notification.created",
-                serde_json::to_value(n).expect("notifications serialize"),
+                serde_json::to_value(row.notification).expect("notifications serialize"),
             )
-        })
-        .collect())
+        }));
+    }
+    Ok(updates)
 }
 
 /// A notification with the user it is for.
@@ -306,12 +351,15 @@ impl Projection for Inbox {
 /// Hides notifications (`notifications n`) about a post that is gone, or
 /// that their user may no longer see (a followers-only post of an author
 /// they unfollowed): in lists, counts and mailed digests alike.
-/// Notifications about a room are shown to its participants only.
+/// Notifications about a room are shown to its participants, and an
+/// invitation to whom it still invites.
 pub const SHOWN: &str = "(n.post_id IS NULL OR EXISTS (SELECT 1 FROM posts p WHERE p.id = n.post_id
     AND p.deleted_at IS NULL AND (p.visibility = 'public' OR p.author_id = n.user_id
     OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = n.user_id AND f.followee_id = p.author_id))))
-    AND (n.room_id IS NULL OR EXISTS (SELECT 1 FROM room_members rm
-    WHERE rm.room_id = n.room_id AND rm.user_id = n.user_id))";
+    AND (n.room_id IS NULL
+    OR EXISTS (SELECT 1 FROM room_members rm WHERE rm.room_id = n.room_id AND rm.user_id = n.user_id)
+    OR (n.kind = 'invite' AND EXISTS (SELECT 1 FROM room_invites ri
+        WHERE ri.room_id = n.room_id AND ri.user_id = n.user_id)))";
 
 /// How many of the user's notifications are unread.
 pub async fn unread_count(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<i64, sqlx::Error> {

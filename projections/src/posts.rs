@@ -294,6 +294,7 @@ async fn apply(
                     post_id: Some(r.post_id),
                     comment_id: None,
                     reaction,
+                    room_id: None,
                 };
                 effects.updates.extend(notify.write(tx).await?);
             }
@@ -334,6 +335,7 @@ async fn apply(
                 post_id: Some(c.post_id),
                 comment_id: Some(c.comment_id),
                 reaction: None,
+                room_id: None,
             };
             effects.updates.extend(notify.write(tx).await?);
             let visibility = match visibility.as_deref() {
@@ -489,6 +491,7 @@ async fn mention(
             post_id: Some(post_id),
             comment_id: comment.map(|(id, _)| id),
             reaction: None,
+            room_id: None,
         };
         updates.extend(notify.write(tx).await?);
     }

@@ -20,7 +20,7 @@ use crate::accounts::{AccountRow, Accounts};
 use crate::details::DetailsRow;
 use crate::follows::Follows;
 use crate::media::Media;
-use crate::notifications::Inbox;
+use crate::notifications::{Inbox, MessageNotice};
 use crate::outbox::ChannelUpdate;
 use crate::posts::Posts;
 use crate::rooms::Rooms;
@@ -37,6 +37,9 @@ pub struct Effects {
     pub feeds: Vec<FeedChange>,
     /// Extended profiles whose cache entry is to be refreshed.
     pub details: Vec<DetailsRow>,
+    /// Messages that notify their readers who are offline: presence is
+    /// asked once per batch, before the commit.
+    pub notices: Vec<MessageNotice>,
 }
 
 /// A change to the cached home feeds (Redis sorted sets, `cache.rs`).
@@ -67,6 +70,7 @@ impl Effects {
             self.details.retain(|d| d.user_id != details.user_id);
             self.details.push(details);
         }
+        self.notices.extend(other.notices);
     }
 }
 

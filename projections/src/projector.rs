@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::cache::Cache;
 use crate::db::Progress;
+use crate::notifications;
 use crate::outbox;
 use crate::projection::{self, Effects};
 
@@ -128,7 +129,7 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
-        let projected = project(&db, &batch).await?;
+        let projected = project(&db, cache.as_ref(), &batch).await?;
         for (partition, offset, reason) in &projected.halted {
             halt(&consumer, &topic, *partition, *offset, reason);
             settings.owned.halt(*partition);
@@ -262,7 +263,11 @@ pub struct Projected {
 /// envelope at all) is never skipped: its partition stops there — nothing
 /// after it is applied and its offset stays on it — and the caller pauses the
 /// partition. Skipping would leave the read models silently wrong.
-pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Projected> {
+pub async fn project(
+    db: &PgPool,
+    cache: Option<&Cache>,
+    batch: &[OwnedMessage],
+) -> anyhow::Result<Projected> {
     let mut tx = db.begin().await?;
     // The commit does not wait for the disk: what a crash of PostgreSQL
     // could lose is the rows *and* the offsets of the last batches together,
@@ -325,6 +330,20 @@ pub async fn project(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Proj
         projected
             .effects
             .extend(projection::apply(&mut tx, envelope, event).await?);
+    }
+    // Messages tell those of their readers who are offline now: one ask of
+    // presence for the batch.
+    let notices = std::mem::take(&mut projected.effects.notices);
+    if !notices.is_empty() {
+        let mut readers: Vec<Uuid> = notices.iter().flat_map(|n| n.readers.clone()).collect();
+        readers.sort_unstable();
+        readers.dedup();
+        let online = match cache {
+            Some(cache) => cache.online_among(&readers).await,
+            None => None,
+        };
+        let told = notifications::tell_offline(&mut tx, &notices, online.as_ref()).await?;
+        projected.effects.updates.extend(told);
     }
     projected.numbered = outbox::append(&mut tx, &projected.effects.updates).await?;
     save_cursors(&mut tx, &cursors).await?;
@@ -573,10 +592,10 @@ mod tests {
         let mut history = History::new(1);
         history.rename("second");
         let batch = records(0, 0, &history.events);
-        project(&db.pool, &batch).await.unwrap();
+        project(&db.pool, None, &batch).await.unwrap();
         // The same records again (a fetch from before a seek, a replay after
         // a crash): passed over.
-        let again = project(&db.pool, &batch).await.unwrap();
+        let again = project(&db.pool, None, &batch).await.unwrap();
         assert!(again.effects.updates.is_empty());
         let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM channel_outbox")
             .fetch_one(&db.pool)
@@ -599,7 +618,9 @@ mod tests {
         zombie.data["display_name"] = "zombie".into();
         let mut events = history.events.clone();
         events.push(zombie);
-        project(&db.pool, &records(0, 0, &events)).await.unwrap();
+        project(&db.pool, None, &records(0, 0, &events))
+            .await
+            .unwrap();
         assert_eq!(
             db.display_name(history.user).await.as_deref(),
             Some("owner")
@@ -624,7 +645,7 @@ mod tests {
         batch.push(record(0, 2, unknown.to_json()));
         batch.push(record(0, 3, after.to_json()));
         batch.extend(records(1, 0, &other.events));
-        let projected = project(&db.pool, &batch).await.unwrap();
+        let projected = project(&db.pool, None, &batch).await.unwrap();
         assert_eq!(
             projected
                 .halted

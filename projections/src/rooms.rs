@@ -154,6 +154,7 @@ async fn apply(
     event: &Event,
 ) -> Result<Effects, sqlx::Error> {
     let mut updates = Vec::new();
+    let mut notices = Vec::new();
     match event {
         Event::Created(c) => {
             sqlx::query(
@@ -243,9 +244,18 @@ async fn apply(
             .bind(i.invited_at)
             .execute(&mut **tx)
             .await?;
-            // An invitation is news to the invitee alone. (A `invite`
-            // notification needs its kind in `notifications`: see the
-            // README's "Rooms".)
+            // An invitation is news to the invitee alone.
+            let notify = notifications::Notify {
+                envelope,
+                user_id: i.user,
+                kind: notifications::Kind::Invite,
+                actor_id: i.by,
+                post_id: None,
+                comment_id: None,
+                reaction: None,
+                room_id: Some(i.room_id),
+            };
+            updates.extend(notify.write(tx).await?);
             let name: Option<String> = sqlx::query_scalar("SELECT name FROM rooms WHERE id = $1")
                 .bind(i.room_id)
                 .fetch_optional(&mut **tx)
@@ -346,7 +356,7 @@ async fn apply(
                 notifications::room_read(tx, m.room_id, m.author, m.ordinal as i64, m.posted_at)
                     .await?,
             );
-            updates.extend(
+            notices.extend(
                 notifications::message_posted(
                     tx,
                     envelope,
@@ -426,6 +436,7 @@ async fn apply(
     }
     Ok(Effects {
         updates,
+        notices,
         ..Effects::default()
     })
 }
@@ -478,6 +489,13 @@ async fn departed(
         .execute(&mut **tx)
         .await?;
     add_participants(tx, room_id, -1).await?;
+    // What the room told them goes with them: coming back later, they
+    // start from the room's end, and a new message tells them anew.
+    sqlx::query("DELETE FROM notifications WHERE user_id = $2 AND room_id = $1")
+        .bind(room_id)
+        .bind(user)
+        .execute(&mut **tx)
+        .await?;
     let (event, data) = match by {
         None => (
             REVOKED[0],

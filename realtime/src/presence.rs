@@ -128,7 +128,7 @@ impl Presence {
     }
 
     fn key(&self, user: Uuid) -> String {
-        format!("{}:presence:{user}", self.prefix)
+        tidings_projections::cache::presence_key(&self.prefix, user)
     }
 
     fn online_key(&self) -> String {
