@@ -163,7 +163,7 @@ pub async fn message_posted(
     .bind(MESSAGE_ROOM_MAX)
     .fetch_all(&mut **tx)
     .await?;
-    Ok((!readers.is_empty()).then(|| MessageNotice {
+    Ok((!readers.is_empty()).then_some(MessageNotice {
         event_id: envelope.event_id,
         at: envelope.occurred_at,
         room_id,
