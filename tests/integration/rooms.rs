@@ -870,3 +870,53 @@ async fn bad_room_input_gets_a_problem_and_appends_nothing() {
     app.stop().await;
     world.clean_up().await;
 }
+
+#[tokio::test]
+async fn history_pages_have_no_gap_and_no_duplicate_while_messages_arrive() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let id = room(&client, &alice, false, None).await;
+    assert_eq!(join(&client, &bob, &id).await.status, 200);
+    for n in 1..=30 {
+        say(&client, &alice, &id, &format!("early {n}")).await;
+    }
+
+    // Alice keeps writing while Bob pages back from the newest.
+    let writer = {
+        let (client, id) = (client.clone(), id.clone());
+        tokio::spawn(async move {
+            for n in 1..=40 {
+                say(&client, &alice, &id, &format!("late {n}")).await;
+            }
+        })
+    };
+    let mut path = format!("/api/rooms/{id}/messages?limit=7");
+    let mut ordinals: Vec<i64> = Vec::new();
+    loop {
+        let page = get(&client, &bob, &path).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        ordinals.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["ordinal"].as_i64().unwrap()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(next) => path = format!("/api/rooms/{id}/messages?limit=7&cursor={next}"),
+            None => break,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.await.unwrap();
+    let newest = ordinals[0];
+    assert!(newest >= 30, "{ordinals:?}");
+    let expected: Vec<i64> = (1..=newest).rev().collect();
+    assert_eq!(ordinals, expected, "every message once, newest first");
+
+    app.stop().await;
+    world.clean_up().await;
+}
