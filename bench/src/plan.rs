@@ -191,7 +191,7 @@ impl Plan {
                 connect_concurrency: 128,
                 fanout_sockets: 1_000,
                 fanout_rate: 10,
-                room_rates: vec![50, 100, 200, 400, 800],
+                room_rates: vec![25, 50, 60, 70, 80, 90, 100, 150, 200, 400],
                 drain: Duration::from_secs(10),
                 settle: Duration::from_secs(180),
             }

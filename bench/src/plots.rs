@@ -66,8 +66,10 @@ pub struct Plots {
 }
 
 impl Plots {
+    /// A latency curve to draw; a summary without one (made `brief`) adds
+    /// nothing.
     pub fn latency(&mut self, label: &str, summary: &Summary) {
-        if summary.n > 0 {
+        if summary.n > 0 && !summary.curve.is_empty() {
             self.latencies
                 .push((label.to_owned(), summary.curve.clone()));
         }
@@ -131,6 +133,12 @@ impl Plots {
             .filter(|ms| ms.is_finite());
         let (low, high) = values.fold((f64::MAX, 0.0_f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let (low, high) = ((low * 0.8).max(0.01), (high * 1.25).max(0.1));
+        // No finite latency at all: an empty range would never end its
+        // axis (plotters' log scale loops on it).
+        if low >= high {
+            root.present()?;
+            return Ok(());
+        }
         let mut chart = ChartBuilder::on(&root)
             .caption("Latency distribution (ms, log scale)", ("sans-serif", 24))
             .margin(15)

@@ -158,7 +158,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
             "rate": rate, "messages": messages, "profile_changes": spread, "held": held,
         }));
         if let Ok(mut plots) = ctx.plots.lock() {
-            plots.latency(&format!("message → socket, {at}"), &messages.frames);
+            plots.latency(&format!("message → socket, {at}"), &messages.curve);
         }
         if !held {
             // Past the rate the room keeps up with, every higher one is
@@ -193,6 +193,9 @@ struct Measured {
     reply: Summary,
     frames: Summary,
     open_loop: OpenLoop,
+    /// The frames' latency curve, for the plot.
+    #[serde(skip)]
+    curve: Summary,
 }
 
 impl Measured {
@@ -202,12 +205,14 @@ impl Measured {
         let mut latencies = tracker.latencies_ms();
         let lost = count.saturating_sub(latencies.len());
         latencies.extend(std::iter::repeat_n(f64::INFINITY, lost));
+        let curve = Summary::of_ms(&mut latencies);
         Measured {
             accepted: accepted.len(),
             lost,
             reply: Summary::of_ms(&mut accepted).brief(),
-            frames: Summary::of_ms(&mut latencies).brief(),
+            frames: curve.brief(),
             open_loop: load,
+            curve,
         }
     }
 }
