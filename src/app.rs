@@ -442,6 +442,8 @@ impl Application {
                     db: pool("realtime", settings.database_pool)?,
                     auth: state.clone().into_inner(),
                     presence: Some(presence.clone()),
+                    frames_per_second: std::num::NonZeroU32::new(settings.ws_frames_per_second)
+                        .context("TIDINGS_WS_FRAMES_PER_SECOND is at least 1")?,
                 });
                 // Presence and typing between gateways (Redis pub/sub), and
                 // the sweep that announces users of a dead gateway offline.

@@ -153,6 +153,16 @@ pub struct Settings {
     /// Events folded on a partition between two decider snapshots.
     #[arg(long, env = "TIDINGS_SNAPSHOT_EVERY", default_value_t = 1_000)]
     pub snapshot_every: u64,
+    /// Frames a client may send per second on one WebSocket, sustained (three
+    /// times as many at once after a quiet spell); past them the socket
+    /// closes with 4008.
+    #[arg(
+        long,
+        env = "TIDINGS_WS_FRAMES_PER_SECOND",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub ws_frames_per_second: u32,
     #[command(flatten)]
     pub mail: MailSettings,
 }
@@ -316,6 +326,10 @@ impl Settings {
                 self.min_position_wait_ms.to_string(),
             ),
             ("TIDINGS_SNAPSHOT_EVERY", self.snapshot_every.to_string()),
+            (
+                "TIDINGS_WS_FRAMES_PER_SECOND",
+                self.ws_frames_per_second.to_string(),
+            ),
             (
                 "TIDINGS_REGISTRATION_TIMEOUT_SECS",
                 self.registration_timeout_secs.to_string(),

@@ -86,6 +86,7 @@ codes! {
     /// A WebSocket error frame: a frame that is not one of the protocol's.
     BadFrame = "bad_frame", None, "a WebSocket frame that is not one of the protocol's";
     UnknownChannel = "unknown_channel", None, "a channel name that is not `user:`, `room:` or `post:` and an id";
+    TooManySubscriptions = "too_many_subscriptions", None, "a socket holds at most 100 subscriptions, its own channel among them: unsubscribe first";
     HistoryTruncated = "history_truncated", None, "the channel's history no longer reaches back to `since`: reload from REST";
     Unavailable = "unavailable", None, "the gateway cannot read the channel's history now; subscribe again";
 }

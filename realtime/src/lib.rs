@@ -39,6 +39,9 @@ pub struct Gateway {
     pub auth: Arc<dyn Authenticator>,
     /// Where open sessions are counted; `None` counts nothing.
     pub presence: Option<presence::Presence>,
+    /// Frames a client may send per second on one socket, sustained; three
+    /// times as many at once. Past them the socket closes with 4008.
+    pub frames_per_second: std::num::NonZeroU32,
 }
 
 /// The gateway's part of the OpenAPI document.

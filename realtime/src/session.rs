@@ -16,12 +16,14 @@
 //! every idle socket would carry that space for its whole life.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tidings_domain::post::Visibility;
 use tidings_http::auth::{bearer, Rejection};
 use tidings_http::codes::Code;
@@ -62,6 +64,15 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const TYPING_EVERY: Duration = Duration::from_secs(1);
 /// Rooms a socket may have typed in within [`TYPING_EVERY`].
 const TYPING_ROOMS: usize = 32;
+/// A socket may send this many times its frames per second at once
+/// ([`Gateway::frames_per_second`]), and never fewer than it takes to
+/// subscribe to [`MAX_SUBSCRIPTIONS`] channels.
+const FRAME_BURST: u32 = 3;
+/// Subscriptions a socket may hold, its own channel among them.
+const MAX_SUBSCRIPTIONS: usize = 100;
+/// Malformed frames a socket may send (each answered `bad_frame`); the
+/// next one closes it with 4400.
+const MAX_BAD_FRAMES: u32 = 10;
 
 const GOING_AWAY: u16 = 1001;
 /// RFC 6455 "Try Again Later": the token could not be checked (a dependency
@@ -69,6 +80,7 @@ const GOING_AWAY: u16 = 1001;
 const TRY_AGAIN_LATER: u16 = 1013;
 const UNAUTHORIZED: u16 = 4001;
 const FORBIDDEN: u16 = 4003;
+const RATE_LIMITED: u16 = 4008;
 const TOO_SLOW: u16 = 4009;
 const PROTOCOL_ERROR: u16 = 4400;
 
@@ -146,6 +158,11 @@ struct Session {
     sent: HashMap<String, Sent>,
     /// Per room, when typing was last relayed and what it said.
     typed: HashMap<Uuid, (Instant, bool)>,
+    /// The client's frames: [`Gateway::frames_per_second`], and a burst
+    /// ([`FRAME_BURST`]).
+    frames: DefaultDirectRateLimiter,
+    /// Malformed frames so far.
+    bad_frames: u32,
 }
 
 /// What a subscribed channel has sent to the client.
@@ -237,6 +254,13 @@ async fn open(
     let (queue, updates) = mpsc::channel(SESSION_QUEUE);
     let (signals, received) = mpsc::channel(SIGNAL_QUEUE);
     let now = Instant::now();
+    // A client that comes back subscribes to all its channels at once.
+    let burst = gateway
+        .frames_per_second
+        .saturating_mul(NonZeroU32::new(FRAME_BURST).expect("not zero"))
+        .max(NonZeroU32::new(MAX_SUBSCRIPTIONS as u32 + 20).expect("not zero"));
+    let frames =
+        RateLimiter::direct(Quota::per_second(gateway.frames_per_second).allow_burst(burst));
     let session = Session {
         id: Uuid::new_v4(),
         user_id,
@@ -252,6 +276,8 @@ async fn open(
         too_slow: CancellationToken::new(),
         sent: HashMap::new(),
         typed: HashMap::new(),
+        frames,
+        bad_frames: 0,
     };
     Some((session, updates, received))
 }
@@ -339,6 +365,13 @@ impl Session {
         match wake {
             Wake::Client(Some(Ok(message))) => {
                 self.last_heard = Instant::now();
+                // Answers to the server's pings are not the client's doing.
+                if !matches!(message, Message::Pong(_)) && self.frames.check().is_err() {
+                    return Err(End::Close(
+                        RATE_LIMITED,
+                        "too many frames; slow down and reconnect",
+                    ));
+                }
                 self.on_message(message).await
             }
             // The connection ended without a Close frame: the client went
@@ -432,6 +465,10 @@ impl Session {
             Message::Text(text) => match serde_json::from_str::<ClientFrame>(&text) {
                 Ok(frame) => self.on_frame(frame).await,
                 Err(error) => {
+                    self.bad_frames += 1;
+                    if self.bad_frames > MAX_BAD_FRAMES {
+                        return Err(End::Close(PROTOCOL_ERROR, "too many malformed frames"));
+                    }
                     self.send(&ServerFrame::error(
                         Code::BadFrame.as_str(),
                         error.to_string(),
@@ -458,6 +495,15 @@ impl Session {
                 epoch,
                 reference,
             } => {
+                if !self.sent.contains_key(&channel) && self.sent.len() >= MAX_SUBSCRIPTIONS {
+                    return self
+                        .send(&ServerFrame::error(
+                            Code::TooManySubscriptions.as_str(),
+                            format!("at most {MAX_SUBSCRIPTIONS} subscriptions; unsubscribe first"),
+                            reference,
+                        ))
+                        .await;
+                }
                 let guard = match self.may_read(&channel).await {
                     Ok(guard) => guard,
                     Err((code, message)) => {

@@ -221,7 +221,11 @@ async fn a_connection_dropped_without_a_close_frame_counts_as_a_client_close() {
 async fn a_client_that_stops_reading_is_closed() {
     use futures_util::SinkExt;
     let world = World::new().await;
-    let app = world.start(&ALL_ROLES).await;
+    // The client floods on purpose, to back the server's writes up: no
+    // frame rate limit may end it first.
+    let mut settings = world.settings.clone();
+    settings.ws_frames_per_second = 1_000_000;
+    let app = world.start_with(settings, &ALL_ROLES).await;
     let client = Client::new(&app.base);
     let (_, token, _) = client.user("alice").await;
     let (bob, _, _) = client.user("bob").await;
@@ -542,5 +546,78 @@ async fn the_relay_publishes_each_update_once_and_marks_it() {
         relay.await.unwrap().unwrap();
         assert_eq!(world.count(&updates_topic), 5, "round {round}");
     }
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_socket_that_floods_or_garbles_is_closed_and_holds_at_most_a_hundred_channels() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (alice, token, _) = client.user("alice").await;
+
+    // Twenty frames a second, 120 at once: a flood is closed with 4008.
+    let mut flood = connected(&app.base, &token, &alice).await;
+    for _ in 0..300 {
+        flood.send(json!({"op": "ping"})).await;
+    }
+    let closed = flood.expect("closed").await;
+    assert_eq!(closed["code"], 4008, "{closed}");
+    // Paced under the limit, more than the burst is answered in full.
+    let mut paced = connected(&app.base, &token, &alice).await;
+    for _ in 0..150 {
+        paced.send(json!({"op": "ping"})).await;
+        tokio::time::sleep(Duration::from_millis(55)).await;
+    }
+    for _ in 0..150 {
+        paced.expect("pong").await;
+    }
+
+    // Ten malformed frames are answered; the eleventh closes with 4400.
+    let mut garbled = connected(&app.base, &token, &alice).await;
+    for n in 0..10 {
+        garbled.send(json!({"op": "dance", "n": n})).await;
+        assert_eq!(garbled.expect("error").await["code"], "bad_frame");
+    }
+    garbled.send(json!({"op": "dance"})).await;
+    let closed = garbled.expect("closed").await;
+    assert_eq!(closed["code"], 4400, "{closed}");
+    assert!(closes(&client, "4008").await >= 1.0);
+
+    // A hundred subscriptions, the own channel among them.
+    let mut posts = Vec::new();
+    for n in 0..100 {
+        let reply = client
+            .send(
+                client
+                    .post("/api/posts")
+                    .bearer_auth(&token)
+                    .json(&json!({"text": format!("post {n}")})),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        posts.push(reply.body["post"]["id"].as_str().unwrap().to_owned());
+    }
+    // All at once, as a client that comes back does: within the burst.
+    let mut many = connected(&app.base, &token, &alice).await;
+    for post in &posts[..99] {
+        many.send(json!({"op": "subscribe", "channel": format!("post:{post}")}))
+            .await;
+    }
+    for _ in &posts[..99] {
+        many.expect("subscribed").await;
+    }
+    let last = format!("post:{}", posts[99]);
+    many.send(json!({"op": "subscribe", "channel": last, "ref": "full"}))
+        .await;
+    let refused = many.expect("error").await;
+    assert_eq!(refused["code"], "too_many_subscriptions", "{refused}");
+    assert_eq!(refused["ref"], "full");
+    many.send(json!({"op": "unsubscribe", "channel": format!("post:{}", posts[0])}))
+        .await;
+    many.send(json!({"op": "subscribe", "channel": last})).await;
+    assert_eq!(many.expect("subscribed").await["channel"], last.as_str());
+
+    app.stop().await;
     world.clean_up().await;
 }
