@@ -1507,4 +1507,239 @@ mod tests {
             )
             .then_err(Error::DirectConversation);
     }
+
+    /// The README's permission table, row by row: what each of the owner,
+    /// an admin, a member and someone not in the room may do. `Ok` is
+    /// allowed; `Err(Some(code))` is refused with that code; `Err(None)` is
+    /// refused (the table's "—").
+    #[test]
+    fn the_permission_table_holds() {
+        use crate::Rejection;
+        let target = Uuid::from_u128(5);
+        let newcomer = Uuid::from_u128(6);
+        let roles = [owner(), admin(), member(), outsider()];
+        // A public room: the staff, a member to act on, a message of each.
+        let public = with(
+            staffed(),
+            [
+                joined(target, false),
+                posted(60, owner(), 1),
+                posted(61, admin(), 2),
+                posted(62, member(), 3),
+                posted(63, target, 4),
+            ],
+        );
+        let private = {
+            let mut events = public.clone();
+            events[0] = created(true, 50);
+            events
+        };
+        let own = |by: Uuid| {
+            Uuid::from_u128(if by == owner() {
+                60
+            } else if by == admin() {
+                61
+            } else {
+                62
+            })
+        };
+        let rows: Vec<(
+            &str,
+            Box<dyn Fn(Uuid) -> Command>,
+            bool,
+            [Result<(), Option<&str>>; 4],
+        )> = vec![
+            (
+                "post a message",
+                Box::new(|by| Command::PostMessage(message(70, by, "hi"))),
+                false,
+                [Ok(()), Ok(()), Ok(()), Err(Some("not_participant"))],
+            ),
+            (
+                "edit one's own message",
+                Box::new(move |by| Command::EditMessage {
+                    message_id: own(by),
+                    by,
+                    text: "edited".into(),
+                    at: at(),
+                }),
+                false,
+                [Ok(()), Ok(()), Ok(()), Err(None)],
+            ),
+            (
+                "edit another's message",
+                Box::new(move |by| Command::EditMessage {
+                    message_id: Uuid::from_u128(63),
+                    by,
+                    text: "edited".into(),
+                    at: at(),
+                }),
+                false,
+                [
+                    Err(Some("not_message_author")),
+                    Err(Some("not_message_author")),
+                    Err(Some("not_message_author")),
+                    Err(None),
+                ],
+            ),
+            (
+                "delete another's message",
+                Box::new(|by| Command::DeleteMessage {
+                    message_id: Uuid::from_u128(63),
+                    by,
+                    at: at(),
+                }),
+                false,
+                [Ok(()), Ok(()), Err(Some("not_message_author")), Err(None)],
+            ),
+            (
+                "mark read",
+                Box::new(|user| Command::MarkRead {
+                    user,
+                    message_id: Uuid::from_u128(63),
+                    at: at(),
+                }),
+                false,
+                [Ok(()), Ok(()), Ok(()), Err(None)],
+            ),
+            (
+                "invite, public room",
+                Box::new(move |by| Command::Invite {
+                    by,
+                    user: newcomer,
+                    at: at(),
+                }),
+                false,
+                [
+                    Err(Some("room_is_public")),
+                    Err(Some("room_is_public")),
+                    Err(Some("room_is_public")),
+                    Err(None),
+                ],
+            ),
+            (
+                "invite, private room",
+                Box::new(move |by| Command::Invite {
+                    by,
+                    user: newcomer,
+                    at: at(),
+                }),
+                true,
+                [Ok(()), Ok(()), Ok(()), Err(Some("room_not_found"))],
+            ),
+            (
+                "edit the room",
+                Box::new(|by| {
+                    Command::Update(Update {
+                        by,
+                        changes: Changes {
+                            name: Some("renamed".into()),
+                            ..Changes::default()
+                        },
+                        at: at(),
+                    })
+                }),
+                false,
+                [Ok(()), Ok(()), Err(Some("not_room_admin")), Err(None)],
+            ),
+            (
+                "remove a member",
+                Box::new(move |by| Command::RemoveMember {
+                    by,
+                    user: target,
+                    at: at(),
+                }),
+                false,
+                [Ok(()), Ok(()), Err(Some("not_room_admin")), Err(None)],
+            ),
+            (
+                "make a member admin",
+                Box::new(move |by| Command::SetRole {
+                    by,
+                    user: target,
+                    role: Role::Admin,
+                    at: at(),
+                }),
+                false,
+                [
+                    Ok(()),
+                    Err(Some("not_room_owner")),
+                    Err(Some("not_room_owner")),
+                    Err(None),
+                ],
+            ),
+            (
+                "transfer ownership",
+                Box::new(move |by| Command::Transfer {
+                    by,
+                    to: target,
+                    at: at(),
+                }),
+                false,
+                [
+                    Ok(()),
+                    Err(Some("not_room_owner")),
+                    Err(Some("not_room_owner")),
+                    Err(None),
+                ],
+            ),
+            (
+                "leave",
+                Box::new(|user| Command::Leave { user, at: at() }),
+                false,
+                [Err(Some("owner_must_transfer")), Ok(()), Ok(()), Err(None)],
+            ),
+            (
+                "join a public room",
+                Box::new(join),
+                false,
+                [
+                    Err(Some("already_participant")),
+                    Err(Some("already_participant")),
+                    Err(Some("already_participant")),
+                    Ok(()),
+                ],
+            ),
+            (
+                "join a private room uninvited",
+                Box::new(join),
+                true,
+                [
+                    Err(Some("already_participant")),
+                    Err(Some("already_participant")),
+                    Err(Some("already_participant")),
+                    Err(Some("room_not_found")),
+                ],
+            ),
+        ];
+        let fold = |events: &[Event]| {
+            events
+                .iter()
+                .fold(State::default(), |state, event| evolve(state, event))
+        };
+        let (public, private) = (fold(&public), fold(&private));
+        for (action, command, is_private, expected) in rows {
+            let state = if is_private { &private } else { &public };
+            for (who, expected) in roles.iter().zip(expected) {
+                let outcome = decide(&command(*who), state);
+                let role = ["owner", "admin", "member", "not in the room"]
+                    [roles.iter().position(|r| r == who).expect("a role")];
+                match (&outcome, expected) {
+                    (Ok(events), Ok(())) => {
+                        assert!(
+                            !events.is_empty(),
+                            "{action}, {role}: allowed but wrote nothing"
+                        )
+                    }
+                    (Err(_), Err(None)) => {}
+                    (Err(error), Err(Some(code))) => {
+                        assert_eq!(error.code(), code, "{action}, {role}")
+                    }
+                    (outcome, expected) => {
+                        panic!("{action}, {role}: {outcome:?}, expected {expected:?}")
+                    }
+                }
+            }
+        }
+    }
 }
