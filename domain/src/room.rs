@@ -1508,6 +1508,15 @@ mod tests {
             .then_err(Error::DirectConversation);
     }
 
+    /// An action of the permission table: its name, the command for an
+    /// actor, whether in the private room, and the outcome for each role.
+    type Row = (
+        &'static str,
+        Box<dyn Fn(Uuid) -> Command>,
+        bool,
+        [Result<(), Option<&'static str>>; 4],
+    );
+
     /// The README's permission table, row by row: what each of the owner,
     /// an admin, a member and someone not in the room may do. `Ok` is
     /// allowed; `Err(Some(code))` is refused with that code; `Err(None)` is
@@ -1543,12 +1552,7 @@ mod tests {
                 62
             })
         };
-        let rows: Vec<(
-            &str,
-            Box<dyn Fn(Uuid) -> Command>,
-            bool,
-            [Result<(), Option<&str>>; 4],
-        )> = vec![
+        let rows: Vec<Row> = vec![
             (
                 "post a message",
                 Box::new(|by| Command::PostMessage(message(70, by, "hi"))),
@@ -1712,11 +1716,7 @@ mod tests {
                 ],
             ),
         ];
-        let fold = |events: &[Event]| {
-            events
-                .iter()
-                .fold(State::default(), |state, event| evolve(state, event))
-        };
+        let fold = |events: &[Event]| events.iter().fold(State::default(), evolve);
         let (public, private) = (fold(&public), fold(&private));
         for (action, command, is_private, expected) in rows {
             let state = if is_private { &private } else { &public };
