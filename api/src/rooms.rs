@@ -1055,12 +1055,10 @@ pub(crate) async fn send_direct(
     let to = to.into_inner();
     let (command_id, message) = new_message(&ctx, &me, body.into_inner())?;
     // Writing to oneself is the decider's to refuse (422).
-    if to != me.user_id {
-        existing(&state, to).await?;
-    }
     // The conversation is opened by its first message: a writer is always
     // in it, so its media are attached up front.
     if to != me.user_id {
+        existing(&state, to).await?;
         let holder = media::Holder::Message(message.message_id);
         media::attach(&state, &me, &ctx, command_id, holder, &message.media_ids).await?;
     }

@@ -463,13 +463,8 @@ async fn mail_waits_out_an_smtp_server_that_is_down_and_an_expired_token_is_refu
 
 #[tokio::test]
 async fn notifications_are_mailed_to_users_without_a_socket_at_most_once_per_interval() {
-    let smtp = SmtpServer::started().await;
-    let world = World::new().await;
     let interval = Duration::from_millis(3000);
-    let mut settings = world.settings.clone();
-    settings.mail.smtp_url = Some(smtp.url());
-    settings.mail.notification_mail_interval_ms = interval.as_millis() as u64;
-    let app = world.start_with(settings, &ALL_ROLES).await;
+    let (smtp, world, app) = mailing(interval).await;
     let client = Client::new(&app.base);
     let (_, alice) = user(&client, "alice").await;
     let (bob_id, _) = user(&client, "bob").await;
@@ -572,6 +567,18 @@ async fn notifications_are_mailed_to_users_without_a_socket_at_most_once_per_int
     world.clean_up().await;
 }
 
+/// A Tidings of all roles that mails through a fresh SMTP server of the
+/// test's own, with notification digests at most once per `interval`.
+async fn mailing(interval: Duration) -> (SmtpServer, World, crate::support::Running) {
+    let smtp = SmtpServer::started().await;
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.mail.smtp_url = Some(smtp.url());
+    settings.mail.notification_mail_interval_ms = interval.as_millis() as u64;
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    (smtp, world, app)
+}
+
 /// `token`'s holder writes `body` to `path`.
 async fn write(client: &Client, token: &str, path: &str, body: Value) -> Value {
     let reply = client
@@ -607,13 +614,8 @@ async fn message_notifications(client: &Client, token: &str) -> (Vec<Value>, Str
 
 #[tokio::test]
 async fn messages_notify_the_participants_offline_once_until_read_and_invites_the_invitee() {
-    let smtp = SmtpServer::started().await;
-    let world = World::new().await;
     let interval = Duration::from_millis(2000);
-    let mut settings = world.settings.clone();
-    settings.mail.smtp_url = Some(smtp.url());
-    settings.mail.notification_mail_interval_ms = interval.as_millis() as u64;
-    let app = world.start_with(settings, &ALL_ROLES).await;
+    let (smtp, world, app) = mailing(interval).await;
     let client = Client::new(&app.base);
     let (_, alice) = user(&client, "alice").await;
     let (bob_id, bob) = user(&client, "bob").await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tidings::Role;
 
-use crate::support::{Client, Reply, Socket, World, ALL_ROLES};
+use crate::support::{ChildTidings, Client, Reply, Socket, World, ALL_ROLES};
 
 struct User {
     id: String,
@@ -100,13 +100,7 @@ async fn a_participant_is_online_from_the_first_socket_to_the_last_on_any_gatewa
     let app = world.start(&ALL_ROLES).await;
     // A second gateway in a process of its own: presence goes between the
     // two through Redis only.
-    let child = world.spawn("api,realtime", &[]);
-    let (child, base) = tokio::task::spawn_blocking(move || {
-        let base = child.base_url();
-        (child, base)
-    })
-    .await
-    .unwrap();
+    let (child, base) = gateway_process(&world).await;
     let other = Gateway { base };
     let client = Client::new(&app.base);
     let alice = user(&client, "alice").await;
@@ -170,6 +164,18 @@ async fn a_participant_is_online_from_the_first_socket_to_the_last_on_any_gatewa
         .unwrap();
     app.stop().await;
     world.clean_up().await;
+}
+
+/// A gateway (and API) in a process of its own, and where it listens, once
+/// it is up.
+async fn gateway_process(world: &World) -> (ChildTidings, String) {
+    let child = world.spawn("api,realtime", &[]);
+    tokio::task::spawn_blocking(move || {
+        let base = child.base_url();
+        (child, base)
+    })
+    .await
+    .unwrap()
 }
 
 /// Where a spawned gateway listens.
@@ -269,13 +275,7 @@ async fn typing_reaches_the_other_participants_on_every_gateway_and_lapses() {
 async fn a_killed_gateways_users_go_offline_within_the_expiry() {
     let world = World::new().await;
     let app = world.start(&ALL_ROLES).await;
-    let child = world.spawn("api,realtime", &[]);
-    let (child, base) = tokio::task::spawn_blocking(move || {
-        let base = child.base_url();
-        (child, base)
-    })
-    .await
-    .unwrap();
+    let (child, base) = gateway_process(&world).await;
     let client = Client::new(&app.base);
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
