@@ -379,6 +379,7 @@ impl Application {
             );
         }
         let (mut port, mut server, mut handle) = (None, None, None);
+        let limits = Arc::new(settings.limits.limits());
         if let (true, Some(bus)) = (serves_http, bus) {
             // Readers here also hear of the commits of projectors elsewhere.
             let (listen_db, stop, listening) =
@@ -406,6 +407,7 @@ impl Application {
                     forgot_interval: settings.mail.forgot_interval(),
                     mail_queue_max: settings.mail.mail_queue_max,
                 },
+                limits: limits.clone(),
             });
             let media = media_store.map(|store| {
                 web::Data::new(MediaService::new(
@@ -444,6 +446,9 @@ impl Application {
                     presence: Some(presence.clone()),
                     frames_per_second: std::num::NonZeroU32::new(settings.ws_frames_per_second)
                         .context("TIDINGS_WS_FRAMES_PER_SECOND is at least 1")?,
+                    limits: limits.clone(),
+                    queue_bytes: settings.ws_queue_bytes as usize,
+                    ring: Some(cache.clone()),
                 });
                 // Presence and typing between gateways (Redis pub/sub), and
                 // the sweep that announces users of a dead gateway offline.
@@ -494,6 +499,7 @@ impl Application {
                     .wrap(from_fn(tidings_api::idempotency::middleware))
                     .wrap(from_fn(tidings_api::json_objects))
                     .wrap(from_fn(tidings_api::middleware::read_your_writes))
+                    .wrap(from_fn(tidings_api::limits::middleware))
                     .wrap(from_fn(tidings_api::middleware::http_metrics))
                     .wrap(from_fn(tidings_api::middleware::request_id))
                     .default_service(web::to(tidings_api::not_found));

@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use tidings_http::limits::{LimitSpec, Limiter, Limits};
 use tidings_schemas::kafka::KafkaSettings;
 
 /// The development JWT secret: fine on a laptop, refused in production.
@@ -163,8 +164,92 @@ pub struct Settings {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub ws_frames_per_second: u32,
+    /// Bytes of frames one WebSocket may have waiting for its client. Past
+    /// half of them typing frames are dropped; counts and presence keep their
+    /// latest value; a durable frame past all of them closes the socket with
+    /// 4009 (the client resumes with `since`).
+    #[arg(
+        long,
+        env = "TIDINGS_WS_QUEUE_BYTES",
+        default_value_t = 256 * 1024,
+        value_parser = clap::value_parser!(u64).range(1024..)
+    )]
+    pub ws_queue_bytes: u64,
     #[command(flatten)]
     pub mail: MailSettings,
+    #[command(flatten)]
+    pub limits: LimitSettings,
+}
+
+/// Rate limits, each `<count>/<s|min|h>[,<burst>]` or `off`. Past one, a
+/// request is answered 429 `rate_limited` with `Retry-After` and the
+/// `RateLimit` headers. Addresses are the TCP peer's (behind a proxy, its
+/// address: raise or turn off the address limits there).
+#[derive(Clone, Args)]
+pub struct LimitSettings {
+    /// Writes (POST, PUT, PATCH, DELETE) of one signed-in user.
+    #[arg(long, env = "TIDINGS_LIMIT_USER_WRITES", default_value = "10/s,50")]
+    pub limit_user_writes: LimitSpec,
+    /// Writes from one address (IPv6: one /64), signed in or not.
+    #[arg(long, env = "TIDINGS_LIMIT_IP_WRITES", default_value = "50/s,200")]
+    pub limit_ip_writes: LimitSpec,
+    /// Registrations, logins and password resets from one address.
+    #[arg(long, env = "TIDINGS_LIMIT_IP_LOGINS", default_value = "30/min,30")]
+    pub limit_ip_logins: LimitSpec,
+    /// Login attempts naming one account, from anywhere.
+    #[arg(
+        long,
+        env = "TIDINGS_LIMIT_ACCOUNT_LOGINS",
+        default_value = "10/min,10"
+    )]
+    pub limit_account_logins: LimitSpec,
+    /// WebSocket connections opened from one address.
+    #[arg(long, env = "TIDINGS_LIMIT_IP_CONNECTS", default_value = "10/s,100")]
+    pub limit_ip_connects: LimitSpec,
+}
+
+impl LimitSettings {
+    /// Every limit off: for a process whose clients all share one address
+    /// (tests, benchmarks).
+    pub fn off() -> Self {
+        let off = LimitSpec(None);
+        LimitSettings {
+            limit_user_writes: off,
+            limit_ip_writes: off,
+            limit_ip_logins: off,
+            limit_account_logins: off,
+            limit_ip_connects: off,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            user_writes: Limiter::new("user-writes", self.limit_user_writes),
+            ip_writes: Limiter::new("address-writes", self.limit_ip_writes),
+            ip_logins: Limiter::new("address-logins", self.limit_ip_logins),
+            account_logins: Limiter::new("account-logins", self.limit_account_logins),
+            ip_connects: Limiter::new("address-connects", self.limit_ip_connects),
+        }
+    }
+
+    fn to_env(&self) -> [(&'static str, String); 5] {
+        [
+            (
+                "TIDINGS_LIMIT_USER_WRITES",
+                self.limit_user_writes.to_string(),
+            ),
+            ("TIDINGS_LIMIT_IP_WRITES", self.limit_ip_writes.to_string()),
+            ("TIDINGS_LIMIT_IP_LOGINS", self.limit_ip_logins.to_string()),
+            (
+                "TIDINGS_LIMIT_ACCOUNT_LOGINS",
+                self.limit_account_logins.to_string(),
+            ),
+            (
+                "TIDINGS_LIMIT_IP_CONNECTS",
+                self.limit_ip_connects.to_string(),
+            ),
+        ]
+    }
 }
 
 /// Mail: where it goes out, from whom, and the limits of what is sent.
@@ -330,6 +415,7 @@ impl Settings {
                 "TIDINGS_WS_FRAMES_PER_SECOND",
                 self.ws_frames_per_second.to_string(),
             ),
+            ("TIDINGS_WS_QUEUE_BYTES", self.ws_queue_bytes.to_string()),
             (
                 "TIDINGS_REGISTRATION_TIMEOUT_SECS",
                 self.registration_timeout_secs.to_string(),
@@ -373,6 +459,7 @@ impl Settings {
                 self.mail.notification_mail_interval_ms.to_string(),
             ),
         ];
+        vars.extend(self.limits.to_env());
         // Unset optional settings stay out: an empty variable is a value.
         for (key, value) in [
             ("TIDINGS_TLS_CERT", &self.tls_cert),

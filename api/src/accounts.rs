@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tidings_commands::registration::{self, RegistrationError, Saga};
 use tidings_commands::AnyCommand;
 use tidings_domain::account;
+use tidings_http::limits::{Key, Verdict};
 use tidings_projections::accounts::{Profile, PublicProfile};
 use tidings_projections::credentials;
 use tidings_schemas::{AggregateRef, Position};
@@ -207,6 +208,14 @@ pub(crate) async fn login(
             Code::InvalidCredentials,
             "wrong login or password",
         ));
+    }
+    // Attempts on one account are counted wherever they come from, before
+    // a password is tried.
+    if let Some(limiter) = &state.limits.account_logins {
+        let name = Key::Name(body.login.trim().to_lowercase());
+        if let Verdict::Refused { retry_after } = limiter.check(name) {
+            return Ok(limiter.refusal(retry_after));
+        }
     }
     let account = tidings_projections::accounts::by_login(&state.db, &body.login).await?;
     let hash = match &account {

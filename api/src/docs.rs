@@ -11,6 +11,7 @@
 //! added to every operation they apply to by [`common_answers`]: a JSON body
 //! can be malformed (400), too large (413), of another media type (415) or
 //! invalid (422); any write takes `Idempotency-Key` (400 when it is not one);
+//! any write may be rate limited (429);
 //! any GET takes `X-Min-Position` (400 when it is not a position, 503 past
 //! the bounded wait); a secured operation answers 401.
 //! Handlers document only what is their own. `scripts/schemathesis` holds the
@@ -244,6 +245,7 @@ pub fn common_answers(openapi: &mut utoipa::openapi::OpenApi) {
                     r"^[\t ]*[!-~]([ -~]{0,253}[!-~])?[\t ]*$",
                 );
                 answer(operation, "400", "`invalid_idempotency_key`, or the body cannot be read (`malformed_json`, `malformed_body`)");
+                answer(operation, "429", "`rate_limited`: past the limit of the caller, the address or the account named (`Retry-After`, `RateLimit`, `RateLimit-Policy`)");
                 if operation.request_body.is_none() {
                     answer(
                         operation,

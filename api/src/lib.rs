@@ -36,6 +36,7 @@ pub mod media;
 pub mod middleware;
 pub mod notifications;
 pub mod page;
+pub mod limits;
 pub mod passwords;
 pub mod posts;
 pub mod rooms;
@@ -89,6 +90,8 @@ pub struct ApiState {
     pub bus: CommandBus,
     pub jwt: Jwt,
     pub settings: ApiSettings,
+    /// Rate limits of writes and logins (shared with the gateway's).
+    pub limits: std::sync::Arc<tidings_http::limits::Limits>,
 }
 
 impl ApiState {

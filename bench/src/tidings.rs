@@ -396,6 +396,13 @@ impl Managed {
                 "TIDINGS_JWT_SECRET",
                 format!("bench secret {}", uuid::Uuid::new_v4()),
             ),
+            // Every client of the bench comes from 127.0.0.1: limits
+            // meant per user and address would measure themselves.
+            ("TIDINGS_LIMIT_USER_WRITES", "off".into()),
+            ("TIDINGS_LIMIT_IP_WRITES", "off".into()),
+            ("TIDINGS_LIMIT_IP_LOGINS", "off".into()),
+            ("TIDINGS_LIMIT_ACCOUNT_LOGINS", "off".into()),
+            ("TIDINGS_LIMIT_IP_CONNECTS", "off".into()),
             // Logs cost CPU on the same cores: warnings only.
             ("RUST_LOG", "warn".into()),
         ]

@@ -71,6 +71,7 @@ codes! {
     UnsupportedMediaType = "unsupported_media_type", http(StatusCode::UNSUPPORTED_MEDIA_TYPE), "the body is not `application/json` (an upload: not multipart/form-data, or its bytes are not an accepted image or video type)";
     UploadTooSlow = "upload_too_slow", http(StatusCode::REQUEST_TIMEOUT), "the upload did not arrive within its deadline; retry";
     TooManyUploads = "too_many_uploads", http(StatusCode::TOO_MANY_REQUESTS), "the caller has as many uploads under way as allowed (`Retry-After`)";
+    RateLimited = "rate_limited", http(StatusCode::TOO_MANY_REQUESTS), "more requests than the caller's limit allows (`Retry-After`, `RateLimit`, `RateLimit-Policy`)";
     RangeNotSatisfiable = "range_not_satisfiable", http(StatusCode::RANGE_NOT_SATISFIABLE), "`Range` lies past the end of the object (`Content-Range: bytes */size`)";
     ValidationFailed = "validation_failed", http(StatusCode::UNPROCESSABLE_ENTITY), "some fields are not acceptable (`errors`)";
     ImageTooLarge = "image_too_large", http(StatusCode::UNPROCESSABLE_ENTITY), "the image's dimensions, or the memory decoding it takes, pass the limits";

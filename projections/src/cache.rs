@@ -92,6 +92,13 @@ end
 return 1
 ";
 
+/// Updates the hot ring keeps per channel: a client that comes back after a
+/// short absence (a reconnect storm after a gateway restarts) is served
+/// from Redis; one further behind, from the outbox in PostgreSQL.
+pub const RING_LEN: usize = 256;
+/// How long a channel's ring outlives its last update.
+const RING_TTL_SECS: i64 = 3600;
+
 /// The Redis key of `user`'s open sessions (a sorted set of session ids
 /// scored by when each stops counting), kept by the gateways
 /// (`realtime/src/presence.rs`).
@@ -415,6 +422,83 @@ impl Cache {
                 .collect())
         })
         .await
+    }
+
+    /// Puts numbered channel updates into the hot ring: per channel, the
+    /// last [`RING_LEN`] updates by `seq`, for an hour after the last one
+    /// (a sorted set scored by `seq`). Best effort: a ring that misses one
+    /// is not read past it ([`Cache::ring_after`]).
+    pub async fn ring_push(&self, updates: &[crate::outbox::Update]) {
+        if updates.is_empty() {
+            return;
+        }
+        self.run(async {
+            let mut conn = self.pool.get().await?;
+            let mut pipe = redis::pipe();
+            let mut channels = HashSet::new();
+            for update in updates {
+                let key = self.ring_key(&update.channel);
+                pipe.cmd("ZADD")
+                    .arg(&key)
+                    .arg(update.seq)
+                    .arg(serde_json::to_string(update)?)
+                    .ignore();
+                channels.insert(key);
+            }
+            for key in channels {
+                pipe.cmd("ZREMRANGEBYRANK")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-(RING_LEN as i64) - 1)
+                    .ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(RING_TTL_SECS).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// A channel's updates after `after` up to `until` from the hot ring,
+    /// when the ring holds every one of them in one epoch; `None` when it
+    /// does not (the outbox has them) or Redis cannot say.
+    pub async fn ring_after(
+        &self,
+        channel: &str,
+        after: i64,
+        until: i64,
+    ) -> Option<Vec<crate::outbox::Update>> {
+        let wanted = usize::try_from(until - after).ok()?;
+        if wanted == 0 || wanted > RING_LEN {
+            return None;
+        }
+        let kept: Vec<String> = self
+            .run(async {
+                let mut conn = self.pool.get().await?;
+                let kept: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.ring_key(channel))
+                    .arg(format!("({after}"))
+                    .arg(until)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(kept)
+            })
+            .await?;
+        let updates: Vec<crate::outbox::Update> = kept
+            .iter()
+            .map(|json| serde_json::from_str(json))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let whole = updates.len() == wanted
+            && updates
+                .iter()
+                .zip(after + 1..)
+                .all(|(update, seq)| update.seq == seq && update.epoch == updates[0].epoch);
+        whole.then_some(updates)
+    }
+
+    fn ring_key(&self, channel: &str) -> String {
+        format!("{}:ring:{channel}", self.prefix)
     }
 
     /// Whether Redis answers (for `/ready`).

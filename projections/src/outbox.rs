@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use tidings_schemas::kafka::KafkaSettings;
-use tidings_schemas::Channel;
+use tidings_schemas::{Channel, Position};
 use tokio_util::sync::CancellationToken;
 
 /// The PostgreSQL notification the projector raises when it appended rows.
@@ -158,12 +158,15 @@ pub async fn append(
 
 /// Where a channel stands: its last `seq`, its `epoch`, and the oldest `seq`
 /// the outbox still keeps (see [`prune`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub seq: i64,
     pub epoch: i64,
     /// `seq + 1` when nothing is kept.
     pub oldest_kept: i64,
+    /// How far the read models were when the head was read: a REST read
+    /// with this `X-Min-Position` shows at least everything up to `seq`.
+    pub position: Position,
 }
 
 impl Head {
@@ -175,20 +178,37 @@ impl Head {
 }
 
 /// A channel's head (`seq` 0 and `epoch` 1 for a channel that never received
-/// anything).
+/// anything), and the projector's offsets read in the same statement (one
+/// snapshot): the commit that wrote `seq` is among them.
 pub async fn head(db: impl PgExecutor<'_>, channel: &str) -> Result<Head, sqlx::Error> {
-    let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT c.seq, c.epoch, (SELECT min(o.seq) FROM channel_outbox o WHERE o.channel = c.channel)
-         FROM channels c WHERE c.channel = $1",
+    let (seq, epoch, oldest, partitions, offsets): (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Vec<i32>,
+        Vec<i64>,
+    ) = sqlx::query_as(
+        "SELECT c.seq, c.epoch,
+                (SELECT min(o.seq) FROM channel_outbox o WHERE o.channel = $1),
+                (SELECT coalesce(array_agg(partition ORDER BY partition), '{}') FROM projector_offsets),
+                (SELECT coalesce(array_agg(next_offset ORDER BY partition), '{}') FROM projector_offsets)
+         FROM (SELECT 1) AS one LEFT JOIN channels c ON c.channel = $1",
     )
     .bind(channel)
-    .fetch_optional(db)
+    .fetch_one(db)
     .await?;
-    let (seq, epoch, oldest) = row.unwrap_or((0, 1, None));
+    let (seq, epoch) = (seq.unwrap_or(0), epoch.unwrap_or(1));
+    let mut position = Position::default();
+    for (partition, next) in partitions.into_iter().zip(offsets) {
+        if next > 0 {
+            position.include(partition, next - 1);
+        }
+    }
     Ok(Head {
         seq,
         epoch,
         oldest_kept: oldest.unwrap_or(seq + 1),
+        position,
     })
 }
 
@@ -331,6 +351,7 @@ mod tests {
             seq: 10,
             epoch: 1,
             oldest_kept: 4,
+            position: Position::default(),
         };
         assert!(head.can_resume(3), "3 has everything before 4");
         assert!(head.can_resume(10));
@@ -340,6 +361,7 @@ mod tests {
             seq: 0,
             epoch: 1,
             oldest_kept: 1,
+            position: Position::default(),
         };
         assert!(empty.can_resume(0));
     }

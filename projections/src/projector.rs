@@ -162,6 +162,10 @@ pub async fn run(
             cache.apply_feeds(&projected.effects.feeds).await;
         }
         settings.progress.advance(committed.iter().copied());
+        // After the writers are told: resuming clients read the ring.
+        if let Some(cache) = &cache {
+            cache.ring_push(&projected.numbered).await;
+        }
     }
     consumer.unsubscribe();
     Ok(())

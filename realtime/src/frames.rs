@@ -1,7 +1,15 @@
 //! The frames of the WebSocket protocol: one JSON object per text frame.
 
+use std::hash::{Hash, Hasher};
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::socket::Delivery;
+
+/// Updates whose latest value is all a client needs: a slow client's queue
+/// keeps only the newest of each (see [`ServerFrame::delivery`]).
+pub const STATES: [&str; 3] = ["post.counts", "room.unread", "notifications.read"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -23,6 +31,11 @@ pub enum ServerFrame {
         seq: i64,
         epoch: i64,
         recovered: bool,
+        /// Read REST state with this `X-Min-Position`: it shows at least
+        /// everything up to `seq`, so no change falls between the state
+        /// read and the events that follow (apply those past `seq`; a view
+        /// may already show some of them).
+        position: String,
     },
     /// The server ended a subscription: `reason` is `forbidden` (the user
     /// may no longer see the channel, e.g. a followers-only post after an
@@ -66,6 +79,35 @@ impl ServerFrame {
         }
     }
 
+    /// How the frame waits for a slow client (DESIGN.md, three delivery
+    /// contracts): counts and unread counts are states keyed by channel and
+    /// event (and room, for a room's unread count on the user's channel),
+    /// presence a state per channel and user; typing is ephemeral; the rest
+    /// is durable.
+    pub fn delivery(&self) -> Delivery {
+        let state = |parts: &[&str]| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            parts.hash(&mut hasher);
+            Delivery::State(hasher.finish())
+        };
+        match self {
+            ServerFrame::Event {
+                channel,
+                event,
+                data,
+                ..
+            } if STATES.contains(&event.as_str()) => {
+                let room = data["room_id"].as_str().unwrap_or_default();
+                state(&[channel, event, room])
+            }
+            ServerFrame::Presence {
+                channel, user_id, ..
+            } => state(&[channel, "presence", &user_id.to_string()]),
+            ServerFrame::Typing { .. } => Delivery::Ephemeral,
+            _ => Delivery::Durable,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("frames serialize")
     }
@@ -99,6 +141,61 @@ pub enum ClientFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_and_presence_are_states_typing_ephemeral_the_rest_durable() {
+        let event = |channel: &str, event: &str, data: serde_json::Value| ServerFrame::Event {
+            channel: channel.into(),
+            seq: 1,
+            epoch: 1,
+            event: event.into(),
+            data,
+        };
+        let counts = event(
+            "post:1",
+            "post.counts",
+            serde_json::json!({"like_count": 1}),
+        );
+        let later = event(
+            "post:1",
+            "post.counts",
+            serde_json::json!({"like_count": 2}),
+        );
+        let other = event(
+            "post:2",
+            "post.counts",
+            serde_json::json!({"like_count": 2}),
+        );
+        assert!(matches!(counts.delivery(), Delivery::State(_)));
+        assert_eq!(counts.delivery(), later.delivery(), "one state per post");
+        assert_ne!(counts.delivery(), other.delivery());
+        let unread = |room: &str| {
+            event(
+                "user:1",
+                "room.unread",
+                serde_json::json!({"room_id": room, "unread_count": 3}),
+            )
+            .delivery()
+        };
+        assert_ne!(unread("a"), unread("b"), "one state per room");
+        let message = event("room:1", "message.created", serde_json::json!({}));
+        assert_eq!(message.delivery(), Delivery::Durable);
+        let typing = ServerFrame::Typing {
+            channel: "room:1".into(),
+            user_id: Uuid::nil(),
+            is_typing: true,
+        };
+        assert_eq!(typing.delivery(), Delivery::Ephemeral);
+        let presence = |status: &str| ServerFrame::Presence {
+            channel: "room:1".into(),
+            user_id: Uuid::nil(),
+            status: status.into(),
+        };
+        assert_eq!(
+            presence("online").delivery(),
+            presence("offline").delivery()
+        );
+    }
 
     #[test]
     fn frames_read_and_write_as_documented() {

@@ -26,8 +26,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Updates queued for one session before it counts as too slow.
+/// Updates handed to one session and not yet taken by it. A session takes
+/// them as they come (its writes queue without waiting: see
+/// [`crate::socket`]), so this fills only when its task cannot keep up;
+/// then it counts as too slow.
 pub const SESSION_QUEUE: usize = 512;
+/// Updates from the topic and the projector waiting for the hub; past it
+/// their readers wait (the topic's consumer reads no further meanwhile).
+/// Commands of sessions come over an unbounded channel: each session's
+/// frames are rate limited, and its subscriptions capped.
+pub const DELIVERY_QUEUE: usize = 4096;
 /// Ephemeral frames (presence, typing) queued for one session; past this
 /// they are dropped for it: they carry no `seq` to resume from, and the
 /// next change says the state again.
@@ -97,9 +105,10 @@ impl Hub {
         })
         .await??;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx));
-        tokio::spawn(follow(consumer, tx.clone(), shutdown.clone()));
-        let (mut early, hub) = (early.open(), tx.clone());
+        let (deliver, deliveries) = mpsc::channel(DELIVERY_QUEUE);
+        tokio::spawn(run(rx, deliveries));
+        tokio::spawn(follow(consumer, deliver.clone(), shutdown.clone()));
+        let (mut early, hub) = (early.open(), deliver);
         let stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -108,7 +117,7 @@ impl Hub {
                     update = early.recv() => update,
                 };
                 let Some(update) = update else { return };
-                if hub.send(Command::Deliver(update)).is_err() {
+                if hub.send(update).await.is_err() {
                     return;
                 }
             }
@@ -133,18 +142,26 @@ struct Subscribers {
     passed: (i64, i64),
 }
 
-async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
+async fn run(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut deliveries: mpsc::Receiver<Update>,
+) {
     let mut channels: HashMap<String, Subscribers> = HashMap::new();
     // Who is typing where, until when: only on channels with subscribers
     // here, each entry gone at its deadline, so it stays small.
     let mut typing: HashMap<(String, Uuid), Instant> = HashMap::new();
+    // Subscriptions held, for `/metrics`.
+    let mut held: usize = 0;
     loop {
+        metrics::gauge!("tidings_ws_subscriptions").set(held as f64);
+        metrics::gauge!("tidings_ws_channels").set(channels.len() as f64);
         let next = typing.values().min().copied();
         let command = tokio::select! {
             command = commands.recv() => match command {
                 Some(command) => command,
                 None => return,
             },
+            Some(update) = deliveries.recv() => Command::Deliver(update),
             _ = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -164,7 +181,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
                         user_id,
                         is_typing: false,
                     };
-                    signal(&mut channels, Signal { channel, user_id, frame });
+                    held -= signal(&mut channels, Signal { channel, user_id, frame });
                 }
                 continue;
             }
@@ -177,14 +194,15 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
                 signals,
                 too_slow,
             } => {
-                channels.entry(channel).or_default().sessions.insert(
-                    session,
-                    Subscriber {
-                        queue,
-                        signals,
-                        too_slow,
-                    },
-                );
+                let subscriber = Subscriber {
+                    queue,
+                    signals,
+                    too_slow,
+                };
+                let sessions = &mut channels.entry(channel).or_default().sessions;
+                if sessions.insert(session, subscriber).is_none() {
+                    held += 1;
+                }
             }
             Command::Signal(sent) => {
                 if let ServerFrame::Typing { is_typing, .. } = sent.frame {
@@ -195,11 +213,13 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
                         typing.remove(&key);
                     }
                 }
-                signal(&mut channels, sent);
+                held -= signal(&mut channels, sent);
             }
             Command::Unsubscribe { session, channel } => {
                 if let Some(subscribers) = channels.get_mut(&channel) {
-                    subscribers.sessions.remove(&session);
+                    if subscribers.sessions.remove(&session).is_some() {
+                        held -= 1;
+                    }
                     if subscribers.sessions.is_empty() {
                         channels.remove(&channel);
                     }
@@ -207,7 +227,9 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
             }
             Command::Leave { session } => {
                 channels.retain(|_, subscribers| {
-                    subscribers.sessions.remove(&session);
+                    if subscribers.sessions.remove(&session).is_some() {
+                        held -= 1;
+                    }
                     !subscribers.sessions.is_empty()
                 });
             }
@@ -222,6 +244,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
                     continue;
                 }
                 subscribers.passed = (update.epoch, update.seq);
+                let before = subscribers.sessions.len();
                 subscribers.sessions.retain(|_, subscriber| {
                     match subscriber.queue.try_send(update.clone()) {
                         Ok(()) => true,
@@ -232,6 +255,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
                         Err(mpsc::error::TrySendError::Closed(_)) => false,
                     }
                 });
+                held -= before - subscribers.sessions.len();
                 if subscribers.sessions.is_empty() {
                     channels.remove(&update.channel);
                 }
@@ -242,26 +266,26 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>) {
 
 /// Hands an ephemeral frame to the subscribers of its channel; one whose
 /// signal queue is full misses it (see [`SIGNAL_QUEUE`]).
-fn signal(channels: &mut HashMap<String, Subscribers>, signal: Signal) {
+/// Returns how many subscriptions it found gone.
+fn signal(channels: &mut HashMap<String, Subscribers>, signal: Signal) -> usize {
     let Some(subscribers) = channels.get_mut(&signal.channel) else {
-        return;
+        return 0;
     };
+    let before = subscribers.sessions.len();
     subscribers.sessions.retain(|_, subscriber| {
         !matches!(
             subscriber.signals.try_send(signal.clone()),
             Err(mpsc::error::TrySendError::Closed(_))
         )
     });
+    let gone = before - subscribers.sessions.len();
     if subscribers.sessions.is_empty() {
         channels.remove(&signal.channel);
     }
+    gone
 }
 
-async fn follow(
-    consumer: StreamConsumer,
-    hub: mpsc::UnboundedSender<Command>,
-    shutdown: CancellationToken,
-) {
+async fn follow(consumer: StreamConsumer, hub: mpsc::Sender<Update>, shutdown: CancellationToken) {
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -271,7 +295,7 @@ async fn follow(
             Ok(message) => {
                 match serde_json::from_slice::<Update>(message.payload().unwrap_or_default()) {
                     Ok(update) => {
-                        if hub.send(Command::Deliver(update)).is_err() {
+                        if hub.send(update).await.is_err() {
                             return;
                         }
                     }
@@ -314,7 +338,12 @@ mod tests {
 
     fn hub() -> mpsc::UnboundedSender<Command> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx));
+        let (deliver, deliveries) = mpsc::channel(DELIVERY_QUEUE);
+        tokio::spawn(async move {
+            // Kept open for as long as the hub runs.
+            let _deliver = deliver;
+            run(rx, deliveries).await
+        });
         tx
     }
 

@@ -17,6 +17,7 @@
 //! check it is handed as an [`Authenticator`]. Start at [`session::connect`].
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod frames;
 pub mod hub;
 pub mod presence;
@@ -42,6 +43,14 @@ pub struct Gateway {
     /// Frames a client may send per second on one socket, sustained; three
     /// times as many at once. Past them the socket closes with 4008.
     pub frames_per_second: std::num::NonZeroU32,
+    /// The hot ring of recent updates (Redis), read before the outbox when
+    /// a client resumes or a gap is filled; `None` reads the outbox only.
+    pub ring: Option<tidings_projections::cache::Cache>,
+    /// Bytes of frames one socket may have waiting for its client; past
+    /// them its durable frames end the session (4009).
+    pub queue_bytes: usize,
+    /// Connections per address (shared with the API's limits).
+    pub limits: Arc<tidings_http::limits::Limits>,
 }
 
 /// The gateway's part of the OpenAPI document.
@@ -50,5 +59,6 @@ pub struct Gateway {
 pub struct RealtimeDoc;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws", web::get().to(session::connect));
+    cfg.route("/ws", web::get().to(session::connect))
+        .route("/demo", web::get().to(demo::page));
 }

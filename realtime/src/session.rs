@@ -27,6 +27,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tidings_domain::post::Visibility;
 use tidings_http::auth::{bearer, Rejection};
 use tidings_http::codes::Code;
+use tidings_http::limits::{Key, Verdict};
 use tidings_http::problem::Problem;
 use tidings_projections::credentials::PASSWORD_CHANGED_UPDATE;
 use tidings_projections::outbox::{self, Update};
@@ -40,7 +41,7 @@ use uuid::Uuid;
 use crate::frames::{ClientFrame, ServerFrame};
 use crate::hub::{Command, Hub, Signal, SESSION_QUEUE, SIGNAL_QUEUE};
 use crate::presence::Wire;
-use crate::socket::{self, Writer};
+use crate::socket::{self, Delivery, Queued, Refused, Writer};
 use crate::Gateway;
 
 /// How often the server pings (the first ping one period after `welcome`);
@@ -51,14 +52,6 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 const MAX_FRAME: usize = 16 * 1024;
 /// Updates read from the outbox per query when resuming or filling a gap.
 const REPLAY_PAGE: i64 = 500;
-/// The longest one frame may wait to be written. A client that stops
-/// reading fills the socket's buffers, then what the session may have
-/// waiting ([`socket::PENDING_LIMIT`]), and a write waits; past this the
-/// session ends (4009, as for a full hub queue) instead of holding its
-/// subscriptions and buffers for as long as the client lingers.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the last frame (a close) gets before the session is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most one typing frame per room per this, per socket; more are dropped
 /// silently (a `false` right after a relayed `true` still goes through).
 pub const TYPING_EVERY: Duration = Duration::from_secs(1);
@@ -92,13 +85,20 @@ const PROTOCOL_ERROR: u16 = 4400;
     responses(
         (status = 101, description = "Switching to the WebSocket protocol; a token that is not valid gets an `error` frame and close code 4001"),
         (status = 400, description = "`bad_handshake`: not a WebSocket handshake", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthenticated`: no token at all", body = Problem, content_type = "application/problem+json")))]
+        (status = 401, description = "`unauthenticated`: no token at all", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many connections opened from this address (`Retry-After`, `RateLimit`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn connect(
     req: HttpRequest,
     body: web::Payload,
     gateway: web::Data<Gateway>,
     hub: web::Data<Hub>,
 ) -> HttpResponse {
+    // Connections per address, counted before anything else is done.
+    if let (Some(limiter), Some(peer)) = (&gateway.limits.ip_connects, req.peer_addr()) {
+        if let Verdict::Refused { retry_after } = limiter.check(Key::ip(peer.ip())) {
+            return limiter.refusal(retry_after);
+        }
+    }
     let token = bearer(&req).map(str::to_owned).or_else(|| {
         web::Query::<HashMap<String, String>>::from_query(req.query_string())
             .ok()
@@ -115,7 +115,7 @@ pub async fn connect(
         )
         .response(None);
     };
-    let (response, ws, stream) = match socket::open(&req, body) {
+    let (response, ws, stream) = match socket::open(&req, body, gateway.queue_bytes) {
         Ok(handshake) => handshake,
         Err(error) => {
             return Problem::new(
@@ -198,7 +198,8 @@ enum End {
     ClientClosed(Option<CloseReason>),
     /// The connection ended without a Close frame, or the client went silent.
     ClientLeft,
-    /// The client stopped reading: a frame waited [`WRITE_TIMEOUT`].
+    /// The client reads slower than its durable frames come: they would
+    /// take its queue past [`Gateway::queue_bytes`].
     Stalled,
     Close(u16, &'static str),
 }
@@ -233,9 +234,8 @@ async fn open(
     let (user_id, expires_at, token_version) = match check(&gateway, &token).await {
         Ok(who) => who,
         Err(error) => {
-            let _ = ws
-                .text(ServerFrame::error(&error.code, error.detail.clone(), None).to_json())
-                .await;
+            let frame = ServerFrame::error(&error.code, error.detail.clone(), None);
+            let _ = ws.text(&frame.to_json(), Delivery::Durable);
             // Only a token found wanting is unauthorized; a check that could
             // not be made says "try again later", so a client keeps its token.
             let (code, why) = if error.code.starts_with("token_")
@@ -247,7 +247,7 @@ async fn open(
                 (TRY_AGAIN_LATER, "try again later")
             };
             metrics::counter!("tidings_ws_closes_total", "code" => code.to_string()).increment(1);
-            close(ws, Some(reason(code, why))).await;
+            close(ws, Some(reason(code, why)), false);
             return None;
         }
     };
@@ -301,20 +301,18 @@ fn reason(code: u16, description: &str) -> CloseReason {
     }
 }
 
-/// Sends a Close frame, bounded: a client that does not read does not get to
-/// hold the session.
-async fn close(ws: Writer, reason: Option<CloseReason>) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(reason)).await;
+/// Queues a Close frame, after what waits (or instead of it, when
+/// `discard`); the connection ends once the client has taken it.
+fn close(ws: Writer, reason: Option<CloseReason>, discard: bool) {
+    let _ = ws.close(reason, discard);
 }
 
-/// One write to the socket, bounded by [`WRITE_TIMEOUT`].
-async fn write(
-    sent: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
-) -> Result<(), End> {
-    match tokio::time::timeout(WRITE_TIMEOUT, sent).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::ClientLeft),
-        Err(_) => Err(End::Stalled),
+/// What a refused write means for the session.
+fn write(queued: Result<(), Refused>) -> Result<(), End> {
+    match queued {
+        Ok(()) => Ok(()),
+        Err(Refused::Closed) => Err(End::ClientLeft),
+        Err(Refused::Full) => Err(End::Stalled),
     }
 }
 
@@ -391,10 +389,7 @@ impl Session {
                 }
                 self.send(&signal.frame).await
             }
-            Wake::TooSlow => Err(End::Close(
-                TOO_SLOW,
-                "too slow to keep up; resume with since",
-            )),
+            Wake::TooSlow => Err(End::Stalled),
             Wake::ShuttingDown => Err(End::Close(
                 GOING_AWAY,
                 "gateway shutting down; resume with since",
@@ -415,7 +410,7 @@ impl Session {
                 }
                 self.next_ping = Instant::now() + HEARTBEAT;
                 self.join_presence().await;
-                write(self.ws.ping(b"")).await
+                write(self.ws.ping(b""))
             }
         }
     }
@@ -447,17 +442,34 @@ impl Session {
                     code: c.code,
                     description: None,
                 });
-                close(self.ws, echo).await;
+                close(self.ws, echo, false);
             }
-            End::Close(code, why) => close(self.ws, Some(reason(code, why))).await,
-            // Nothing more can be written to a client that does not read; a
-            // client that left hears nothing.
-            End::Stalled | End::ClientLeft => {}
+            End::Close(code, why) => close(self.ws, Some(reason(code, why)), false),
+            // What waits for a client too slow to keep up is let go: it
+            // resumes with `since`.
+            End::Stalled => {
+                let why = "too slow to keep up; resume with since";
+                close(self.ws, Some(reason(TOO_SLOW, why)), true)
+            }
+            // A client that left hears nothing.
+            End::ClientLeft => {}
         }
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        write(self.ws.text(frame.to_json())).await
+        let delivery = frame.delivery();
+        match self.ws.text(&frame.to_json(), delivery) {
+            Ok(Queued::Queued) => Ok(()),
+            Ok(Queued::Conflated) => {
+                metrics::counter!("tidings_ws_conflated_total").increment(1);
+                Ok(())
+            }
+            Ok(Queued::Dropped) => {
+                metrics::counter!("tidings_ws_dropped_total").increment(1);
+                Ok(())
+            }
+            Err(refused) => write(Err(refused)),
+        }
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), End> {
@@ -477,7 +489,7 @@ impl Session {
                     .await
                 }
             },
-            Message::Ping(bytes) => write(self.ws.pong(&bytes)).await,
+            Message::Ping(bytes) => write(self.ws.pong(&bytes)),
             Message::Pong(_) | Message::Nop => Ok(()),
             Message::Close(reason) => Err(End::ClientClosed(reason)),
             Message::Binary(_) | Message::Continuation(_) => {
@@ -776,11 +788,22 @@ impl Session {
                 guard: None,
             })
             .last = start;
+        // Outcomes by kind of channel (`user`, `room`, `post`): ids would
+        // explode the label set.
+        let outcome = match (since, recovered) {
+            (None, _) => "fresh",
+            (Some(_), true) => "recovered",
+            (Some(_), false) => "not_recovered",
+        };
+        let kind = channel.split(':').next().unwrap_or_default().to_owned();
+        metrics::counter!("tidings_ws_recoveries_total", "channel" => kind, "outcome" => outcome)
+            .increment(1);
         self.send(&ServerFrame::Subscribed {
             channel: channel.clone(),
             seq: head.seq,
             epoch: head.epoch,
             recovered,
+            position: head.position.to_string(),
         })
         .await?;
         self.catch_up(&channel, head.seq, reference).await?;
@@ -833,6 +856,20 @@ impl Session {
         reference: Option<String>,
     ) -> Result<(), End> {
         while let Some(last) = self.last_sent(channel).filter(|&last| last < until) {
+            // Recent updates come from the hot ring when it holds all of
+            // them; anything else from the outbox.
+            let ring = match &self.gateway.ring {
+                Some(ring) => ring.ring_after(channel, last, until).await,
+                None => None,
+            };
+            let source = if ring.is_some() { "ring" } else { "outbox" };
+            metrics::counter!("tidings_ws_replays_total", "source" => source).increment(1);
+            if let Some(updates) = ring {
+                for update in updates {
+                    self.forward(update).await?;
+                }
+                continue;
+            }
             let page = match outbox::since(&self.gateway.db, channel, last, REPLAY_PAGE).await {
                 Ok(page) => page,
                 Err(error) => return self.unavailable(channel, reference, error).await,

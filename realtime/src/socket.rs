@@ -1,20 +1,28 @@
-//! The WebSocket's writing half: the frames a session writes are encoded
-//! straight into a buffer that the HTTP/1 dispatcher of the connection takes
-//! as the response body.
+//! The WebSocket's writing half: a queue of encoded frames, bounded in
+//! bytes, that the HTTP/1 dispatcher of the connection takes as the response
+//! body.
+//!
+//! A write never waits. What the client has not taken yet waits here, and
+//! each frame waits as its delivery contract ([`Delivery`]) says: a durable
+//! frame must arrive, and past the budget the session ends (4009: the client
+//! resumes with `since`); a state frame replaces the older value of the same
+//! state still waiting (last value wins); an ephemeral frame is dropped once
+//! half the budget waits. A client that stops reading fills its own queue and
+//! no other: the session, the hub and every other socket go on.
 //!
 //! actix-ws's own writing half goes through a 32-message channel whose first
 //! block (about 1.3 kB) and shared state are allocated when the socket opens
 //! and held for as long as it lives, though an idle socket writes nothing.
-//! Here an idle socket holds one small shared cell; bytes are held only
-//! while frames wait for the socket. The session task and the connection's
-//! dispatcher run on the same worker thread (actix-web spawns handlers'
-//! tasks there), so the cell is an `Rc<RefCell<…>>`, not a lock.
+//! Here an idle socket holds one small shared cell and an empty queue; bytes
+//! are held only while frames wait for the socket. The session task and the
+//! connection's dispatcher run on the same worker thread (actix-web spawns
+//! handlers' tasks there), so the cell is an `Rc<RefCell<…>>`, not a lock.
 //!
 //! Reading stays with actix-ws ([`actix_ws::MessageStream`]).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::poll_fn;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -23,20 +31,50 @@ use actix_http::ws::{handshake, CloseReason, OpCode, Parser};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{Closed, MessageStream};
+use actix_ws::MessageStream;
 
-/// Bytes of encoded frames a session may have waiting for the socket before
-/// a write waits. A write is taken whenever less than this is waiting, so a
-/// frame of any size gets in, and what waits stays below this plus one frame.
-/// A client that stops reading fills the socket's buffers, then the
-/// dispatcher's (32 kB), then this, and the session's next write waits.
-pub const PENDING_LIMIT: usize = 64 * 1024;
+/// How a frame waits for a client that reads slower than frames come
+/// (DESIGN.md, three delivery contracts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Must arrive, in order (messages, notifications, answers): past the
+    /// budget the session ends with 4009 and the client resumes.
+    Durable,
+    /// Only the latest value matters (counts, unread counts, presence): a
+    /// newer frame of the same state replaces one still waiting.
+    State(u64),
+    /// At most once (typing): dropped while half the budget waits.
+    Ephemeral,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The connection is gone.
+    Closed,
+    /// A durable frame would take the queue past its budget.
+    Full,
+}
+
+/// What became of a frame that was queued or let go.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Queued {
+    Queued,
+    /// It replaced an older value of its state that was still waiting.
+    Conflated,
+    /// An ephemeral frame let go under pressure.
+    Dropped,
+}
+
+/// Bytes the sockets of this process have waiting, for `/metrics`.
+const QUEUE_GAUGE: &str = "tidings_ws_queue_bytes";
 
 /// Accepts a WebSocket handshake: the `101` response, whose body carries
 /// what the [`Writer`] writes, the writer, and the client's messages.
 pub fn open(
     req: &HttpRequest,
     payload: web::Payload,
+    budget: usize,
 ) -> Result<(HttpResponse, Writer, MessageStream), actix_web::Error> {
     let mut response = handshake(req.head())?;
     // actix-ws reads the client's frames; its writing half (a channel and
@@ -46,83 +84,141 @@ pub fn open(
     let body = Body(shared.clone()).boxed();
     Ok((
         response.message_body(body)?.into(),
-        Writer(shared),
+        Writer { shared, budget },
         messages,
     ))
+}
+
+/// A frame waiting for the socket.
+struct Frame {
+    /// The state it is a value of, if it is one.
+    state: Option<u64>,
+    bytes: Bytes,
 }
 
 /// What the writer and the response body share.
 #[derive(Default)]
 struct Shared {
-    /// Frames encoded and not yet taken by the dispatcher.
-    pending: BytesMut,
-    /// The writer is gone: once `pending` is taken, the body ends.
+    /// Frames encoded and not yet taken by the dispatcher, oldest first.
+    queue: VecDeque<Frame>,
+    /// Their bytes.
+    queued: usize,
+    /// The writer is gone: once the queue is taken, the body ends.
     finished: bool,
     /// The body is gone (the connection ended): writes fail.
     gone: bool,
     /// The dispatcher, waiting for frames.
     body_waker: Option<Waker>,
-    /// The writer, waiting for `pending` to drain.
-    writer_waker: Option<Waker>,
 }
 
 /// Writes frames to the client. Dropped, it ends the response once the
-/// frames already written have gone out.
-pub struct Writer(Rc<RefCell<Shared>>);
+/// frames already queued have gone out.
+pub struct Writer {
+    shared: Rc<RefCell<Shared>>,
+    /// The most bytes that may wait (a frame larger than it still gets in
+    /// when nothing waits).
+    budget: usize,
+}
 
 impl Writer {
-    pub async fn text(&mut self, text: String) -> Result<(), Closed> {
-        self.write(|dst| Parser::write_message(dst, text.as_bytes(), OpCode::Text, true, false))
-            .await
+    pub fn text(&mut self, text: &str, delivery: Delivery) -> Result<Queued, Refused> {
+        let bytes =
+            encode(|dst| Parser::write_message(dst, text.as_bytes(), OpCode::Text, true, false));
+        self.push(bytes, delivery)
     }
 
-    pub async fn ping(&mut self, payload: &[u8]) -> Result<(), Closed> {
-        self.write(|dst| Parser::write_message(dst, payload, OpCode::Ping, true, false))
-            .await
+    /// Pings, pongs and closes are small and always queued.
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), Refused> {
+        let bytes = encode(|dst| Parser::write_message(dst, payload, OpCode::Ping, true, false));
+        self.control(bytes)
     }
 
-    pub async fn pong(&mut self, payload: &[u8]) -> Result<(), Closed> {
-        self.write(|dst| Parser::write_message(dst, payload, OpCode::Pong, true, false))
-            .await
+    pub fn pong(&mut self, payload: &[u8]) -> Result<(), Refused> {
+        let bytes = encode(|dst| Parser::write_message(dst, payload, OpCode::Pong, true, false));
+        self.control(bytes)
     }
 
-    /// Writes a Close frame; nothing can be written after it.
-    pub async fn close(mut self, reason: Option<CloseReason>) -> Result<(), Closed> {
-        self.write(|dst| Parser::write_close(dst, reason, false))
-            .await
+    /// Queues a Close frame, after what waits (or instead of it, when
+    /// `discard`: a client too slow to keep up resumes anyway, and its
+    /// queue is let go at once); nothing can be written after it.
+    pub fn close(mut self, reason: Option<CloseReason>, discard: bool) -> Result<(), Refused> {
+        if discard {
+            let mut shared = self.shared.borrow_mut();
+            metrics::gauge!(QUEUE_GAUGE).decrement(shared.queued as f64);
+            shared.queue = VecDeque::new();
+            shared.queued = 0;
+        }
+        let bytes = encode(|dst| Parser::write_close(dst, reason, false));
+        self.control(bytes)
     }
 
-    /// Waits until fewer than [`PENDING_LIMIT`] bytes wait for the socket,
-    /// then encodes one frame after them.
-    async fn write(&mut self, encode: impl FnOnce(&mut BytesMut)) -> Result<(), Closed> {
-        poll_fn(|cx| {
-            let mut shared = self.0.borrow_mut();
-            if shared.gone {
-                return Poll::Ready(Err(Closed));
+    /// Bytes waiting for the client.
+    pub fn queued(&self) -> usize {
+        self.shared.borrow().queued
+    }
+
+    fn control(&mut self, bytes: Bytes) -> Result<(), Refused> {
+        if self.shared.borrow().gone {
+            return Err(Refused::Closed);
+        }
+        self.enqueue(None, bytes);
+        Ok(())
+    }
+
+    fn push(&mut self, bytes: Bytes, delivery: Delivery) -> Result<Queued, Refused> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.gone {
+            return Err(Refused::Closed);
+        }
+        let mut outcome = Queued::Queued;
+        match delivery {
+            Delivery::Ephemeral if shared.queued > self.budget / 2 => return Ok(Queued::Dropped),
+            Delivery::State(key) => {
+                if let Some(i) = shared.queue.iter().position(|f| f.state == Some(key)) {
+                    let older = shared.queue.remove(i).expect("found");
+                    shared.queued -= older.bytes.len();
+                    metrics::gauge!(QUEUE_GAUGE).decrement(older.bytes.len() as f64);
+                    outcome = Queued::Conflated;
+                }
             }
-            if shared.pending.len() >= PENDING_LIMIT {
-                shared.writer_waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            Poll::Ready(Ok(()))
-        })
-        .await?;
+            _ => {}
+        }
+        if shared.queued > 0 && shared.queued + bytes.len() > self.budget {
+            return Err(Refused::Full);
+        }
+        drop(shared);
+        let state = match delivery {
+            Delivery::State(key) => Some(key),
+            _ => None,
+        };
+        self.enqueue(state, bytes);
+        Ok(outcome)
+    }
+
+    fn enqueue(&mut self, state: Option<u64>, bytes: Bytes) {
         let waker = {
-            let mut shared = self.0.borrow_mut();
-            encode(&mut shared.pending);
+            let mut shared = self.shared.borrow_mut();
+            shared.queued += bytes.len();
+            metrics::gauge!(QUEUE_GAUGE).increment(bytes.len() as f64);
+            shared.queue.push_back(Frame { state, bytes });
             shared.body_waker.take()
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
     }
+}
+
+fn encode(write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut dst = BytesMut::new();
+    write(&mut dst);
+    dst.freeze()
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
         let waker = {
-            let mut shared = self.0.borrow_mut();
+            let mut shared = self.shared.borrow_mut();
             shared.finished = true;
             shared.body_waker.take()
         };
@@ -132,7 +228,7 @@ impl Drop for Writer {
     }
 }
 
-/// The response body: what the writer wrote, for as long as it writes.
+/// The response body: what the writer queued, for as long as it writes.
 struct Body(Rc<RefCell<Shared>>);
 
 impl MessageBody for Body {
@@ -147,15 +243,21 @@ impl MessageBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let mut shared = self.0.borrow_mut();
-        if !shared.pending.is_empty() {
+        if !shared.queue.is_empty() {
             // Taken whole: an idle socket keeps no buffer.
-            let frames = std::mem::take(&mut shared.pending).freeze();
-            let waker = shared.writer_waker.take();
-            drop(shared);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-            return Poll::Ready(Some(Ok(frames)));
+            let frames = std::mem::take(&mut shared.queue);
+            metrics::gauge!(QUEUE_GAUGE).decrement(shared.queued as f64);
+            shared.queued = 0;
+            let bytes = if frames.len() == 1 {
+                frames.into_iter().next().expect("one").bytes
+            } else {
+                let mut all = BytesMut::with_capacity(frames.iter().map(|f| f.bytes.len()).sum());
+                for frame in frames {
+                    all.extend_from_slice(&frame.bytes);
+                }
+                all.freeze()
+            };
+            return Poll::Ready(Some(Ok(bytes)));
         }
         if shared.finished {
             return Poll::Ready(None);
@@ -167,14 +269,11 @@ impl MessageBody for Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        let waker = {
-            let mut shared = self.0.borrow_mut();
-            shared.gone = true;
-            shared.writer_waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        let mut shared = self.0.borrow_mut();
+        shared.gone = true;
+        metrics::gauge!(QUEUE_GAUGE).decrement(shared.queued as f64);
+        shared.queued = 0;
+        shared.queue = VecDeque::new();
     }
 }
 
@@ -182,9 +281,15 @@ impl Drop for Body {
 mod tests {
     use super::*;
 
-    fn pair() -> (Writer, Body) {
+    fn pair(budget: usize) -> (Writer, Body) {
         let shared = Rc::new(RefCell::new(Shared::default()));
-        (Writer(shared.clone()), Body(shared))
+        (
+            Writer {
+                shared: shared.clone(),
+                budget,
+            },
+            Body(shared),
+        )
     }
 
     fn next(body: &mut Body) -> Poll<Option<Bytes>> {
@@ -194,19 +299,34 @@ mod tests {
             .map(|item| item.map(|bytes| bytes.unwrap()))
     }
 
-    #[tokio::test]
-    async fn frames_come_out_of_the_body_in_order_and_the_end_follows_the_writer() {
-        let (mut writer, mut body) = pair();
+    /// The texts of the unmasked text frames in `bytes` (short ones).
+    fn texts(bytes: &[u8]) -> Vec<String> {
+        let mut texts = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= 2 {
+            let len = usize::from(rest[1] & 0x7f);
+            assert!(len < 126, "short frames only");
+            if rest[0] == 0x81 {
+                texts.push(String::from_utf8(rest[2..2 + len].to_vec()).unwrap());
+            }
+            rest = &rest[2 + len..];
+        }
+        texts
+    }
+
+    #[test]
+    fn frames_come_out_of_the_body_in_order_and_the_end_follows_the_writer() {
+        let (mut writer, mut body) = pair(1024);
         assert_eq!(next(&mut body), Poll::Pending);
-        writer.text("hi".into()).await.unwrap();
-        writer.ping(b"").await.unwrap();
+        writer.text("hi", Delivery::Durable).unwrap();
+        writer.ping(b"").unwrap();
         // An unmasked text frame of 2 bytes, then an empty ping.
         assert_eq!(
             next(&mut body),
             Poll::Ready(Some(Bytes::from_static(b"\x81\x02hi\x89\x00")))
         );
         assert_eq!(next(&mut body), Poll::Pending);
-        writer.close(None).await.unwrap();
+        writer.close(None, false).unwrap();
         assert_eq!(
             next(&mut body),
             Poll::Ready(Some(Bytes::from_static(b"\x88\x00")))
@@ -214,19 +334,65 @@ mod tests {
         assert_eq!(next(&mut body), Poll::Ready(None));
     }
 
-    #[tokio::test]
-    async fn a_write_waits_while_the_limit_is_pending_and_fails_once_the_body_is_gone() {
-        let (mut writer, mut body) = pair();
-        writer.text("x".repeat(PENDING_LIMIT)).await.unwrap();
-        let waiting = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            writer.text("y".into()),
-        )
-        .await;
-        assert!(waiting.is_err(), "a write past the limit did not wait");
+    #[test]
+    fn a_durable_frame_past_the_budget_is_refused_and_a_gone_body_refuses_all() {
+        let (mut writer, mut body) = pair(100);
+        // A frame larger than the budget gets in when nothing waits.
+        writer.text(&"x".repeat(200), Delivery::Durable).unwrap();
+        assert_eq!(
+            writer.text("y", Delivery::Durable),
+            Err(Refused::Full),
+            "a durable frame past the budget was queued"
+        );
         assert!(matches!(next(&mut body), Poll::Ready(Some(_))));
-        writer.text("y".into()).await.unwrap();
+        assert_eq!(writer.queued(), 0);
+        writer.text("y", Delivery::Durable).unwrap();
         drop(body);
-        assert!(writer.text("z".into()).await.is_err());
+        assert_eq!(writer.text("z", Delivery::Durable), Err(Refused::Closed));
+    }
+
+    #[test]
+    fn a_state_keeps_its_last_value_and_ephemeral_frames_go_first() {
+        let (mut writer, mut body) = pair(64);
+        assert_eq!(
+            writer.text("a1", Delivery::State(1)).unwrap(),
+            Queued::Queued
+        );
+        writer.text("m1", Delivery::Durable).unwrap();
+        assert_eq!(
+            writer.text("b1", Delivery::State(2)).unwrap(),
+            Queued::Queued
+        );
+        assert_eq!(
+            writer.text("a2", Delivery::State(1)).unwrap(),
+            Queued::Conflated
+        );
+        writer.text("t1", Delivery::Ephemeral).unwrap();
+        // Past half the budget, typing is let go; durable frames still fit.
+        writer.text(&"m".repeat(20), Delivery::Durable).unwrap();
+        assert_eq!(
+            writer.text("t2", Delivery::Ephemeral).unwrap(),
+            Queued::Dropped
+        );
+        let Poll::Ready(Some(bytes)) = next(&mut body) else {
+            panic!("nothing queued")
+        };
+        assert_eq!(
+            texts(&bytes),
+            ["m1", "b1", "a2", "t1", &"m".repeat(20)],
+            "the newer value of state 1 takes the place of the older one at the end"
+        );
+    }
+
+    #[test]
+    fn a_close_that_discards_lets_the_queue_go() {
+        let (mut writer, mut body) = pair(1024);
+        writer.text("old", Delivery::Durable).unwrap();
+        writer.close(None, true).unwrap();
+        assert_eq!(
+            next(&mut body),
+            Poll::Ready(Some(Bytes::from_static(b"\x88\x00")))
+        );
+        assert_eq!(next(&mut body), Poll::Ready(None));
     }
 }

@@ -256,15 +256,15 @@ async fn a_client_that_stops_reading_is_closed() {
         sent += 1;
     }
     assert!(sent < 5_000, "the server never stopped taking frames");
-    tokio::time::sleep(tidings_realtime::session::WRITE_TIMEOUT + Duration::from_secs(3)).await;
+    // The answers past its queue's budget (256 KiB) end the session.
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "the stalled socket closed as too slow",
         || async { closes(&client, "4009").await == 1.0 },
     )
     .await;
-    // What was queued before the server gave up can still be read; then the
-    // connection ends, and no new frame is answered.
+    // What the connection had taken before the server gave up can still be
+    // read (the rest of the queue is let go); then the connection ends.
     let mut ended = false;
     for _ in 0..20_000 {
         match raw_next(&mut socket, Duration::from_secs(5)).await {
@@ -277,6 +277,163 @@ async fn a_client_that_stops_reading_is_closed() {
         }
     }
     assert!(ended, "the socket is still open");
+    app.stop().await;
+    world.clean_up().await;
+}
+
+/// One client stops reading while another of the same channel reads: the
+/// stalled one fills its own queue and is closed with 4009; the other gets
+/// every update, in order, as if nothing happened.
+#[tokio::test]
+async fn a_stalled_client_is_closed_with_4009_and_a_healthy_one_misses_nothing() {
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.ws_queue_bytes = 8 * 1024;
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (alice, token, _) = client.user("alice").await;
+    let mut healthy = connected(&app.base, &token, &alice).await;
+    // A small receive buffer, so the server's writes back up soon.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let tcp = tcp
+        .connect(app.base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!(
+        "{}/ws?token={token}",
+        app.base.replacen("http://", "ws://", 1)
+    );
+    let (mut stalled, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    const WRITES: i64 = 300;
+    let mut seq = 0;
+    for n in 0..WRITES {
+        let bio = format!("{n:>4}{}", "b".repeat(450));
+        let reply = client
+            .send(
+                client
+                    .patch("/api/profile")
+                    .bearer_auth(&token)
+                    .json(&json!({ "bio": bio })),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        // The healthy socket keeps up, write by write.
+        let event = healthy.expect("event").await;
+        seq += 1;
+        assert_eq!(event["seq"], seq, "{event}");
+        assert_eq!(event["data"]["bio"], bio);
+    }
+    eventually(
+        Duration::from_secs(15),
+        "the stalled socket closed as too slow",
+        || async { closes(&client, "4009").await == 1.0 },
+    )
+    .await;
+    // Read now, the stalled socket ends with the close: 4009.
+    let mut code = None;
+    while let Some(Ok(message)) = raw_next(&mut stalled, Duration::from_secs(5)).await {
+        if let Message::Close(frame) = message {
+            code = frame.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(4009));
+    assert_eq!(
+        healthy.next_frame(Duration::from_millis(500)).await,
+        None,
+        "the healthy socket got more than the writes"
+    );
+    app.stop().await;
+    world.clean_up().await;
+}
+
+async fn replays(client: &Client, source: &str) -> f64 {
+    let text = crate::operations::metrics(client).await;
+    crate::operations::sample(&text, "tidings_ws_replays_total", &[("source", source)])
+        .unwrap_or(0.0)
+}
+
+/// A resuming client is served from the hot ring (Redis) when it holds
+/// every update asked for, and from the outbox when it lacks one; either way
+/// the client gets exactly what it missed, and its `subscribed` carries the
+/// position to read REST state "as of".
+#[tokio::test]
+async fn a_resume_reads_the_hot_ring_and_the_outbox_where_the_ring_has_a_hole() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (alice, token, _) = client.user("alice").await;
+    let mut socket = connected(&app.base, &token, &alice).await;
+    for n in 1..=5 {
+        let reply = client
+            .send(
+                client
+                    .patch("/api/profile")
+                    .bearer_auth(&token)
+                    .json(&json!({ "bio": format!("bio {n}") })),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(socket.expect("event").await["seq"], n);
+    }
+    let ring = format!("{}:ring:user:{alice}", world.settings.redis_prefix);
+    eventually(
+        Duration::from_secs(5),
+        "the ring holds the five",
+        || async { world.redis_zcard(&ring).await == 5 },
+    )
+    .await;
+    let resumed = |expected_from: &'static str| {
+        let (base, token, alice) = (app.base.clone(), token.clone(), alice.clone());
+        async move {
+            let mut socket = connected(&base, &token, &alice).await;
+            socket
+                .send(json!({"op": "subscribe", "channel": format!("user:{alice}"), "since": 2}))
+                .await;
+            let subscribed = socket.expect("subscribed").await;
+            assert_eq!(subscribed["recovered"], true, "{subscribed}");
+            // A REST read "as of" the subscription shows everything up to
+            // its seq.
+            let position = subscribed["position"].as_str().unwrap().to_owned();
+            assert!(!position.is_empty(), "{subscribed}");
+            let profile = Client::new(&base).own_profile(&token, &position).await;
+            assert_eq!(profile.body["bio"], "bio 5", "{}", profile.body);
+            for seq in 3..=5 {
+                let event = socket.expect("event").await;
+                assert_eq!(event["seq"], seq, "{expected_from}: {event}");
+                assert_eq!(event["data"]["bio"], format!("bio {seq}"), "{event}");
+            }
+            assert_eq!(
+                socket.next_frame(Duration::from_millis(500)).await,
+                None,
+                "{expected_from}: more than the three missed"
+            );
+        }
+    };
+    let ring_before = replays(&client, "ring").await;
+    let outbox_before = replays(&client, "outbox").await;
+    resumed("ring").await;
+    assert_eq!(replays(&client, "ring").await, ring_before + 1.0);
+    assert_eq!(replays(&client, "outbox").await, outbox_before);
+    // A hole in the ring (seq 4 gone): the outbox serves the resume.
+    let redis = redis::Client::open(world.settings.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let removed: i64 = redis::cmd("ZREMRANGEBYSCORE")
+        .arg(&ring)
+        .arg(4)
+        .arg(4)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    resumed("outbox").await;
+    assert_eq!(replays(&client, "ring").await, ring_before + 1.0);
+    assert_eq!(replays(&client, "outbox").await, outbox_before + 1.0);
+    drop(socket);
     app.stop().await;
     world.clean_up().await;
 }

@@ -13,6 +13,7 @@ use deadpool_redis::redis;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use tidings::settings::LimitSettings;
 use tidings::{Application, Role, Settings};
 use tidings_schemas::kafka::ADMIN_TIMEOUT;
 use tidings_schemas::EventEnvelope;
@@ -65,6 +66,9 @@ impl World {
         settings.command_timeout_ms = 15_000;
         // Uploaded media go to a directory of the test's own.
         settings.media_dir = std::env::temp_dir().join(&name);
+        // Every client of a test comes from 127.0.0.1: the limits are off
+        // but where a test turns them on (`limits.rs`).
+        settings.limits = LimitSettings::off();
         let db = tidings_projections::db::connect(&settings.database_url, 1)
             .await
             .unwrap();
