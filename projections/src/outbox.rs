@@ -177,17 +177,15 @@ impl Head {
     }
 }
 
+/// A channel's `seq`, `epoch` and oldest kept `seq` (none when it never
+/// received anything), and the projector's partitions and next offsets.
+type HeadRow = (Option<i64>, Option<i64>, Option<i64>, Vec<i32>, Vec<i64>);
+
 /// A channel's head (`seq` 0 and `epoch` 1 for a channel that never received
 /// anything), and the projector's offsets read in the same statement (one
 /// snapshot): the commit that wrote `seq` is among them.
 pub async fn head(db: impl PgExecutor<'_>, channel: &str) -> Result<Head, sqlx::Error> {
-    let (seq, epoch, oldest, partitions, offsets): (
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Vec<i32>,
-        Vec<i64>,
-    ) = sqlx::query_as(
+    let row: HeadRow = sqlx::query_as(
         "SELECT c.seq, c.epoch,
                 (SELECT min(o.seq) FROM channel_outbox o WHERE o.channel = $1),
                 (SELECT coalesce(array_agg(partition ORDER BY partition), '{}') FROM projector_offsets),
@@ -197,6 +195,7 @@ pub async fn head(db: impl PgExecutor<'_>, channel: &str) -> Result<Head, sqlx::
     .bind(channel)
     .fetch_one(db)
     .await?;
+    let (seq, epoch, oldest, partitions, offsets) = row;
     let (seq, epoch) = (seq.unwrap_or(0), epoch.unwrap_or(1));
     let mut position = Position::default();
     for (partition, next) in partitions.into_iter().zip(offsets) {
