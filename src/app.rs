@@ -518,6 +518,7 @@ impl Application {
                 app
             })
             .workers(settings.http_workers)
+            .on_connect(bound_unsent)
             .shutdown_timeout(SHUTDOWN_GRACE_SECS)
             .disable_signals();
             let http = match (&settings.tls_cert, &settings.tls_key) {
@@ -582,6 +583,32 @@ impl Application {
 }
 
 /// The OpenAPI document of everything this binary can serve.
+/// Bytes a connection's socket holds unsent in the kernel before a write
+/// waits.
+const UNSENT_LOWAT: u32 = 16 * 1024;
+
+/// Bounds what the kernel holds unsent for each connection
+/// (`TCP_NOTSENT_LOWAT`; what is in flight still grows with the path, so
+/// large downloads keep their speed). Without it the kernel would take
+/// megabytes for a client that does not read (loopback autotunes the send
+/// buffer to 4 MiB), and a WebSocket's own queue, where frames are
+/// conflated, dropped or end the session (`realtime/src/socket.rs`), would
+/// never fill.
+fn bound_unsent(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::rt::net::TcpStream;
+    let tcp = match connection.downcast_ref::<TcpStream>() {
+        Some(tcp) => tcp,
+        None => match connection.downcast_ref::<TlsStream<TcpStream>>() {
+            Some(tls) => tls.get_ref().0,
+            None => return,
+        },
+    };
+    if let Err(error) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(UNSENT_LOWAT) {
+        tracing::debug!(%error, "TCP_NOTSENT_LOWAT");
+    }
+}
+
 pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
     let mut spec = tidings_api::docs::ApiDoc::openapi();

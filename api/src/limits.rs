@@ -14,7 +14,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::web;
-use tidings_http::limits::{Key, Limiter, Verdict};
+use tidings_http::limits::{Key, Limiter, Verdict, RATELIMIT};
 
 use crate::ApiState;
 
@@ -66,7 +66,9 @@ pub async fn middleware(
         }
     }
     let mut response = next.call(req).await?;
-    if let Some((limiter, remaining, reset)) = tightest {
+    // A handler's own limit (an account's logins) speaks for itself.
+    let answered = response.headers().contains_key(RATELIMIT);
+    if let Some((limiter, remaining, reset)) = tightest.filter(|_| !answered) {
         for (name, value) in limiter.headers(remaining, reset) {
             response.headers_mut().insert(name, value);
         }

@@ -8,8 +8,11 @@ use actix_web::HttpResponse;
 
 const PAGE: &str = include_str!("../demo/index.html");
 
-/// The page itself. It talks to the REST API and `/ws` of the same origin,
-/// so it is served by processes that run both the API and the gateway.
+/// The demo page: sign up or log in, rooms, chat, presence, typing, and the
+/// frames as they arrive. It talks to the REST API and `/ws` of the same
+/// origin, so it is served by processes that run both.
+#[utoipa::path(get, path = "/demo", tag = "realtime",
+    responses((status = 200, description = "The page (HTML, its script and style inline; nothing loaded from elsewhere)", content_type = "text/html", body = String)))]
 pub async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")

@@ -55,7 +55,7 @@ pub struct Gateway {
 
 /// The gateway's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(session::connect))]
+#[openapi(paths(session::connect, demo::page))]
 pub struct RealtimeDoc;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -693,14 +693,16 @@ impl Session {
         }
     }
 
-    /// Acts on an update just passed on that takes a room away from this
-    /// user: a departure of the user (on the room's channel or the user's
-    /// own) ends the subscription to the room's channel at once, and a room
-    /// turned private is checked again; either says so with an
-    /// `unsubscribed` frame (`forbidden`), as a post's end does. The
+    /// Acts on a membership update just passed on. One that takes a room
+    /// away from this user: a departure of the user (on the room's channel
+    /// or the user's own) ends the subscription to the room's channel at
+    /// once, and a room turned private is checked again; either says so
+    /// with an `unsubscribed` frame (`forbidden`), as a post's end does. The
     /// updates come in each channel's order, so nothing the room's channel
-    /// carries after the departure reaches the session.
-    async fn revoke_if_told(&mut self, event: &str, data: &serde_json::Value) -> Result<(), End> {
+    /// carries after the departure reaches the session. Another user who
+    /// joins the room while online is announced `online` on its channel
+    /// (their presence went out before they were a participant).
+    async fn on_membership(&mut self, event: &str, data: &serde_json::Value) -> Result<(), End> {
         let room = data["room_id"]
             .as_str()
             .and_then(|id| id.parse::<Uuid>().ok());
@@ -715,6 +717,28 @@ impl Session {
             && data["user_id"].as_str() == Some(self.user_id.to_string().as_str());
         if departed {
             return self.end_subscription(&channel, "forbidden").await;
+        }
+        let joiner = data["user_id"]
+            .as_str()
+            .and_then(|id| id.parse::<Uuid>().ok())
+            .filter(|&id| id != self.user_id);
+        if let (true, Some(joiner), Some(presence)) = (
+            event == "room.member_joined",
+            joiner,
+            self.gateway.presence.clone(),
+        ) {
+            if presence
+                .online_among(&[joiner])
+                .await
+                .is_some_and(|online| online.contains(&joiner))
+            {
+                self.send(&ServerFrame::Presence {
+                    channel: channel.clone(),
+                    user_id: joiner,
+                    status: "online".to_owned(),
+                })
+                .await?;
+            }
         }
         let turned_private =
             event == "room.updated" && data["is_private"] == serde_json::json!(true);
@@ -1063,7 +1087,7 @@ impl Session {
             self.end_subscription(&channel, "deleted").await?;
         }
         match membership {
-            Some((event, data)) => self.revoke_if_told(&event, &data).await,
+            Some((event, data)) => self.on_membership(&event, &data).await,
             None => Ok(()),
         }
     }

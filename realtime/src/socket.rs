@@ -8,7 +8,9 @@
 //! resumes with `since`); a state frame replaces the older value of the same
 //! state still waiting (last value wins); an ephemeral frame is dropped once
 //! half the budget waits. A client that stops reading fills its own queue and
-//! no other: the session, the hub and every other socket go on.
+//! no other: the session, the hub and every other socket go on. (Below the
+//! queue, the HTTP dispatcher holds up to 32 KiB and the kernel 16 KiB
+//! unsent: `TCP_NOTSENT_LOWAT`, set on every connection in `src/app.rs`.)
 //!
 //! actix-ws's own writing half goes through a 32-message channel whose first
 //! block (about 1.3 kB) and shared state are allocated when the socket opens

@@ -168,6 +168,38 @@ async fn a_participant_is_online_from_the_first_socket_to_the_last_on_any_gatewa
 
 /// A gateway (and API) in a process of its own, and where it listens, once
 /// it is up.
+/// Someone already online who joins a room is announced online on its
+/// channel to those watching it (their presence went out before they were a
+/// participant).
+#[tokio::test]
+async fn an_online_user_who_joins_a_room_is_announced_online_there() {
+    let world = World::new().await;
+    let app = world.start(&ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let id = room(&client, &alice, false, &[]).await;
+    let channel = format!("room:{id}");
+    let mut alices = subscribed(&app.base, &alice, &channel).await;
+    let _bobs = welcomed(&app.base, &bob).await;
+    let wait = Duration::from_secs(10);
+    assert!(
+        next_about(&mut alices, "presence", &bob, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "bob is not in the room yet"
+    );
+    let joined = post(&client, &bob, &format!("/api/rooms/{id}/join"), json!({})).await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let online = next_about(&mut alices, "presence", &bob, wait)
+        .await
+        .expect("bob, online, is announced when he joins");
+    assert_eq!(online["status"], "online");
+    assert_eq!(online["channel"], channel.as_str());
+    app.stop().await;
+    world.clean_up().await;
+}
+
 async fn gateway_process(world: &World) -> (ChildTidings, String) {
     let child = world.spawn("api,realtime", &[]);
     tokio::task::spawn_blocking(move || {
