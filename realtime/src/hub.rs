@@ -157,6 +157,11 @@ async fn run(
         metrics::gauge!("tidings_ws_channels").set(channels.len() as f64);
         let next = typing.values().min().copied();
         let command = tokio::select! {
+            // Sessions' commands first: a session subscribes, then reads
+            // its channel's head; an update committed after that read must
+            // find the subscription in place, so a command sent before a
+            // delivery is taken before it.
+            biased;
             command = commands.recv() => match command {
                 Some(command) => command,
                 None => return,
@@ -388,6 +393,22 @@ mod tests {
         assert_eq!(next(&mut a).await, Some(1));
         assert_eq!(next(&mut b).await, Some(1));
         assert_eq!(next(&mut other).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_sent_before_an_update_is_in_place_for_it() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (deliver, deliveries) = mpsc::channel(DELIVERY_QUEUE);
+        tokio::spawn(run(rx, deliveries));
+        // Both wait for the hub at once, the subscription sent first (the
+        // test's runtime has one thread: the hub runs only when it yields).
+        for n in 0..20 {
+            let channel = format!("room:{n}");
+            let mut session = session(8);
+            subscribe(&tx, &session, &channel);
+            deliver.try_send(update(&channel, 1)).unwrap();
+            assert_eq!(next(&mut session).await, Some(1), "{channel}");
+        }
     }
 
     #[tokio::test]
