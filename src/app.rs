@@ -506,6 +506,7 @@ impl Application {
                 if let Some(media) = &media {
                     app = app.app_data(media.clone());
                 }
+                app = app.configure(tidings_api::operations);
                 if with_api {
                     app = app.configure(tidings_api::routes);
                 }

@@ -155,6 +155,10 @@ pub(crate) async fn register(
         posts_count: 0,
     };
     let token = state.jwt.issue(user_id, 0);
+    // Answered once the account is projected (within [`REGISTER_WAIT`]), so
+    // a login or a read right after the answer finds it; past the wait the
+    // registration stands all the same, and reads take `X-Min-Position`.
+    let _ = tokio::time::timeout(REGISTER_WAIT, state.projected(&position)).await;
     Ok(HttpResponse::Created()
         .insert_header(("X-Position", position.to_string()))
         .json(Registered {
@@ -163,6 +167,11 @@ pub(crate) async fn register(
             position,
         }))
 }
+
+/// The longest a registration waits for its account to be projected before
+/// it answers: a projector that lags does not hold the new user's answer
+/// for long.
+const REGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -209,15 +218,18 @@ pub(crate) async fn login(
             "wrong login or password",
         ));
     }
-    // Attempts on one account are counted wherever they come from, before
-    // a password is tried.
+    let account = tidings_projections::accounts::by_login(&state.db, &body.login).await?;
+    // Attempts on one account are counted wherever they come from and
+    // whichever of its names they give, before a password is tried.
     if let Some(limiter) = &state.limits.account_logins {
-        let name = Key::Name(body.login.trim().to_lowercase());
-        if let Verdict::Refused { retry_after } = limiter.check(name) {
+        let key = match &account {
+            Some(account) => Key::User(account.id),
+            None => Key::Name(body.login.trim().to_lowercase()),
+        };
+        if let Verdict::Refused { retry_after } = limiter.check(key) {
             return Ok(limiter.refusal(retry_after));
         }
     }
-    let account = tidings_projections::accounts::by_login(&state.db, &body.login).await?;
     let hash = match &account {
         Some(account) => credentials::password_hash(&state.db, account.id).await?,
         None => None,

@@ -32,11 +32,11 @@ pub mod error;
 pub mod follows;
 pub mod health;
 pub mod idempotency;
+pub mod limits;
 pub mod media;
 pub mod middleware;
 pub mod notifications;
 pub mod page;
-pub mod limits;
 pub mod passwords;
 pub mod posts;
 pub mod rooms;
@@ -145,12 +145,17 @@ impl ApiState {
 
 /// Mounts every REST route, and the extractor settings that turn bad input
 /// into problem+json.
+/// Health, readiness, metrics and the documents: served by every process
+/// that serves HTTP, a gateway without the API among them.
+pub fn operations(cfg: &mut web::ServiceConfig) {
+    cfg.configure(health::routes).configure(docs::routes);
+}
+
+/// The REST API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(json_config())
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
-        .configure(health::routes)
-        .configure(docs::routes)
         .configure(accounts::routes)
         .configure(details::routes)
         .configure(passwords::routes)

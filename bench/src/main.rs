@@ -107,7 +107,12 @@ async fn run(args: Args, run_id: &str) -> anyhow::Result<bool> {
         })
     });
     // Each socket is a descriptor in this process and one in the server.
-    let wanted = (plan.sockets.max(plan.fanout_sockets) + plan.burst + 4_096) as u64;
+    let wanted = (plan
+        .sockets
+        .max(plan.fanout_sockets)
+        .max(plan.gateway_sockets)
+        + plan.burst
+        + 4_096) as u64;
     let files = procfs::raise_open_files(wanted)?;
     let started_at = chrono::Utc::now();
     let machine = procfs::Machine::read();
@@ -274,6 +279,13 @@ async fn run_target(
             scenarios.push(failed);
         }
         Ok((target, users, scratch)) => {
+            // The memory-engine broker, for the scenarios that start
+            // Tidings processes of their own on it too.
+            let memory_kafka = (args.tidings_bin.is_some()
+                && engine == Engine::Durable
+                && args.memory_kafka != "none"
+                && listening(&args.memory_kafka).await)
+                .then(|| args.memory_kafka.clone());
             let ctx = Ctx {
                 plan: plan.clone(),
                 target,
@@ -281,13 +293,16 @@ async fn run_target(
                 scratch,
                 peers,
                 run: format!("{run_id}{}", &engine.label()[..1]),
+                run_id: run_id.to_owned(),
+                tidings_bin: args.tidings_bin.clone(),
+                memory_kafka,
                 plots: Mutex::new(Plots::default()),
             };
             for id in selected {
                 eprintln!("tidings-bench: {id} ({} engine)…", engine.label());
                 let started = Instant::now();
                 let result = if procfs::cpu_seconds(ctx.target.pid).is_some() {
-                    let (waited, busy) = settle(&ctx.target, plan.settle).await;
+                    let (waited, busy) = settle(&ctx.target.api, ctx.target.pid, plan.settle).await;
                     if busy.is_some() || waited > Duration::from_secs(5) {
                         eprintln!(
                             "  waited {:.0} s for Tidings to go quiet{}",
@@ -362,13 +377,13 @@ const QUIET_PCT: f64 = 15.0;
 /// (its lag metrics at 0), `within` at most: a scenario must not pay for
 /// the backlog the previous one left. How long it waited, and what was
 /// still left if it gave up.
-async fn settle(target: &Target, within: Duration) -> (Duration, Option<String>) {
+pub(crate) async fn settle(api: &Api, pid: u32, within: Duration) -> (Duration, Option<String>) {
     let started = Instant::now();
     loop {
-        let watch = procfs::CpuWatch::start(&[("tidings", target.pid)]);
+        let watch = procfs::CpuWatch::start(&[("tidings", pid)]);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let cpu = watch.stop().pct("tidings").unwrap_or(0.0);
-        let (commands, events) = target.api.lag().await.unwrap_or((0.0, 0.0));
+        let (commands, events) = api.lag().await.unwrap_or((0.0, 0.0));
         if cpu < QUIET_PCT && commands == 0.0 && events == 0.0 {
             return (started.elapsed(), None);
         }
@@ -393,6 +408,7 @@ async fn run_scenario(ctx: &Ctx, id: &str) -> anyhow::Result<Scenario> {
         "registrations" => registrations::run(ctx).await,
         "sockets" => sockets::run(ctx).await,
         "fanout" => fanout::run(ctx).await,
+        "gateways" => gateways::run(ctx).await,
         "social" => social::run(ctx).await,
         "rooms" => rooms::run(ctx).await,
         other => anyhow::bail!("no scenario {other}"),

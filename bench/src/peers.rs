@@ -111,6 +111,12 @@ impl Peer {
         }
     }
 
+    /// A socket of the npm `ws` peer in `room` (its broadcasts to the room
+    /// reach only the room's sockets).
+    pub fn ws_url_in(&self, room: &str) -> String {
+        format!("ws://127.0.0.1:{}/?room={room}", self.port)
+    }
+
     /// What asks the peer to broadcast (cloned into each request's task).
     pub fn trigger(&self) -> Trigger {
         Trigger {
@@ -134,7 +140,17 @@ pub struct Trigger {
 impl Trigger {
     /// `POST /broadcast`; how many sockets the peer sent it to.
     pub async fn broadcast(&self, payload: String) -> anyhow::Result<usize> {
-        let response = self.http.post(&self.url).body(payload).send().await?;
+        self.broadcast_to(None, payload).await
+    }
+
+    /// `POST /broadcast?room=` (the npm `ws` peer only): to the sockets of
+    /// `room`, or to all without one; how many.
+    pub async fn broadcast_to(&self, room: Option<&str>, payload: String) -> anyhow::Result<usize> {
+        let url = match room {
+            Some(room) => format!("{}?room={room}", self.url),
+            None => self.url.clone(),
+        };
+        let response = self.http.post(url).body(payload).send().await?;
         if !response.status().is_success() {
             bail!("broadcast: {}", response.status());
         }

@@ -11,8 +11,11 @@ use crate::tidings::Engine;
 
 /// The scenarios, in the order they run. Write → frame goes last: its
 /// open-loop rate may be past what Tidings can take, and what an overload
-/// leaves behind must not be what the others measure.
-pub const SCENARIOS: [&str; 9] = [
+/// leaves behind must not be what the others measure (gateways runs Tidings
+/// processes of its own, stopped when it ends; it goes before fan-out, whose
+/// 10,000 subscriptions leave the other Tidings holding many PostgreSQL
+/// connections).
+pub const SCENARIOS: [&str; 10] = [
     "unloaded",
     "throughput",
     "idle",
@@ -20,6 +23,7 @@ pub const SCENARIOS: [&str; 9] = [
     "rooms",
     "registrations",
     "sockets",
+    "gateways",
     "fanout",
     "write-to-frame",
 ];
@@ -75,7 +79,8 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Only these scenarios (comma-separated): unloaded, throughput, idle,
-    /// social, rooms, registrations, sockets, fanout, write-to-frame.
+    /// social, rooms, registrations, sockets, fanout, gateways,
+    /// write-to-frame.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Idle WebSockets per server in the memory scenario.
@@ -90,6 +95,16 @@ pub struct Args {
     /// Writes (broadcasts) per second in the fan-out scenario.
     #[arg(long)]
     pub fanout_rate: Option<u32>,
+    /// Messages per second (in all) in the gateways scenario.
+    #[arg(long)]
+    pub gateway_rate: Option<u32>,
+    /// Sockets (half on each gateway) in the gateways scenario.
+    #[arg(long)]
+    pub gateway_sockets: Option<usize>,
+    /// `TIDINGS_KAFKA_FETCH_WAIT_MS` of the gateways scenario's processes
+    /// (default: Tidings' own).
+    #[arg(long)]
+    pub gateway_fetch_wait_ms: Option<u32>,
     /// Concurrent registrations in the registrations scenario.
     #[arg(long)]
     pub burst: Option<usize>,
@@ -131,6 +146,18 @@ pub struct Plan {
     pub fanout_rate: u32,
     /// Open-loop message rates to one room, rising until one is not held.
     pub room_rates: Vec<u32>,
+    /// Gateways: messages per second in all, over `gateway_writers`
+    /// writers, to `gateway_sockets` sockets (half on each gateway); the
+    /// spread variant over `gateway_rooms` rooms.
+    pub gateway_rate: u32,
+    pub gateway_sockets: usize,
+    pub gateway_rooms: usize,
+    pub gateway_writers: usize,
+    /// Users whose sockets read the rooms (each opens several).
+    pub gateway_readers: usize,
+    /// Whether gateways also runs on the memory-engine broker.
+    pub gateway_memory: bool,
+    pub gateway_fetch_wait_ms: Option<u32>,
     /// How long deliveries still in flight are waited for after a load.
     pub drain: Duration,
     /// How long the bench waits at most, before each scenario, for Tidings
@@ -164,6 +191,13 @@ impl Plan {
                 fanout_sockets: 100,
                 fanout_rate: 10,
                 room_rates: vec![20],
+                gateway_rate: 50,
+                gateway_sockets: 20,
+                gateway_rooms: 2,
+                gateway_writers: 2,
+                gateway_readers: 2,
+                gateway_memory: false,
+                gateway_fetch_wait_ms: None,
                 drain: Duration::from_secs(5),
                 settle: Duration::from_secs(15),
             }
@@ -189,9 +223,16 @@ impl Plan {
                 rounds: 3,
                 close_settle: Duration::from_secs(5),
                 connect_concurrency: 128,
-                fanout_sockets: 1_000,
+                fanout_sockets: 10_000,
                 fanout_rate: 10,
                 room_rates: vec![25, 50, 60, 70, 80, 90, 100, 150, 200, 400],
+                gateway_rate: 1_000,
+                gateway_sockets: 100,
+                gateway_rooms: 10,
+                gateway_writers: 8,
+                gateway_readers: 10,
+                gateway_memory: true,
+                gateway_fetch_wait_ms: None,
                 drain: Duration::from_secs(10),
                 settle: Duration::from_secs(180),
             }
@@ -208,6 +249,13 @@ impl Plan {
         if let Some(n) = args.fanout_rate {
             plan.fanout_rate = n.max(1);
         }
+        if let Some(n) = args.gateway_rate {
+            plan.gateway_rate = n.max(1);
+        }
+        if let Some(n) = args.gateway_sockets {
+            plan.gateway_sockets = n.max(2);
+        }
+        plan.gateway_fetch_wait_ms = args.gateway_fetch_wait_ms;
         if let Some(n) = args.burst {
             plan.burst = n;
         }
@@ -240,10 +288,18 @@ impl Plan {
                 self.latency_rates, self.concurrency, self.max_concurrency
             ),
             format!(
-                "{} concurrent registrations; {} idle sockets per server × {} rounds; fan-out to {} sockets at {} writes/s",
+                "{} concurrent registrations; {} idle sockets per server × {} rounds; fan-out to {} sockets of one room at {} messages/s",
                 self.burst, self.sockets, self.rounds, self.fanout_sockets, self.fanout_rate
             ),
             format!("messages to one room at {:?}/s, rising while reply p99 ≤ 50 ms", self.room_rates),
+            format!(
+                "gateways: {} messages/s over {} writers to {} sockets on two realtime processes, one room then {} rooms{}",
+                self.gateway_rate,
+                self.gateway_writers,
+                self.gateway_sockets,
+                self.gateway_rooms,
+                if self.gateway_memory { ", durable and memory engines" } else { "" }
+            ),
         ]
     }
 }

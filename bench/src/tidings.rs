@@ -60,6 +60,13 @@ impl Answer {
     pub fn overloaded(&self) -> bool {
         self.status == 503 && self.body.contains("\"overloaded\"")
     }
+
+    /// 503 `database_unavailable`: PostgreSQL could not be asked (the
+    /// stack's is shared, and its connections may all be taken); to retry
+    /// after `Retry-After`.
+    pub fn database_unavailable(&self) -> bool {
+        self.status == 503 && self.body.contains("\"database_unavailable\"")
+    }
 }
 
 /// A client of one Tidings' REST API.
@@ -139,8 +146,8 @@ impl Api {
     }
 
     /// Registers `username` under one `Idempotency-Key`, retrying what is
-    /// refused with 503 `overloaded` after its `Retry-After` (1 s without
-    /// one). Any other answer ends it: a `command_timeout` is counted, not
+    /// refused with 503 `overloaded` (or `database_unavailable`) after its
+    /// `Retry-After` (1 s without one). Any other answer ends it: a `command_timeout` is counted, not
     /// retried, since a retry of it hashes the password again (answers that
     /// say "not now" are not kept) and, 1,000 clients at once, such retries
     /// take the hashing capacity from the registrations that could finish
@@ -165,7 +172,9 @@ impl Api {
                     refused,
                 });
             }
-            if !answer.overloaded() || refused >= MAX_REGISTER_TRIES {
+            if !(answer.overloaded() || answer.database_unavailable())
+                || refused >= MAX_REGISTER_TRIES
+            {
                 bail!(
                     "register {username}: {} {}",
                     answer.status,
@@ -326,7 +335,13 @@ impl Managed {
     /// `name`, fresh) and starts `bin serve` with every role on a free port
     /// of 127.0.0.1 against `broker`; waits until it is ready.
     pub async fn start(bin: &Path, broker: &str, name: &str) -> anyhow::Result<Managed> {
-        let name = name.to_owned();
+        Self::prepare(bin, broker, name).await?;
+        Self::spawn(bin, broker, name, None, name, &[]).await
+    }
+
+    /// Creates the database of `name` and its topics (fresh), with
+    /// `tidings migrate` and `tidings topics`.
+    pub async fn prepare(bin: &Path, broker: &str, name: &str) -> anyhow::Result<()> {
         let admin = sqlx::PgPool::connect(ADMIN_DB)
             .await
             .context("PostgreSQL on 127.0.0.1:5432 (scripts/stack up)")?;
@@ -334,8 +349,7 @@ impl Managed {
             .execute(&admin)
             .await?;
         admin.close().await;
-        let log = std::env::temp_dir().join(format!("{name}.log"));
-        let env = Self::env(&name, broker);
+        let env = Self::env(name, broker, name);
         for step in ["migrate", "topics"] {
             let out = tokio::process::Command::new(bin)
                 .arg(step)
@@ -352,12 +366,40 @@ impl Managed {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Starts `bin serve` on a free port of 127.0.0.1 against the database,
+    /// topics and Redis prefix of `name` (made by [`Managed::prepare`]):
+    /// every role, or `roles` (`api,deciders,projector`, `realtime`…), as
+    /// `instance` (its `TIDINGS_INSTANCE_ID` and the name of its log), with
+    /// `extra` environment on top. Waits until it listens, and, when it
+    /// serves the API, until `/ready` says 200 (a process without the API
+    /// has no `/ready`).
+    pub async fn spawn(
+        bin: &Path,
+        broker: &str,
+        name: &str,
+        roles: Option<&str>,
+        instance: &str,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<Managed> {
+        let log = std::env::temp_dir().join(format!("{instance}.log"));
         let file = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(bin)
-            .arg("serve")
+        let mut command = tokio::process::Command::new(bin);
+        command.arg("serve");
+        if let Some(roles) = roles {
+            command.arg("--roles").arg(roles);
+        }
+        let child = command
             .env_remove("TIDINGS_CONFIG")
             .env_remove("TIDINGS_KAFKA_SESSION_TIMEOUT_MS")
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                Self::env(name, broker, instance)
+                    .iter()
+                    .map(|(k, v)| (k, v)),
+            )
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
             .kill_on_drop(true)
@@ -365,18 +407,20 @@ impl Managed {
             .with_context(|| format!("starting {} serve", bin.display()))?;
         let mut managed = Managed {
             child,
-            name,
+            name: name.to_owned(),
             base: String::new(),
             log,
         };
         managed.base = managed.wait_until_up(Duration::from_secs(60)).await?;
-        Api::new(&managed.base)?
-            .wait_ready(Duration::from_secs(60))
-            .await?;
+        if roles.is_none_or(|r| r.split(',').any(|r| r.trim() == "api")) {
+            Api::new(&managed.base)?
+                .wait_ready(Duration::from_secs(60))
+                .await?;
+        }
         Ok(managed)
     }
 
-    fn env(name: &str, broker: &str) -> Vec<(&'static str, String)> {
+    fn env(name: &str, broker: &str, instance: &str) -> Vec<(&'static str, String)> {
         vec![
             ("TIDINGS_HTTP_ADDR", "127.0.0.1:0".into()),
             (
@@ -390,12 +434,12 @@ impl Managed {
             // Tidings' own session timeout and static membership, as
             // `scripts/run` runs it: the tests' 6 s (dynamic membership)
             // joins faster, but an overloaded broker that answers a
-            // heartbeat late makes the group rebalance mid-run.
-            ("TIDINGS_INSTANCE_ID", name.into()),
-            (
-                "TIDINGS_JWT_SECRET",
-                format!("bench secret {}", uuid::Uuid::new_v4()),
-            ),
+            // heartbeat late makes the group rebalance mid-run. Each
+            // process of one database has a name of its own.
+            ("TIDINGS_INSTANCE_ID", instance.into()),
+            // The same for every process of one database (their tokens
+            // are each other's); `name` holds the run's random id.
+            ("TIDINGS_JWT_SECRET", format!("bench secret of {name}")),
             // Every client of the bench comes from 127.0.0.1: limits
             // meant per user and address would measure themselves.
             ("TIDINGS_LIMIT_USER_WRITES", "off".into()),
@@ -440,7 +484,18 @@ impl Managed {
     /// SIGTERM (the graceful shutdown), SIGKILL past 20 s; then drops its
     /// database and Redis keys. Its topics stay: deleting a topic under a
     /// consumer that is still closing breaks tansu 0.6's SQLite engine.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let name = self.name.clone();
+        let ended = self.halt().await;
+        drop_database(&name).await?;
+        delete_redis_keys(&name).await?;
+        ended
+    }
+
+    /// SIGTERM (the graceful shutdown), SIGKILL past 20 s; nothing removed
+    /// (other processes may share its database). An error if it had ended
+    /// by itself before (its log is then kept, else removed).
+    pub async fn halt(mut self) -> anyhow::Result<()> {
         // A process that ended by itself keeps its log for whoever looks
         // into why.
         let ended = self.child.try_wait()?;
@@ -456,8 +511,6 @@ impl Managed {
         {
             let _ = self.child.kill().await;
         }
-        drop_database(&self.name).await?;
-        delete_redis_keys(&self.name).await?;
         match ended {
             Some(status) => bail!(
                 "tidings had ended by itself ({status}) before the bench stopped it; its log: {}",
@@ -499,7 +552,7 @@ pub async fn drop_database(name: &str) -> anyhow::Result<()> {
 }
 
 /// Deletes the Redis keys under `prefix:`.
-async fn delete_redis_keys(prefix: &str) -> anyhow::Result<()> {
+pub async fn delete_redis_keys(prefix: &str) -> anyhow::Result<()> {
     use deadpool_redis::redis;
     let client = redis::Client::open(REDIS_URL)?;
     let mut conn = client.get_multiplexed_async_connection().await?;

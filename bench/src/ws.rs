@@ -21,6 +21,14 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a socket waits for the server's answer to its Close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The `ref` of the bench's subscriptions, which the gateway's errors about
+/// them carry.
+const SUBSCRIBE_REF: &str = "bench-subscribe";
+/// Tries of a connection or subscription the server answers with "not
+/// now" (`database_unavailable` at the handshake, `unavailable` for a
+/// subscription: PostgreSQL busy), each after [`RETRY_AFTER`].
+const SUBSCRIBE_TRIES: usize = 5;
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What speaks at the other end of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +129,11 @@ impl Tracker {
     }
 }
 
-/// Opens a socket and waits until the server is ready to deliver on it.
-pub async fn connect(protocol: Protocol, url: &str) -> anyhow::Result<Ws> {
+/// Opens a socket and waits until the server is ready to deliver on it;
+/// on Tidings' gateway, then subscribes to `channel` (if given) and waits
+/// for its `subscribed` frame: a socket counts as open once it is on the
+/// channel.
+pub async fn connect(protocol: Protocol, url: &str, channel: Option<&str>) -> anyhow::Result<Ws> {
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let (mut ws, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -134,6 +145,36 @@ pub async fn connect(protocol: Protocol, url: &str) -> anyhow::Result<Ws> {
                 let text = next_text(&mut ws).await?;
                 if !text.contains("\"welcome\"") {
                     bail!("expected welcome, got {text}");
+                }
+                if let Some(channel) = channel {
+                    let subscribe = serde_json::json!({
+                        "op": "subscribe", "channel": channel, "ref": SUBSCRIBE_REF,
+                    })
+                    .to_string();
+                    ws.send(Message::text(subscribe.clone())).await?;
+                    let mut tries = 1;
+                    loop {
+                        let text = next_text(&mut ws).await?;
+                        let frame: serde_json::Value =
+                            serde_json::from_str(&text).unwrap_or_default();
+                        match frame["type"].as_str() {
+                            Some("subscribed") if frame["channel"] == channel => break,
+                            // Errors of other channels (the own `user:{id}`
+                            // one dropped when its outbox could not be read)
+                            // leave this subscription alone.
+                            Some("error") if frame["ref"] == SUBSCRIBE_REF => {
+                                // "subscribe again": what a client does.
+                                if frame["code"] == "unavailable" && tries < SUBSCRIBE_TRIES {
+                                    tries += 1;
+                                    tokio::time::sleep(RETRY_AFTER).await;
+                                    ws.send(Message::text(subscribe.clone())).await?;
+                                } else {
+                                    bail!("subscribing to {channel} ({tries} tries): {text}");
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
                 }
             }
             Protocol::SocketIo => {
@@ -179,6 +220,9 @@ pub struct Sockets {
     /// Sockets the server ended before they were told to close.
     pub ended_early: Arc<AtomicUsize>,
     pub failed: usize,
+    /// Connections the server answered "retry" (`database_unavailable`)
+    /// and that were tried again.
+    pub retried: usize,
     pub first_error: Option<String>,
 }
 
@@ -207,10 +251,38 @@ impl Sockets {
         concurrency: usize,
         tracker: Option<Arc<Tracker>>,
     ) -> Sockets {
+        let urls = urls.into_iter().map(|url| (url, None)).collect();
+        Self::open_on(protocol, urls, concurrency, tracker).await
+    }
+
+    /// [`Sockets::open`], each socket of Tidings subscribed to the channel
+    /// beside its url (if any) before it counts as open.
+    pub async fn open_on(
+        protocol: Protocol,
+        urls: Vec<(String, Option<String>)>,
+        concurrency: usize,
+        tracker: Option<Arc<Tracker>>,
+    ) -> Sockets {
         let stop = CancellationToken::new();
         let ended_early = Arc::new(AtomicUsize::new(0));
-        let results: Vec<anyhow::Result<Ws>> = futures_util::stream::iter(urls)
-            .map(|url| async move { connect(protocol, &url).await })
+        let results: Vec<(anyhow::Result<Ws>, usize)> = futures_util::stream::iter(urls)
+            .map(|(url, channel)| async move {
+                let mut tries = 1;
+                loop {
+                    match connect(protocol, &url, channel.as_deref()).await {
+                        // Tidings' "retry": PostgreSQL could not be asked
+                        // about the token.
+                        Err(e)
+                            if tries < SUBSCRIBE_TRIES
+                                && format!("{e:#}").contains("database_unavailable") =>
+                        {
+                            tries += 1;
+                            tokio::time::sleep(RETRY_AFTER).await;
+                        }
+                        outcome => return (outcome, tries),
+                    }
+                }
+            })
             .buffered(concurrency.max(1))
             .collect()
             .await;
@@ -220,9 +292,11 @@ impl Sockets {
             stop: stop.clone(),
             ended_early: ended_early.clone(),
             failed: 0,
+            retried: 0,
             first_error: None,
         };
-        for result in results {
+        for (result, tries) in results {
+            sockets.retried += tries - 1;
             match result {
                 Ok(ws) => {
                     let (tx, rx) = tokio::sync::mpsc::channel(OUTGOING_QUEUE);

@@ -238,9 +238,13 @@ impl Limiter {
         )
         .response(None);
         metrics::counter!("tidings_rate_limited_total", "limit" => self.name).increment(1);
+        // Empty: the next request fits after `retry_after`, the whole burst
+        // one period per request after that.
+        let period = self.rate.per / self.rate.count.get();
+        let whole = retry_after + period * (self.rate.burst.get() - 1);
         let headers = response.headers_mut();
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
-        for (name, value) in self.headers(0, retry_after) {
+        for (name, value) in self.headers(0, whole) {
             headers.insert(name, value);
         }
         response
@@ -292,6 +296,13 @@ mod tests {
             "\"test\";q=3;w=180",
             "the burst comes back in three minutes"
         );
+        // Refused, the quota is whole again once the next request fits and
+        // two more periods have passed.
+        let refused = limiter.refusal(Duration::from_secs(30));
+        assert_eq!(refused.status(), 429);
+        let header = |name: &str| refused.headers().get(name).unwrap().to_str().unwrap();
+        assert_eq!(header("retry-after"), "30");
+        assert_eq!(header("ratelimit"), "\"test\";r=0;t=150");
     }
 
     #[test]

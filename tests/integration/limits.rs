@@ -24,6 +24,12 @@ fn assert_limited(reply: &Reply, policy: &str, window: u64) {
     assert_eq!(reply.body["code"], "rate_limited", "{}", reply.body);
     let retry_after: u64 = header(reply, "retry-after").parse().unwrap();
     assert!((1..=window).contains(&retry_after), "{retry_after}");
+    // The quota is whole again no sooner than the next request fits.
+    let whole: u64 = header(reply, "ratelimit")
+        .rsplit_once(";t=")
+        .and_then(|(_, t)| t.parse().ok())
+        .unwrap();
+    assert!(whole >= retry_after, "{:?}", reply.headers);
     assert!(
         header(reply, "ratelimit").starts_with(&format!("\"{policy}\";r=0;")),
         "{:?}",
@@ -102,14 +108,15 @@ async fn writes_logins_and_connections_past_their_limits_are_refused_with_retry_
     assert_eq!(profile.status, 200);
     assert_eq!(profile.body["display_name"], "Ann 3", "{}", profile.body);
 
-    // Login attempts naming one account: two, then refused before the
-    // password is tried (even the right one), whatever the case typed.
-    for password in ["wrong", "wrong again"] {
+    // Login attempts naming one account: two, by either of its names, then
+    // refused before the password is tried (even the right one), whatever
+    // the case typed.
+    for login in ["ann", "Ann@example.com"] {
         let reply = client
             .send(
                 client
                     .post("/api/auth/login")
-                    .json(&json!({"login": "ann", "password": password})),
+                    .json(&json!({"login": login, "password": "wrong"})),
             )
             .await;
         assert_eq!(reply.status, 401, "{}", reply.body);

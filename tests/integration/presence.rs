@@ -103,6 +103,12 @@ async fn a_participant_is_online_from_the_first_socket_to_the_last_on_any_gatewa
     let (child, base) = gateway_process(&world).await;
     let other = Gateway { base };
     let client = Client::new(&app.base);
+    // A gateway without the API still answers health, readiness and metrics.
+    let gateway = Client::new(&other.base);
+    for path in ["/health", "/ready", "/metrics"] {
+        let reply = gateway.send(gateway.get(path)).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
     let carol = user(&client, "carol").await;

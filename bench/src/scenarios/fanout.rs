@@ -1,22 +1,27 @@
-//! Fan-out: 1,000 sockets of one channel, writes at a fixed rate, every
-//! write delivered to every socket; deliveries per CPU-second of the
-//! server. Today the only channel is `user:{id}`, so the sockets are all of
-//! one user and the writes change that user's profile. The npm `ws` and
-//! `socket.io` peers broadcast a payload of the same size to as many
-//! sockets, triggered by an HTTP request at the same rate.
+//! Fan-out: 10,000 sockets of one public room's channel (`room:{id}`),
+//! messages at a fixed rate, every message delivered to every socket;
+//! deliveries per CPU-second of the server. The room's owner posts
+//! (`POST /api/rooms/{id}/messages`); the sockets are the run's registered
+//! users', many each, none of them in the room (a public room is readable
+//! by anyone signed in), each subscribed to the room's channel before it
+//! counts as open. The npm `ws` and `socket.io` peers broadcast a payload
+//! of the same size to as many sockets, triggered by an HTTP request at the
+//! same rate.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use anyhow::bail;
 use serde::Serialize;
 use serde_json::json;
 
+use super::rooms::{open_room, post_message};
 use super::{open_loop, refused_note, wait_for, Ctx, OpenLoop, Replies};
 use crate::peers::{Kind, Peer};
 use crate::procfs::{CpuUse, CpuWatch};
 use crate::report::{Bound, Row, Scenario};
 use crate::stats::Summary;
-use crate::ws::{marker, payload, Sockets, Tracker};
+use crate::ws::{marker, payload, Protocol, Sockets, Tracker};
 
 /// Delivery latencies kept at most (the rest are counted).
 const KEEP: usize = 2_000_000;
@@ -63,33 +68,43 @@ impl Server {
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     let plan = &ctx.plan;
+    let api = &ctx.target.api;
     let mut scenario = Scenario::new(
         "fanout",
         &format!(
-            "Fan-out, {} sockets of one channel, {} writes/s",
+            "Fan-out, {} sockets of one public room, {} messages/s",
             plan.fanout_sockets, plan.fanout_rate
         ),
     );
+    if ctx.users.is_empty() {
+        bail!("no users registered: the sockets are theirs");
+    }
     let writes = (f64::from(plan.fanout_rate) * plan.step.as_secs_f64()).round() as usize;
-    // A user of its own: no other socket of the run listens on its channel.
-    let user = ctx
-        .target
-        .api
-        .register(&format!("f{}", ctx.run))
-        .await?
-        .user;
+    // An owner of its own, with no socket: the room's only participant, so
+    // each message goes to the room's channel (and the owner's own).
+    let owner = api.register(&format!("f{}", ctx.run)).await?.user;
+    let room = open_room(api, &ctx.run, &owner, &[]).await?;
+    let channel = format!("room:{room}");
 
     let tracker = Tracker::new(writes, KEEP);
-    let sockets = ctx
-        .tidings_sockets(
-            &[user.token.as_str()],
-            plan.fanout_sockets,
-            Some(tracker.clone()),
-        )
-        .await;
+    let urls = (0..plan.fanout_sockets)
+        .map(|i| {
+            let reader = &ctx.users[i % ctx.users.len()];
+            (api.ws_url(&reader.token), Some(channel.clone()))
+        })
+        .collect();
+    let opening = std::time::Instant::now();
+    let sockets = Sockets::open_on(
+        Protocol::Tidings,
+        urls,
+        plan.connect_concurrency,
+        Some(tracker.clone()),
+    )
+    .await;
+    let opened_in = opening.elapsed().as_secs_f64();
     if sockets.failed > 0 {
-        anyhow::bail!(
-            "{} of {} sockets did not open: {}",
+        bail!(
+            "{} of {} sockets did not open and subscribe: {}",
             sockets.failed,
             plan.fanout_sockets,
             sockets.first_error.clone().unwrap_or_default()
@@ -101,11 +116,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         ("broker", ctx.target.broker_pid),
     ]);
     let load = open_loop(plan.fanout_rate, writes, |k, due| {
-        let (api, token) = (ctx.target.api.clone(), user.token.clone());
+        let (api, token, room) = (api.clone(), owner.token.clone(), room.clone());
         let replies = replies.clone();
         tracker.sent(k, due);
         async move {
-            let answer = api.write(&token, &marker(k)).await;
+            let answer = post_message(&api, &token, &room, &marker(k)).await;
             replies.push(due.elapsed().as_secs_f64() * 1e3, answer);
         }
     })
@@ -117,7 +132,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     let frame_bytes = tracker.frame_bytes.load(Ordering::Relaxed).max(64);
     let tidings = Server::of("Tidings", &sockets, &tracker, expected, cpu, load);
     let ended = sockets.ended_early.load(Ordering::Relaxed);
+    let retried = sockets.retried;
     sockets.close().await;
+    scenario.notes.push(format!(
+        "{} sockets of {} users (none in the room), each subscribed to {channel}, opened in {opened_in:.1} s; the room's owner posts",
+        plan.fanout_sockets,
+        ctx.users.len().min(plan.fanout_sockets),
+    ));
     if let Some(note) = refused_note(&others) {
         scenario.notes.push(note);
     }
@@ -125,6 +146,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         scenario
             .notes
             .push(format!("Tidings ended {ended} sockets during the run"));
+    }
+    if retried > 0 {
+        scenario.notes.push(format!(
+            "{retried} connections answered database_unavailable (PostgreSQL busy) were tried again"
+        ));
     }
 
     let mut peers = Vec::new();
@@ -189,14 +215,17 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         ));
     }
     scenario.notes.push(format!(
-        "Tidings' CPU includes the whole write path (HTTP, decider, projector, outbox relay, gateway); the peers' includes their HTTP trigger; frames of {frame_bytes} bytes"
+        "Tidings' CPU includes the whole write path (HTTP, decider, projector, outbox relay, gateway); the peers' includes their HTTP trigger; frames of {frame_bytes} bytes (message.created)"
     ));
     if let Ok(mut plots) = ctx.plots.lock() {
         for server in std::iter::once(&tidings).chain(&peers) {
             plots.fanout(&server.name, server.per_cpu_second);
         }
     }
-    scenario.details = json!({ "tidings": tidings, "peers": peers, "frame_bytes": frame_bytes });
+    scenario.details = json!({
+        "tidings": tidings, "peers": peers, "frame_bytes": frame_bytes,
+        "room": room, "readers": ctx.users.len().min(plan.fanout_sockets), "opened_in_s": opened_in,
+    });
     Ok(scenario)
 }
 

@@ -3,6 +3,7 @@
 //! open-loop sender.
 
 pub mod fanout;
+pub mod gateways;
 pub mod idle;
 pub mod registrations;
 pub mod rooms;
@@ -37,6 +38,15 @@ pub struct Ctx {
     pub peers: Result<PathBuf, String>,
     /// A short name of this run, in the usernames it registers.
     pub run: String,
+    /// The run's id: what a scenario names its own databases, topics and
+    /// Redis keys after (`tidings_bench_<run_id>_…`, removed if the run is
+    /// interrupted).
+    pub run_id: String,
+    /// The `tidings` binary, when the bench starts Tidings itself.
+    pub tidings_bin: Option<PathBuf>,
+    /// The memory-engine broker, if one listens (and the bench starts
+    /// Tidings itself).
+    pub memory_kafka: Option<String>,
     pub plots: Mutex<Plots>,
 }
 

@@ -40,7 +40,6 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         .chain(ctx.users[2..n].iter().cloned())
         .collect();
     let room = open_room(api, &ctx.run, owner, &ctx.users[1..n]).await?;
-    let path = format!("/api/rooms/{room}/messages");
 
     let mut details = Vec::new();
     let mut best: Option<u32> = None;
@@ -65,16 +64,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         let replies = Arc::new(Replies::default());
         let load = open_loop(rate, count, |k, due| {
             let writer = &writers[k % writers.len()];
-            let (api, token, path) = (api.clone(), writer.token.clone(), path.clone());
+            let (api, token, room) = (api.clone(), writer.token.clone(), room.clone());
             let replies = replies.clone();
             tracker.sent(k, due);
             async move {
-                let body = json!({ "text": marker(k) });
-                let answer = match api.call(Method::POST, &token, &path, Some(&body)).await {
-                    Ok((answer, _)) if matches!(answer.status, 201 | 202) => Ok(()),
-                    Ok((answer, _)) => Err(format!("{} {}", answer.status, code(&answer.body))),
-                    Err(_) => Err("no answer".to_owned()),
-                };
+                let answer = post_message(&api, &token, &room, &marker(k)).await;
                 replies.push(due.elapsed().as_secs_f64() * 1e3, answer);
             }
         })
@@ -217,8 +211,30 @@ impl Measured {
     }
 }
 
+/// `POST /api/rooms/{room}/messages {text}` as `token`'s user: accepted
+/// (201, or 202 when its projector lags), else what was answered.
+pub(super) async fn post_message(
+    api: &Api,
+    token: &str,
+    room: &str,
+    text: &str,
+) -> Result<(), String> {
+    let body = json!({ "text": text });
+    let path = format!("/api/rooms/{room}/messages");
+    match api.call(Method::POST, token, &path, Some(&body)).await {
+        Ok((answer, _)) if matches!(answer.status, 201 | 202) => Ok(()),
+        Ok((answer, _)) => Err(format!("{} {}", answer.status, code(&answer.body))),
+        Err(_) => Err("no answer".to_owned()),
+    }
+}
+
 /// A public room of `owner` that `others` joined: its id.
-async fn open_room(api: &Api, run: &str, owner: &User, others: &[User]) -> anyhow::Result<String> {
+pub(super) async fn open_room(
+    api: &Api,
+    run: &str,
+    owner: &User,
+    others: &[User],
+) -> anyhow::Result<String> {
     let body = json!({"name": format!("bench {run}"), "is_private": false});
     let created = api
         .ok(Method::POST, &owner.token, "/api/rooms", Some(&body))
