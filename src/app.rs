@@ -436,7 +436,17 @@ impl Application {
             );
             let hub = if roles.contains(&Role::Realtime) {
                 let hub = web::Data::new(
-                    Hub::start(&kafka, updates_shortcut.clone(), shutdown.clone()).await?,
+                    Hub::start(
+                        &tidings_schemas::kafka::KafkaSettings {
+                            fetch_wait_ms: settings
+                                .ws_fetch_wait_ms
+                                .unwrap_or(settings.kafka_fetch_wait_ms),
+                            ..kafka.clone()
+                        },
+                        updates_shortcut.clone(),
+                        shutdown.clone(),
+                    )
+                    .await?,
                 );
                 // The gateway checks tokens as the API does, without
                 // depending on it.
