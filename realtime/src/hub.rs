@@ -150,16 +150,11 @@ async fn run(
     // Who is typing where, until when: only on channels with subscribers
     // here, each entry gone at its deadline, so it stays small.
     let mut typing: HashMap<(String, Uuid), Instant> = HashMap::new();
-    // Subscriptions held, for `/metrics` (set when they change, not at
-    // every delivery).
+    // Subscriptions held, for `/metrics`.
     let mut held: usize = 0;
-    let mut shown = (usize::MAX, usize::MAX);
     loop {
-        if shown != (held, channels.len()) {
-            shown = (held, channels.len());
-            metrics::gauge!("tidings_ws_subscriptions").set(held as f64);
-            metrics::gauge!("tidings_ws_channels").set(channels.len() as f64);
-        }
+        metrics::gauge!("tidings_ws_subscriptions").set(held as f64);
+        metrics::gauge!("tidings_ws_channels").set(channels.len() as f64);
         let next = typing.values().min().copied();
         let command = tokio::select! {
             // Sessions' commands first: a session subscribes, then reads
