@@ -467,6 +467,11 @@ impl Application {
                     gateway.db.clone(),
                     hub.get_ref().clone(),
                 ));
+                // Updates committed by the projectors of other processes.
+                tokio::spawn(tidings_realtime::presence::follow_updates(
+                    presence.clone(),
+                    hub.get_ref().clone(),
+                ));
                 tokio::spawn(tidings_realtime::presence::sweep(
                     presence.clone(),
                     shutdown.clone(),

@@ -106,6 +106,14 @@ pub fn presence_key(prefix: &str, user: Uuid) -> String {
     format!("{prefix}:presence:{user}")
 }
 
+/// The Redis pub/sub channel on which the projector publishes each batch's
+/// numbered updates (a JSON array), for the gateways of other processes:
+/// ahead of the relay and `tidings.updates`, which stay the record (a
+/// gateway that misses one fills the gap from the outbox).
+pub fn updates_channel(prefix: &str) -> String {
+    format!("{prefix}:updates")
+}
+
 #[derive(Clone)]
 pub struct Cache {
     pool: Pool,
@@ -426,8 +434,10 @@ impl Cache {
 
     /// Puts numbered channel updates into the hot ring: per channel, the
     /// last [`RING_LEN`] updates by `seq`, for an hour after the last one
-    /// (a sorted set scored by `seq`). Best effort: a ring that misses one
-    /// is not read past it ([`Cache::ring_after`]).
+    /// (a sorted set scored by `seq`), then publishes them on
+    /// [`updates_channel`] in the same round trip. Best effort: a ring that
+    /// misses one is not read past it ([`Cache::ring_after`]), and a gateway
+    /// that misses one has it from the topic or the outbox.
     pub async fn ring_push(&self, updates: &[crate::outbox::Update]) {
         if updates.is_empty() {
             return;
@@ -453,6 +463,10 @@ impl Cache {
                     .ignore();
                 pipe.cmd("EXPIRE").arg(&key).arg(RING_TTL_SECS).ignore();
             }
+            pipe.cmd("PUBLISH")
+                .arg(updates_channel(&self.prefix))
+                .arg(serde_json::to_string(updates)?)
+                .ignore();
             let () = pipe.query_async(&mut conn).await?;
             Ok(())
         })

@@ -7,7 +7,9 @@
 //!
 //! Where the projector runs in the same process, updates also come straight
 //! from its commits, ahead of the relay and the topic
-//! ([`tidings_schemas::shortcut`]). So an update may come twice: the hub
+//! ([`tidings_schemas::shortcut`]); from projectors of other processes they
+//! come over Redis pub/sub ([`crate::presence::follow_updates`]), also
+//! ahead of the topic. So an update may come more than once: the hub
 //! passes each channel's updates on only past the highest `seq` it passed
 //! on, and each session fills whatever gap it sees from the outbox.
 
@@ -83,6 +85,9 @@ struct Subscriber {
 #[derive(Clone)]
 pub struct Hub {
     commands: mpsc::UnboundedSender<Command>,
+    /// Updates for the hub, from any source: the topic, the projector of
+    /// this process, the projectors of others (over Redis).
+    pub deliveries: mpsc::Sender<Update>,
     /// Cancelled when the gateway shuts down: sessions close with "going
     /// away" so their clients resume on another gateway.
     pub shutdown: CancellationToken,
@@ -108,7 +113,7 @@ impl Hub {
         let (deliver, deliveries) = mpsc::channel(DELIVERY_QUEUE);
         tokio::spawn(run(rx, deliveries));
         tokio::spawn(follow(consumer, deliver.clone(), shutdown.clone()));
-        let (mut early, hub) = (early.open(), deliver);
+        let (mut early, hub) = (early.open(), deliver.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -124,6 +129,7 @@ impl Hub {
         });
         Ok(Hub {
             commands: tx,
+            deliveries: deliver,
             shutdown,
         })
     }

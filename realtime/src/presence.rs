@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::frames::ServerFrame;
 use crate::hub::{Command, Hub, Signal};
+use tidings_projections::outbox::Update;
 
 /// How long a session counts after its last refresh: three heartbeats, so
 /// one late refresh does not take a user offline.
@@ -308,11 +309,62 @@ pub async fn sweep(presence: Presence, shutdown: CancellationToken) {
 /// of each room the user is in, typing to its room's channel. Reconnects
 /// after an outage (signals sent meanwhile are lost: they are ephemeral).
 pub async fn relay(presence: Presence, db: PgPool, hub: Hub) {
-    let shutdown = hub.shutdown.clone();
+    let channel = presence.signals_channel();
+    listen(&presence, &channel, &hub.shutdown.clone(), |payload| {
+        let (db, hub) = (&db, &hub);
+        async move {
+            match serde_json::from_slice::<Wire>(&payload) {
+                Ok(wire) => hand_over(db, hub, wire).await,
+                Err(_) => tracing::warn!("presence: unreadable signal skipped"),
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// Follows the updates the projectors publish on Redis
+/// ([`tidings_projections::cache::updates_channel`]) and hands them to the
+/// hub: a gateway in another process than the projector sees a commit
+/// within a Redis round trip instead of a fetch of `tidings.updates` (which
+/// stays the record: whatever is missed here comes from it, or from the
+/// outbox when a session sees a gap).
+pub async fn follow_updates(presence: Presence, hub: Hub) {
+    let channel = tidings_projections::cache::updates_channel(&presence.prefix);
+    listen(&presence, &channel, &hub.shutdown.clone(), |payload| {
+        let hub = &hub;
+        async move {
+            let Ok(updates) = serde_json::from_slice::<Vec<Update>>(&payload) else {
+                tracing::warn!("unreadable published updates skipped");
+                return true;
+            };
+            for update in updates {
+                if hub.deliveries.send(update).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// Hands each message of the Redis pub/sub `channel` to `handle` until
+/// shutdown, or until `handle` answers `false`; subscribes again after an
+/// outage (what was published meanwhile is not seen).
+async fn listen<F, R>(
+    presence: &Presence,
+    channel: &str,
+    shutdown: &CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(Vec<u8>) -> R,
+    R: std::future::Future<Output = bool>,
+{
     loop {
         let subscribed = async {
             let mut pubsub = presence.client.get_async_pubsub().await?;
-            pubsub.subscribe(presence.signals_channel()).await?;
+            pubsub.subscribe(channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = tokio::select! {
@@ -322,7 +374,7 @@ pub async fn relay(presence: Presence, db: PgPool, hub: Hub) {
         let mut messages = match pubsub {
             Ok(pubsub) => pubsub.into_on_message(),
             Err(error) => {
-                tracing::warn!(%error, "presence: subscribing to signals");
+                tracing::warn!(%error, channel, "subscribing to a Redis channel");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -333,13 +385,11 @@ pub async fn relay(presence: Presence, db: PgPool, hub: Hub) {
                 message = messages.next() => message,
             };
             let Some(message) = message else { break };
-            let Ok(wire) = serde_json::from_slice::<Wire>(message.get_payload_bytes()) else {
-                tracing::warn!("presence: unreadable signal skipped");
-                continue;
-            };
-            hand_over(&db, &hub, wire).await;
+            if !handle(message.get_payload_bytes().to_vec()).await {
+                return;
+            }
         }
-        tracing::warn!("presence: signals connection lost; reconnecting");
+        tracing::warn!(channel, "Redis subscription lost; subscribing again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -745,3 +745,60 @@ async fn two_gateways_and_two_api_processes_deliver_everything() {
     }
     world.clean_up().await;
 }
+
+/// A gateway in another process than the projector has each commit over
+/// Redis, not only when its fetch of `tidings.updates` returns: here that
+/// fetch is made to wait 20 s (the broker holds a fetch for its whole
+/// wait), and every message still reaches the socket within a few seconds
+/// of its answer, in order and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_in_another_process_has_each_commit_without_waiting_for_the_topic() {
+    const EACH: usize = 5;
+    const WITHIN: Duration = Duration::from_secs(5);
+    let world = World::new().await;
+    let core = start(&world, &[Role::Api, Role::Deciders, Role::Projector]).await;
+    let client = Client::new(&core.base);
+    let gateway = world.spawn(
+        "realtime",
+        &[
+            ("TIDINGS_DATABASE_POOL", &POOL.to_string()),
+            ("TIDINGS_WS_FETCH_WAIT_MS", "20000"),
+        ],
+    );
+    let (gateway, base) = tokio::task::spawn_blocking(move || {
+        let base = gateway.base_url();
+        (gateway, base)
+    })
+    .await
+    .unwrap();
+    ready(&base).await;
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let room = public_room(&client, &alice, &[&bob]).await;
+    let channel = format!("room:{room}");
+    let mut socket = welcomed(&base, &bob).await;
+    let head = subscribe(&mut socket, &channel, None).await;
+    let (after, epoch) = (
+        head["seq"].as_i64().unwrap(),
+        head["epoch"].as_i64().unwrap(),
+    );
+
+    let texts = numbered("prompt", EACH);
+    let mut received = Vec::new();
+    for text in &texts {
+        say(&client, &alice, &room, text).await;
+        let event = events_of(&mut socket, &channel, 1, WITHIN).await;
+        assert_eq!(
+            event.len(),
+            1,
+            "{text:?} did not reach the other process's socket within {WITHIN:?} of its answer"
+        );
+        received.extend(event);
+    }
+    let expected = history_after(&client, &bob, &room, None, &texts).await;
+    assert_delivered("bob", &received, after, epoch, &expected);
+
+    kill(gateway).await;
+    core.stop().await;
+    world.clean_up().await;
+}
