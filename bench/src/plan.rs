@@ -101,6 +101,11 @@ pub struct Args {
     /// Sockets (half on each gateway) in the gateways scenario.
     #[arg(long)]
     pub gateway_sockets: Option<usize>,
+    /// Rooms of the gateways scenario's spread layout (each takes the
+    /// rate over the rooms: one room's messages are decided one after
+    /// another by its aggregate).
+    #[arg(long)]
+    pub gateway_rooms: Option<usize>,
     /// `TIDINGS_KAFKA_FETCH_WAIT_MS` of the gateways scenario's processes
     /// (default: Tidings' own).
     #[arg(long)]
@@ -254,6 +259,9 @@ impl Plan {
         }
         if let Some(n) = args.gateway_sockets {
             plan.gateway_sockets = n.max(2);
+        }
+        if let Some(n) = args.gateway_rooms {
+            plan.gateway_rooms = n.max(2);
         }
         plan.gateway_fetch_wait_ms = args.gateway_fetch_wait_ms;
         if let Some(n) = args.burst {
