@@ -55,6 +55,24 @@ mod tests {
     }
 
     #[test]
+    fn every_command_type_has_a_payload_schema_and_no_other() {
+        let envelope: serde_json::Value = serde_json::from_str(COMMAND_ENVELOPE).unwrap();
+        let mut types: Vec<&str> = envelope["properties"]["command"]["properties"]["type"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        types.sort_unstable();
+        let mut schemas: Vec<&str> = FILES
+            .iter()
+            .filter_map(|(path, _)| path.strip_prefix("commands/")?.strip_suffix(".v1.json"))
+            .collect();
+        schemas.sort_unstable();
+        assert_eq!(types, schemas);
+    }
+
+    #[test]
     fn no_published_schema_ever_changes_and_every_schema_is_published() {
         use sha2::{Digest, Sha256};
         let published: std::collections::BTreeMap<&str, &str> = PUBLISHED

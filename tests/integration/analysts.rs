@@ -197,7 +197,7 @@ import duckdb, pyarrow.parquet as pq
 table = pq.read_table(sys.argv[1])
 types = {f.name: str(f.type) for f in table.schema}
 con = duckdb.connect()
-row = con.execute("SELECT count(*), count(DISTINCT event_id), count(*) FILTER (WHERE type = 'post.created'), min(occurred_at) <= max(occurred_at), count(*) FILTER (WHERE json_extract_string(data, '$.text') = 'hello log') FROM read_parquet(?)", [sys.argv[1]]).fetchone()
+row = con.execute("SELECT count(*), count(DISTINCT event_id), count(*) FILTER (WHERE type = 'post.created'), min(occurred_at) <= max(occurred_at), count(*) FILTER (WHERE json_extract_string(data, '$.text') = 'hello log') FROM read_parquet('" + sys.argv[1] + "')").fetchone()
 print(json.dumps({"rows": table.num_rows, "columns": table.column_names, "types": types, "duckdb": [row[0], row[1], row[2], bool(row[3]), row[4]]}))
 "#,
         parquet_path.to_str().unwrap(),
