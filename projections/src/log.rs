@@ -20,8 +20,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tidings_schemas::kafka::{KafkaSettings, ADMIN_TIMEOUT, READING_FETCH_WAIT_MS};
 use tidings_schemas::{AggregateRef, AggregateType, Cursor, EventEnvelope};
@@ -241,9 +243,24 @@ struct PartitionRange {
     done: bool,
 }
 
+/// The reader's client context: a partition read to its end is news to
+/// the reader (it asks for it, `enable.partition.eof`), not an error to log.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            error => tracing::error!(%error, reason, "librdkafka"),
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// A reader of one range of `<prefix>.events`; see the module.
 pub struct LogReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     topic: String,
     query: LogQuery,
     partitions: BTreeMap<i32, PartitionRange>,
@@ -278,7 +295,7 @@ impl LogReader {
             .set("auto.offset.reset", "latest")
             .set("enable.partition.eof", "true")
             .set("client.id", "tidings-log-reader");
-        let consumer: BaseConsumer = config.create()?;
+        let consumer: BaseConsumer<ReaderContext> = config.create_with_context(ReaderContext)?;
         let topic = kafka.topics().events;
         let opened_at = Utc::now();
         let mut partitions = BTreeMap::new();
@@ -515,7 +532,7 @@ impl LogReader {
 /// before it holds an event of `at` or later). `None` when the broker cannot
 /// say: the caller reads from the start and filters.
 fn offset_at(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ReaderContext>,
     topic: &str,
     partition: i32,
     at: DateTime<Utc>,
