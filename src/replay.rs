@@ -407,9 +407,15 @@ impl Progress {
         );
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} records, {per_sec}, ETA {eta} {msg}",
+                "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} records, {rate} records/s, ETA {eta} {msg}",
             )
-            .expect("a valid progress template"),
+            .expect("a valid progress template")
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}", state.per_sec());
+                },
+            ),
         );
         Progress::Bar(bar)
     }
