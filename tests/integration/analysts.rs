@@ -88,6 +88,31 @@ async fn replay_reads_ranges_and_filters_as_ndjson_csv_and_parquet() {
         )
         .await;
     assert_eq!(post.status, 201, "{}", post.body);
+    // A replay beside the running roles leaves them as they were: their
+    // partitions (ready) and no offsets committed by the replay's consumer.
+    let during = replayed(&world, &[]);
+    assert!(!during.is_empty());
+    let ready = client.send(client.get("/ready")).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let consumer: rdkafka::consumer::BaseConsumer =
+        world.settings.kafka().consumer(None).create().unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in 0..world.settings.partitions {
+        partitions.add_partition(&world.settings.kafka().topics().events, partition);
+    }
+    let committed = rdkafka::consumer::Consumer::committed_offsets(
+        &consumer,
+        partitions,
+        tidings_schemas::kafka::ADMIN_TIMEOUT,
+    )
+    .unwrap();
+    assert!(
+        committed
+            .elements()
+            .iter()
+            .all(|e| !matches!(e.offset(), rdkafka::Offset::Offset(_))),
+        "the replay's consumer committed: {committed:?}"
+    );
     running.stop().await;
     let log = world.events();
 
