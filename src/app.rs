@@ -409,6 +409,8 @@ impl Application {
                     password_reset_ttl: settings.mail.password_reset_ttl(),
                     forgot_interval: settings.mail.forgot_interval(),
                     mail_queue_max: settings.mail.mail_queue_max,
+                    admins: settings.admins(),
+                    kafka: settings.kafka(),
                 },
                 limits: limits.clone(),
             });

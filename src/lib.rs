@@ -16,13 +16,15 @@
 //! starts the roles asked for against the services given, and [`sweeper`],
 //! which unwinds registrations that died midway, [`media_sweeper`], which
 //! deletes media items no post took, and [`mailer`], which sends the mail
-//! outbox and queues notification digests. Read
+//! outbox and queues notification digests; [`replay`] is `tidings replay`,
+//! the analysts' export of the event log. Read
 //! `../shared/DESIGN.md` for why the pieces are shaped as they are.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod mailer;
 pub mod media_sweeper;
+pub mod replay;
 pub mod settings;
 pub mod sweeper;
 pub mod telemetry;

@@ -182,6 +182,11 @@ pub struct Settings {
         value_parser = clap::value_parser!(u64).range(1024..)
     )]
     pub ws_queue_bytes: u64,
+    /// Usernames of the site's admins, comma-separated: they may read the
+    /// event log and fold aggregates as of an instant (`/api/admin/…`).
+    /// Compared without regard to case; unset: nobody is admin.
+    #[arg(long, env = "TIDINGS_ADMIN_USERNAMES", value_delimiter = ',')]
+    pub admin_usernames: Vec<String>,
     #[command(flatten)]
     pub mail: MailSettings,
     #[command(flatten)]
@@ -488,6 +493,9 @@ impl Settings {
         if let Some(url) = &self.mail.smtp_url {
             vars.push(("TIDINGS_SMTP_URL", url.clone()));
         }
+        if !self.admin_usernames.is_empty() {
+            vars.push(("TIDINGS_ADMIN_USERNAMES", self.admin_usernames.join(",")));
+        }
         vars
     }
 
@@ -500,6 +508,7 @@ impl Settings {
             ("TIDINGS_MEDIA_STORE", self.media_store.is_none()),
             ("TIDINGS_SMTP_URL", self.mail.smtp_url.is_none()),
             ("TIDINGS_WS_FETCH_WAIT_MS", self.ws_fetch_wait_ms.is_none()),
+            ("TIDINGS_ADMIN_USERNAMES", self.admin_usernames.is_empty()),
         ]
         .into_iter()
         .filter_map(|(key, unset)| unset.then_some(key))
@@ -573,6 +582,16 @@ impl Settings {
             .rsplit_once(':')
             .map_or("0", |(_, port)| port);
         format!("{host}-{port}")
+    }
+
+    /// The admins' usernames as accounts store them (lower case), without
+    /// blanks.
+    pub fn admins(&self) -> Vec<String> {
+        self.admin_usernames
+            .iter()
+            .map(|name| name.trim().to_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect()
     }
 
     pub fn token_ttl(&self) -> Duration {

@@ -25,6 +25,7 @@ use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::accounts;
+use crate::admin;
 use crate::details;
 use crate::error::{FieldError, Problem};
 use crate::follows;
@@ -92,6 +93,9 @@ use crate::rooms;
         rooms::mark_read,
         rooms::send_direct,
         rooms::direct_messages,
+        admin::events,
+        admin::aggregate,
+        admin::projections,
         health::health,
         health::ready,
         health::metrics,
@@ -108,6 +112,7 @@ use crate::rooms;
         (name = "social", description = "Posts, media, reactions, comments, follows, the home feed"),
         (name = "rooms", description = "Rooms, their participants and messages, direct conversations"),
         (name = "notifications", description = "Likes, comments, follows and mentions of the caller"),
+        (name = "admin", description = "For the site's admins (TIDINGS_ADMIN_USERNAMES): the event log, aggregates as of an instant, projector lag"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
         (name = "realtime", description = "The WebSocket gateway"),
     )

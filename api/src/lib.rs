@@ -11,6 +11,8 @@
 //!   reactions, comments, the feed; follows; notifications);
 //! - [`media`]: uploads of images and videos, and serving them;
 //! - [`rooms`]: rooms, their members and messages, direct conversations;
+//! - [`admin`]: the admin routes (the event log, aggregates as of an
+//!   instant, projector lag), for `TIDINGS_ADMIN_USERNAMES`;
 //! - [`page`]: cursor pagination;
 //! - [`auth`]: JWTs, passwords, the [`auth::Authenticated`] extractor;
 //! - [`context`]: request id, idempotency key, command envelopes;
@@ -24,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod admin;
 pub mod auth;
 pub mod context;
 pub mod details;
@@ -78,6 +81,10 @@ pub struct ApiSettings {
     pub forgot_interval: Duration,
     /// Mails waiting to be sent beyond which a reset is refused (503).
     pub mail_queue_max: i64,
+    /// The usernames of the site's admins, in lower case.
+    pub admins: Vec<String>,
+    /// The log the admin routes read.
+    pub kafka: tidings_schemas::kafka::KafkaSettings,
 }
 
 /// What every handler shares.
@@ -163,7 +170,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(media::routes)
         .configure(follows::routes)
         .configure(notifications::routes)
-        .configure(rooms::routes);
+        .configure(rooms::routes)
+        .configure(admin::routes);
 }
 
 /// The answer for a request no route takes: 405 with `Allow` when the path

@@ -76,6 +76,7 @@ codes! {
     ValidationFailed = "validation_failed", http(StatusCode::UNPROCESSABLE_ENTITY), "some fields are not acceptable (`errors`)";
     ImageTooLarge = "image_too_large", http(StatusCode::UNPROCESSABLE_ENTITY), "the image's dimensions, or the memory decoding it takes, pass the limits";
     UndecodableMedia = "undecodable_media", http(StatusCode::UNPROCESSABLE_ENTITY), "the file has an image's signature but cannot be decoded";
+    HistoryTooLong = "history_too_long", http(StatusCode::UNPROCESSABLE_ENTITY), "the aggregate's history up to `as_of` holds more events than one fold reads (`tidings replay --aggregate` reads any length)";
     IdempotencyKeyReused = "idempotency_key_reused", http(StatusCode::UNPROCESSABLE_ENTITY), "the key stands for another request of the same caller";
     Internal = "internal", http(StatusCode::INTERNAL_SERVER_ERROR), "something went wrong on Tidings' side (never for what a client sent)";
     Overloaded = "overloaded", http(StatusCode::SERVICE_UNAVAILABLE), "beyond capacity; nothing was done (`Retry-After`)";

@@ -23,7 +23,10 @@
 //! - [`cache`]: the Redis caches, versioned so a stale write never wins and
 //!   read through: Redis down means slower reads, never errors;
 //! - [`db`]: connecting, migrating, and waiting for a `position`;
-//! - [`lag`]: gauges of how far behind deciders and projector are.
+//! - [`lag`]: gauges of how far behind deciders and projector are;
+//! - [`log`]: reading a range of the event log as analysts do (`tidings
+//!   replay`, the admin API), and the `event_index` the projector keeps of
+//!   where each aggregate's events stand.
 //!
 //! Depends on `tidings-schemas` and `tidings-domain`. Start at
 //! [`projector::run`].
@@ -36,6 +39,7 @@ pub mod db;
 pub mod details;
 pub mod follows;
 pub mod lag;
+pub mod log;
 pub mod mail;
 pub mod media;
 pub mod notifications;

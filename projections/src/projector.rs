@@ -295,6 +295,7 @@ pub async fn project(
     // Read first, so that the cursors of every aggregate of the batch are
     // locked and read in one statement.
     let mut events = Vec::with_capacity(batch.len());
+    let mut event_offsets = Vec::with_capacity(batch.len());
     for message in batch {
         let (partition, offset) = (message.partition(), message.offset());
         if projected.halted.iter().any(|(p, _, _)| *p == partition) {
@@ -310,6 +311,7 @@ pub async fn project(
             Ok((envelope, event)) => {
                 *next = offset + 1;
                 events.push((partition, envelope, event));
+                event_offsets.push(offset);
             }
             Err(error) => projected
                 .halted
@@ -318,7 +320,8 @@ pub async fn project(
     }
     let mut cursors = load_cursors(&mut tx, &events).await?;
     let mut last_event_at: HashMap<i32, chrono::DateTime<chrono::Utc>> = HashMap::new();
-    for (partition, envelope, event) in &events {
+    let mut indexed = EventIndexRows::default();
+    for ((partition, envelope, event), offset) in events.iter().zip(&event_offsets) {
         let key = (
             envelope.aggregate.kind.as_str().to_owned(),
             envelope.aggregate.id.clone(),
@@ -331,6 +334,7 @@ pub async fn project(
             tracing::warn!(event_id = %envelope.event_id, aggregate = %envelope.aggregate.key(), sequence = envelope.sequence, "event skipped by the sequence rule");
             continue;
         }
+        indexed.push(*partition, *offset, envelope);
         projected
             .effects
             .extend(projection::apply(&mut tx, envelope, event).await?);
@@ -351,6 +355,7 @@ pub async fn project(
     }
     projected.numbered = outbox::append(&mut tx, &projected.effects.updates).await?;
     save_cursors(&mut tx, &cursors).await?;
+    indexed.insert(&mut tx).await?;
     projected.offsets = offsets.into_iter().collect();
     let (parts, nexts): (Vec<i32>, Vec<i64>) = projected.offsets.iter().copied().unzip();
     let times: Vec<Option<chrono::DateTime<chrono::Utc>>> = parts
@@ -376,6 +381,50 @@ pub async fn project(
 }
 
 type AggregateKey = (String, String);
+
+/// The rows of `event_index` a batch adds: where each admitted event stands
+/// in the log, written in one statement with the batch (migration 0013).
+#[derive(Default)]
+struct EventIndexRows {
+    kinds: Vec<&'static str>,
+    ids: Vec<String>,
+    sequences: Vec<i64>,
+    partitions: Vec<i32>,
+    offsets: Vec<i64>,
+    times: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl EventIndexRows {
+    fn push(&mut self, partition: i32, offset: i64, envelope: &EventEnvelope) {
+        self.kinds.push(envelope.aggregate.kind.as_str());
+        self.ids.push(envelope.aggregate.id.clone());
+        self.sequences.push(envelope.sequence as i64);
+        self.partitions.push(partition);
+        self.offsets.push(offset);
+        self.times.push(envelope.occurred_at);
+    }
+
+    async fn insert(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        if self.kinds.is_empty() {
+            return Ok(());
+        }
+        // A batch projected again after a crash finds its rows there.
+        sqlx::query(
+            r#"INSERT INTO event_index (aggregate_type, aggregate_id, sequence, partition, "offset", occurred_at)
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::integer[], $5::bigint[], $6::timestamptz[])
+               ON CONFLICT DO NOTHING"#,
+        )
+        .bind(&self.kinds)
+        .bind(&self.ids)
+        .bind(&self.sequences)
+        .bind(&self.partitions)
+        .bind(&self.offsets)
+        .bind(&self.times)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
 
 /// Locks and reads the cursors of every aggregate the events touch, in one
 /// statement; an aggregate not projected yet starts from the beginning.

@@ -166,6 +166,23 @@ pub fn event_id(command_id: Uuid, index: usize) -> Uuid {
     Uuid::new_v5(&command_id, index.to_string().as_bytes())
 }
 
+/// Fields of any event's `data` that name a person outside Tidings: left
+/// out of what analysts read unless they ask for them
+/// ([`EventEnvelope::for_analysts`]). Published schemas are never edited,
+/// so these are named here rather than marked in the schemas.
+pub const PERSONAL_FIELDS: &[&str] = &["email", "phone_number"];
+
+/// A stable stand-in for a private value (`sha256:` and the first 16 hex
+/// digits of its SHA-256): the same address gives the same pseudonym, so
+/// counts and joins still work. A pseudonym, not anonymity: an address can
+/// be guessed and checked against it.
+pub fn pseudonym(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(value.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// The fields of an event type's `data` that never leave Tidings: those its
 /// JSON Schema marks `"x-tidings-private": true` (a password hash).
 pub fn private_fields(event_type: &str, version: u32) -> &'static [String] {
@@ -203,6 +220,34 @@ impl EventEnvelope {
             }
         }
         redacted
+    }
+
+    /// The event as an analyst reads it (`tidings replay`, the admin API):
+    /// `data` lifted to the type's current version by the same upcasters
+    /// the deciders and the projector apply, and, unless `include_private`,
+    /// without what identifies a person beyond the log: the private fields
+    /// of its schema (a password hash), email addresses and phone numbers
+    /// ([`PERSONAL_FIELDS`]), and the address that names an email claim
+    /// (its aggregate id, replaced by [`pseudonym`]).
+    pub fn for_analysts(&self, include_private: bool) -> EventEnvelope {
+        let mut event = self.clone();
+        if self.version < current_version(&self.event_type) {
+            event.data = upcast(&self.event_type, self.version, self.data.clone());
+            event.version = current_version(&self.event_type);
+        }
+        if include_private {
+            return event;
+        }
+        let mut event = event.redacted();
+        if let Value::Object(data) = &mut event.data {
+            for field in PERSONAL_FIELDS {
+                data.remove(*field);
+            }
+        }
+        if event.aggregate.kind == AggregateType::Email {
+            event.aggregate.id = pseudonym(&event.aggregate.id);
+        }
+        event
     }
 
     /// Holds this event to the sequence rule at `cursor`: whether it applies.
@@ -281,6 +326,31 @@ mod tests {
         assert!(!String::from_utf8(redacted.to_json())
             .unwrap()
             .contains("argon2"));
+    }
+
+    #[test]
+    fn analysts_read_v1_as_v2_without_hash_email_or_claimed_address() {
+        let event = registered_v1().for_analysts(false);
+        assert_eq!(event.version, 2);
+        assert_eq!(event.data.get("password_hash"), None);
+        assert_eq!(event.data.get("email"), None);
+        assert_eq!(event.data["username"], "ada");
+        let claim = EventEnvelope {
+            aggregate: AggregateRef::claim(claim::Kind::Email, "ada@example.com"),
+            ..registered_v1()
+        };
+        let read = claim.for_analysts(false);
+        assert!(
+            read.aggregate.id.starts_with("sha256:"),
+            "{}",
+            read.aggregate.id
+        );
+        assert_eq!(read.aggregate.id, pseudonym("ada@example.com"));
+        // Asked for, the personal fields stay; the hash never does (v2).
+        let private = registered_v1().for_analysts(true);
+        assert_eq!(private.data["email"], "ada@example.com");
+        assert_eq!(private.data.get("password_hash"), None);
+        assert_eq!(claim.for_analysts(true).aggregate.id, "ada@example.com");
     }
 
     #[test]

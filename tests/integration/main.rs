@@ -4,6 +4,7 @@
 //! key prefix, and removes them at the end.
 
 mod accounts;
+mod analysts;
 mod cache;
 mod compose;
 mod contract;

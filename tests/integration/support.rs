@@ -257,6 +257,13 @@ impl World {
             for (_, _, payload) in self.read_topic(topic) {
                 let value: Value = serde_json::from_slice(&payload).expect("records are JSON");
                 assert_matches(schema, &value, topic);
+                // A command's payload, by its type.
+                if let Some(command_type) = value["command"]["type"].as_str() {
+                    let path = format!("commands/{command_type}.v1.json");
+                    let payload_schema = tidings_schemas::json::file(&path)
+                        .unwrap_or_else(|| panic!("{command_type} has no schema {path}"));
+                    assert_matches(payload_schema, &value["command"]["data"], command_type);
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&self.settings.media_dir);
