@@ -38,9 +38,6 @@ use crate::settings::{Role, Settings, DEV_JWT_SECRET};
 
 /// How long in-flight HTTP requests and sockets get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 5;
-/// How long a connection whose response has ended (a socket the server
-/// closed) gets to flush it: a slow reader closed with 4009 still hears why.
-const CLOSING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The pause before a failed role starts again, doubled at each failure in a
 /// row up to [`MAX_BACKOFF`]: a dependency that is down is not hammered.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -473,7 +470,7 @@ impl Application {
                     hub.get_ref().clone(),
                 ));
                 // Updates committed by the projectors of other processes.
-                tokio::spawn(tidings_realtime::presence::follow_updates(
+                tokio::spawn(tidings_realtime::hub::follow_updates(
                     presence.clone(),
                     hub.get_ref().clone(),
                 ));
@@ -540,10 +537,6 @@ impl Application {
             })
             .workers(settings.http_workers)
             .on_connect(bound_unsent)
-            // A socket the server closed (4009 among them) keeps its
-            // connection this long for the client to read what is left and
-            // the close frame.
-            .client_disconnect_timeout(CLOSING_GRACE)
             .shutdown_timeout(SHUTDOWN_GRACE_SECS)
             .disable_signals();
             let http = match (&settings.tls_cert, &settings.tls_key) {

@@ -446,14 +446,17 @@ impl Cache {
             let mut conn = self.pool.get().await?;
             let mut pipe = redis::pipe();
             let mut channels = HashSet::new();
+            let mut published = Vec::with_capacity(updates.len());
             for update in updates {
                 let key = self.ring_key(&update.channel);
+                let json = serde_json::to_string(update)?;
                 pipe.cmd("ZADD")
                     .arg(&key)
                     .arg(update.seq)
-                    .arg(serde_json::to_string(update)?)
+                    .arg(&json)
                     .ignore();
                 channels.insert(key);
+                published.push(json);
             }
             for key in channels {
                 pipe.cmd("ZREMRANGEBYRANK")
@@ -465,7 +468,7 @@ impl Cache {
             }
             pipe.cmd("PUBLISH")
                 .arg(updates_channel(&self.prefix))
-                .arg(serde_json::to_string(updates)?)
+                .arg(format!("[{}]", published.join(",")))
                 .ignore();
             let () = pipe.query_async(&mut conn).await?;
             Ok(())

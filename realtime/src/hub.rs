@@ -8,7 +8,7 @@
 //! Where the projector runs in the same process, updates also come straight
 //! from its commits, ahead of the relay and the topic
 //! ([`tidings_schemas::shortcut`]); from projectors of other processes they
-//! come over Redis pub/sub ([`crate::presence::follow_updates`]), also
+//! come over Redis pub/sub ([`follow_updates`]), also
 //! ahead of the topic. So an update may come more than once: the hub
 //! passes each channel's updates on only past the highest `seq` it passed
 //! on, and each session fills whatever gap it sees from the outbox.
@@ -294,6 +294,32 @@ fn signal(channels: &mut HashMap<String, Subscribers>, signal: Signal) -> usize 
         channels.remove(&signal.channel);
     }
     gone
+}
+
+/// Follows the updates the projectors publish on Redis
+/// ([`tidings_projections::cache::updates_channel`]) and hands them to the
+/// hub: a gateway in another process than the projector sees a commit
+/// within a Redis round trip instead of a fetch of `tidings.updates` (which
+/// stays the record: whatever is missed here comes from it, or from the
+/// outbox when a session sees a gap).
+pub async fn follow_updates(presence: crate::presence::Presence, hub: Hub) {
+    let channel = presence.updates_channel();
+    crate::presence::listen(&presence, &channel, &hub.shutdown.clone(), |payload| {
+        let hub = &hub;
+        async move {
+            let Ok(updates) = serde_json::from_slice::<Vec<Update>>(&payload) else {
+                tracing::warn!("unreadable published updates skipped");
+                return true;
+            };
+            for update in updates {
+                if hub.deliveries.send(update).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
 }
 
 async fn follow(consumer: StreamConsumer, hub: mpsc::Sender<Update>, shutdown: CancellationToken) {

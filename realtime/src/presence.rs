@@ -30,7 +30,6 @@ use uuid::Uuid;
 
 use crate::frames::ServerFrame;
 use crate::hub::{Command, Hub, Signal};
-use tidings_projections::outbox::Update;
 
 /// How long a session counts after its last refresh: three heartbeats, so
 /// one late refresh does not take a user offline.
@@ -134,6 +133,12 @@ impl Presence {
 
     fn online_key(&self) -> String {
         format!("{}:presence:online", self.prefix)
+    }
+
+    /// The Redis pub/sub channel of the projectors' updates
+    /// ([`tidings_projections::cache::updates_channel`]).
+    pub(crate) fn updates_channel(&self) -> String {
+        tidings_projections::cache::updates_channel(&self.prefix)
     }
 
     fn signals_channel(&self) -> String {
@@ -323,36 +328,10 @@ pub async fn relay(presence: Presence, db: PgPool, hub: Hub) {
     .await;
 }
 
-/// Follows the updates the projectors publish on Redis
-/// ([`tidings_projections::cache::updates_channel`]) and hands them to the
-/// hub: a gateway in another process than the projector sees a commit
-/// within a Redis round trip instead of a fetch of `tidings.updates` (which
-/// stays the record: whatever is missed here comes from it, or from the
-/// outbox when a session sees a gap).
-pub async fn follow_updates(presence: Presence, hub: Hub) {
-    let channel = tidings_projections::cache::updates_channel(&presence.prefix);
-    listen(&presence, &channel, &hub.shutdown.clone(), |payload| {
-        let hub = &hub;
-        async move {
-            let Ok(updates) = serde_json::from_slice::<Vec<Update>>(&payload) else {
-                tracing::warn!("unreadable published updates skipped");
-                return true;
-            };
-            for update in updates {
-                if hub.deliveries.send(update).await.is_err() {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
-}
-
 /// Hands each message of the Redis pub/sub `channel` to `handle` until
 /// shutdown, or until `handle` answers `false`; subscribes again after an
 /// outage (what was published meanwhile is not seen).
-async fn listen<F, R>(
+pub(crate) async fn listen<F, R>(
     presence: &Presence,
     channel: &str,
     shutdown: &CancellationToken,

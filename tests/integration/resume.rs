@@ -79,15 +79,24 @@ async fn start(world: &World, roles: &[Role]) -> Running {
     world.start_with(settings, roles).await
 }
 
-/// A `tidings` child process with `roles`, on small pools (see [`POOL`]).
-fn spawn(world: &World, roles: &str) -> ChildTidings {
-    world.spawn(roles, &[("TIDINGS_DATABASE_POOL", &POOL.to_string())])
+/// A `tidings` child process with `roles`, on small pools (see [`POOL`]),
+/// with `env` besides.
+fn spawn(world: &World, roles: &str, env: &[(&str, &str)]) -> ChildTidings {
+    let pool = POOL.to_string();
+    let mut env = env.to_vec();
+    env.push(("TIDINGS_DATABASE_POOL", &pool));
+    world.spawn(roles, &env)
 }
 
 /// A `tidings` child process with `roles` that serves HTTP, and where, once
 /// it is up.
 async fn serving(world: &World, roles: &str) -> (ChildTidings, String) {
-    let child = spawn(world, roles);
+    serving_with(world, roles, &[]).await
+}
+
+/// [`serving`], with `env` besides.
+async fn serving_with(world: &World, roles: &str, env: &[(&str, &str)]) -> (ChildTidings, String) {
+    let child = spawn(world, roles, env);
     tokio::task::spawn_blocking(move || {
         let base = child.base_url();
         (child, base)
@@ -99,7 +108,7 @@ async fn serving(world: &World, roles: &str) -> (ChildTidings, String) {
 /// A `tidings` child process running the projector and its outbox relay,
 /// once the relay runs.
 async fn relay_process(world: &World) -> ChildTidings {
-    let child = spawn(world, "projector");
+    let child = spawn(world, "projector", &[]);
     tokio::task::spawn_blocking(move || {
         child.wait_for_line("outbox relay started", Duration::from_secs(60));
         child
@@ -758,19 +767,8 @@ async fn a_gateway_in_another_process_has_each_commit_without_waiting_for_the_to
     let world = World::new().await;
     let core = start(&world, &[Role::Api, Role::Deciders, Role::Projector]).await;
     let client = Client::new(&core.base);
-    let gateway = world.spawn(
-        "realtime",
-        &[
-            ("TIDINGS_DATABASE_POOL", &POOL.to_string()),
-            ("TIDINGS_WS_FETCH_WAIT_MS", "20000"),
-        ],
-    );
-    let (gateway, base) = tokio::task::spawn_blocking(move || {
-        let base = gateway.base_url();
-        (gateway, base)
-    })
-    .await
-    .unwrap();
+    let (gateway, base) =
+        serving_with(&world, "realtime", &[("TIDINGS_WS_FETCH_WAIT_MS", "20000")]).await;
     ready(&base).await;
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
