@@ -35,6 +35,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::{Role, Settings, DEV_JWT_SECRET};
+use tidings_http::outbound::Destinations;
 
 /// How long in-flight HTTP requests and sockets get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 5;
@@ -319,7 +320,8 @@ impl Application {
         }
 
         let serves_http = roles.contains(&Role::Api) || roles.contains(&Role::Realtime);
-        let bus = if serves_http || roles.contains(&Role::Deciders) {
+        let bus = if serves_http || roles.contains(&Role::Deciders) || roles.contains(&Role::Webhooks)
+        {
             let bus = CommandBus::connect(
                 &kafka,
                 settings.command_timeout(),
@@ -378,6 +380,29 @@ impl Application {
                 }),
             );
         }
+        if let (true, Some(bus)) = (roles.contains(&Role::Webhooks), &bus) {
+            let (bus, db, stop, kafka, webhooks) = (
+                bus.clone(),
+                pool("webhooks", 4)?,
+                roles_stop.clone(),
+                kafka.clone(),
+                settings.webhooks.clone(),
+            );
+            supervised(
+                "webhooks",
+                None,
+                Box::new(move || {
+                    crate::webhooks::run(
+                        kafka.clone(),
+                        db.clone(),
+                        bus.clone(),
+                        webhooks.clone(),
+                        stop.clone(),
+                    )
+                    .boxed()
+                }),
+            );
+        }
         let (mut port, mut server, mut handle) = (None, None, None);
         let limits = Arc::new(settings.limits.limits());
         if let (true, Some(bus)) = (serves_http, bus) {
@@ -408,6 +433,8 @@ impl Application {
                     mail_queue_max: settings.mail.mail_queue_max,
                     admins: settings.admins(),
                     kafka: settings.kafka(),
+                    destinations: Destinations::new(&settings.webhooks.webhook_allow)
+                        .map_err(|e| anyhow::anyhow!("TIDINGS_WEBHOOK_ALLOW: {e}"))?,
                 },
                 limits: limits.clone(),
             });

@@ -17,7 +17,8 @@
 //! which unwinds registrations that died midway, [`media_sweeper`], which
 //! deletes media items no post took, and [`mailer`], which sends the mail
 //! outbox and queues notification digests; [`replay`] is `tidings replay`,
-//! the analysts' export of the event log. Read
+//! the analysts' export of the event log; [`webhooks`] is the webhook
+//! dispatcher (events → signed, retried deliveries). Read
 //! `../shared/DESIGN.md` for why the pieces are shaped as they are.
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod replay;
 pub mod settings;
 pub mod sweeper;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use app::Application;
 pub use settings::{Role, Settings};

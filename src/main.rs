@@ -50,8 +50,8 @@ enum Command {
         after_help = "Examples:\n  tidings serve\n  tidings serve --roles api,realtime --http-addr 0.0.0.0:8080\n  tidings serve --roles deciders,projector"
     )]
     Serve {
-        /// Comma-separated: api, deciders, projector, realtime.
-        #[arg(long, value_delimiter = ',', default_values = ["api", "deciders", "projector", "realtime"])]
+        /// Comma-separated: api, deciders, projector, realtime, webhooks.
+        #[arg(long, value_delimiter = ',', default_values = ["api", "deciders", "projector", "realtime", "webhooks"])]
         roles: Vec<Role>,
         #[command(flatten)]
         settings: Settings,

@@ -30,6 +30,9 @@ pub enum Role {
     Projector,
     /// WebSocket gateway.
     Realtime,
+    /// Webhook dispatcher: events → deliveries to the endpoints users
+    /// registered (its own consumer group).
+    Webhooks,
 }
 
 #[derive(Clone, Args)]
@@ -191,6 +194,72 @@ pub struct Settings {
     pub mail: MailSettings,
     #[command(flatten)]
     pub limits: LimitSettings,
+    #[command(flatten)]
+    pub webhooks: WebhookSettings,
+}
+
+/// Webhooks: where deliveries may go, how they are retried, and when an
+/// endpoint that keeps failing is disabled.
+#[derive(Clone, Args)]
+pub struct WebhookSettings {
+    /// Networks webhook URLs may reach although they are loopback, private
+    /// or link-local (`127.0.0.1/32,10.1.0.0/16`); plain http is accepted
+    /// for them only. Unset: only public addresses, over https.
+    #[arg(long, env = "TIDINGS_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<String>,
+    /// Attempts at one delivery before it is dead-lettered.
+    #[arg(long, env = "TIDINGS_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    pub webhook_max_attempts: i32,
+    /// The pause after a delivery's first failed attempt; it doubles with
+    /// each attempt (with jitter), up to `TIDINGS_WEBHOOK_BACKOFF_MAX_MS`.
+    #[arg(long, env = "TIDINGS_WEBHOOK_BACKOFF_MS", default_value_t = 1_000)]
+    pub webhook_backoff_ms: u64,
+    #[arg(long, env = "TIDINGS_WEBHOOK_BACKOFF_MAX_MS", default_value_t = 3_600_000)]
+    pub webhook_backoff_max_ms: u64,
+    /// The longest a delivery may take, connecting included.
+    #[arg(long, env = "TIDINGS_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// An endpoint whose every attempt has failed for this long is disabled
+    /// and its owner told by mail.
+    #[arg(long, env = "TIDINGS_WEBHOOK_DISABLE_AFTER_SECS", default_value_t = 259_200)]
+    pub webhook_disable_after_secs: u64,
+    /// Pending deliveries of one endpoint beyond which new ones are
+    /// dead-lettered (`queue_full`).
+    #[arg(long, env = "TIDINGS_WEBHOOK_QUEUE_MAX", default_value_t = 10_000)]
+    pub webhook_queue_max: i64,
+    /// Deliveries in flight at once in one process.
+    #[arg(long, env = "TIDINGS_WEBHOOK_CONCURRENCY", default_value_t = 32)]
+    pub webhook_concurrency: usize,
+}
+
+impl WebhookSettings {
+    fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![
+            (
+                "TIDINGS_WEBHOOK_MAX_ATTEMPTS",
+                self.webhook_max_attempts.to_string(),
+            ),
+            ("TIDINGS_WEBHOOK_BACKOFF_MS", self.webhook_backoff_ms.to_string()),
+            (
+                "TIDINGS_WEBHOOK_BACKOFF_MAX_MS",
+                self.webhook_backoff_max_ms.to_string(),
+            ),
+            ("TIDINGS_WEBHOOK_TIMEOUT_MS", self.webhook_timeout_ms.to_string()),
+            (
+                "TIDINGS_WEBHOOK_DISABLE_AFTER_SECS",
+                self.webhook_disable_after_secs.to_string(),
+            ),
+            ("TIDINGS_WEBHOOK_QUEUE_MAX", self.webhook_queue_max.to_string()),
+            (
+                "TIDINGS_WEBHOOK_CONCURRENCY",
+                self.webhook_concurrency.to_string(),
+            ),
+        ];
+        if !self.webhook_allow.is_empty() {
+            vars.push(("TIDINGS_WEBHOOK_ALLOW", self.webhook_allow.join(",")));
+        }
+        vars
+    }
 }
 
 /// Rate limits, each `<count>/<s|min|h>[,<burst>]` or `off`. Past one, a
@@ -472,6 +541,7 @@ impl Settings {
             ),
         ];
         vars.extend(self.limits.to_env());
+        vars.extend(self.webhooks.to_env());
         // Unset optional settings stay out: an empty variable is a value.
         for (key, value) in [
             ("TIDINGS_TLS_CERT", &self.tls_cert),
@@ -509,6 +579,7 @@ impl Settings {
             ("TIDINGS_SMTP_URL", self.mail.smtp_url.is_none()),
             ("TIDINGS_WS_FETCH_WAIT_MS", self.ws_fetch_wait_ms.is_none()),
             ("TIDINGS_ADMIN_USERNAMES", self.admin_usernames.is_empty()),
+            ("TIDINGS_WEBHOOK_ALLOW", self.webhooks.webhook_allow.is_empty()),
         ]
         .into_iter()
         .filter_map(|(key, unset)| unset.then_some(key))

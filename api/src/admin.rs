@@ -171,7 +171,7 @@ async fn blocking<T: Send + 'static>(
     params(EventsQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The events of the range that pass the filters, one envelope (event-envelope.v1.json) per line, in log order per partition: upcast to their current version, off-chain events (the sequence rule) left out. A page ends at `limit` events, 8 MiB or 20 s of reading; then `X-Next-From` is where the next page begins (pass it as `from`, with the same `until` and filters).",
+        (status = 200, description = "The events of the range that pass the filters, one envelope (event-envelope.v2.json) per line, in log order per partition: upcast to their current version, off-chain events (the sequence rule) left out. A page ends at `limit` events, 8 MiB or 20 s of reading; then `X-Next-From` is where the next page begins (pass it as `from`, with the same `until` and filters).",
             content_type = "application/x-ndjson", body = String,
             headers(("X-Next-From" = String, description = "partition offsets where the next page begins; absent once the range is read"))),
         (status = 400, description = "`invalid_query`: a bound, type, aggregate or limit that cannot be read", body = Problem, content_type = "application/problem+json"),

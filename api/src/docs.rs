@@ -28,6 +28,7 @@ use crate::accounts;
 use crate::admin;
 use crate::details;
 use crate::error::{FieldError, Problem};
+use crate::webhooks;
 use crate::follows;
 use crate::health;
 use crate::media;
@@ -96,6 +97,11 @@ use crate::rooms;
         admin::events,
         admin::aggregate,
         admin::projections,
+        webhooks::register,
+        webhooks::list,
+        webhooks::delete,
+        webhooks::deliveries,
+        webhooks::retry,
         health::health,
         health::ready,
         health::metrics,
@@ -113,6 +119,7 @@ use crate::rooms;
         (name = "rooms", description = "Rooms, their participants and messages, direct conversations"),
         (name = "notifications", description = "Likes, comments, follows and mentions of the caller"),
         (name = "admin", description = "For the site's admins (TIDINGS_ADMIN_USERNAMES): the event log, aggregates as of an instant, projector lag"),
+        (name = "webhooks", description = "Endpoints that receive events as signed POSTs, their delivery logs"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
         (name = "realtime", description = "The WebSocket gateway"),
     )

@@ -44,6 +44,7 @@ pub mod passwords;
 pub mod posts;
 pub mod rooms;
 pub mod validate;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -85,6 +86,8 @@ pub struct ApiSettings {
     pub admins: Vec<String>,
     /// The log the admin routes read.
     pub kafka: tidings_schemas::kafka::KafkaSettings,
+    /// Where webhook URLs may point.
+    pub destinations: tidings_http::outbound::Destinations,
 }
 
 /// What every handler shares.
@@ -171,7 +174,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(follows::routes)
         .configure(notifications::routes)
         .configure(rooms::routes)
-        .configure(admin::routes);
+        .configure(admin::routes)
+        .configure(webhooks::routes);
 }
 
 /// The answer for a request no route takes: 405 with `Allow` when the path

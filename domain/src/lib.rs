@@ -28,6 +28,7 @@ pub mod inbox;
 pub mod media;
 pub mod post;
 pub mod room;
+pub mod webhook;
 
 #[cfg(test)]
 mod testing;

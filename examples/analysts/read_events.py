@@ -3,7 +3,7 @@
     python read_events.py [BROKERS] [TOPIC_PREFIX]
 
 No Tidings code: the events topic is `<prefix>.events`, each record an event
-envelope in JSON (schemas/json/event-envelope.v1.json), keyed by
+envelope in JSON (schemas/json/event-envelope.v2.json), keyed by
 `<aggregate type>:<aggregate id>`, with headers `type` and `version`. The
 consumer is assigned every partition from the beginning and joins no group
 (it commits nothing), so it never disturbs Tidings' own consumers. It stops

@@ -77,6 +77,9 @@ codes! {
     ImageTooLarge = "image_too_large", http(StatusCode::UNPROCESSABLE_ENTITY), "the image's dimensions, or the memory decoding it takes, pass the limits";
     UndecodableMedia = "undecodable_media", http(StatusCode::UNPROCESSABLE_ENTITY), "the file has an image's signature but cannot be decoded";
     HistoryTooLong = "history_too_long", http(StatusCode::UNPROCESSABLE_ENTITY), "the aggregate's history up to `as_of` holds more events than one fold reads (`tidings replay --aggregate` reads any length)";
+    WebhookUrlRefused = "webhook_url_refused", http(StatusCode::UNPROCESSABLE_ENTITY), "the webhook URL is not https, does not resolve, or reaches a loopback, private, link-local or other internal address that is not allowlisted";
+    TooManyWebhooks = "too_many_webhooks", http(StatusCode::UNPROCESSABLE_ENTITY), "the caller has as many webhooks as a user may have: delete one first";
+    DeliveryInFlight = "delivery_in_flight", http(StatusCode::CONFLICT), "the webhook delivery is being sent now; retry it once it is done";
     IdempotencyKeyReused = "idempotency_key_reused", http(StatusCode::UNPROCESSABLE_ENTITY), "the key stands for another request of the same caller";
     Internal = "internal", http(StatusCode::INTERNAL_SERVER_ERROR), "something went wrong on Tidings' side (never for what a client sent)";
     Overloaded = "overloaded", http(StatusCode::SERVICE_UNAVAILABLE), "beyond capacity; nothing was done (`Retry-After`)";

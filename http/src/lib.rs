@@ -16,4 +16,5 @@
 pub mod auth;
 pub mod codes;
 pub mod limits;
+pub mod outbound;
 pub mod problem;

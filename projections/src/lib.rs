@@ -48,5 +48,6 @@ pub mod posts;
 pub mod projection;
 pub mod projector;
 pub mod rooms;
+pub mod webhooks;
 
 pub use cache::Cache;

@@ -24,6 +24,7 @@ use crate::notifications::{Inbox, MessageNotice};
 use crate::outbox::ChannelUpdate;
 use crate::posts::Posts;
 use crate::rooms::Rooms;
+use crate::webhooks::Webhooks;
 
 /// What applying events asks for beyond their rows.
 #[derive(Debug, Default)]
@@ -104,5 +105,6 @@ pub async fn apply(
         DomainEvent::Inbox(event) => Inbox::apply(tx, envelope, event).await,
         DomainEvent::Media(event) => Media::apply(tx, envelope, event).await,
         DomainEvent::Room(event) => Rooms::apply(tx, envelope, event).await,
+        DomainEvent::Webhook(event) => Webhooks::apply(tx, envelope, event).await,
     }
 }

@@ -35,7 +35,7 @@ pub fn document(kafka: &KafkaSettings, version: &str) -> Value {
                 },
                 "payload": {
                     "allOf": [
-                        schema_ref("event-envelope.v1.json"),
+                        schema_ref("event-envelope.v2.json"),
                         {
                             "type": "object",
                             "properties": {
@@ -54,7 +54,7 @@ pub fn document(kafka: &KafkaSettings, version: &str) -> Value {
         (
             "Command",
             "A command, keyed by its aggregate",
-            "command-envelope.v1.json",
+            "command-envelope.v2.json",
         ),
         (
             "CommandResult",

@@ -4,10 +4,10 @@
 //! cause against them.
 
 /// The schema of the event envelope.
-pub const EVENT_ENVELOPE: &str = include_str!("../json/event-envelope.v1.json");
+pub const EVENT_ENVELOPE: &str = include_str!("../json/event-envelope.v2.json");
 
 /// The schema of the command envelope on `tidings.commands`.
-pub const COMMAND_ENVELOPE: &str = include_str!("../json/command-envelope.v1.json");
+pub const COMMAND_ENVELOPE: &str = include_str!("../json/command-envelope.v2.json");
 
 include!(concat!(env!("OUT_DIR"), "/schema_files.rs"));
 
@@ -49,8 +49,8 @@ mod tests {
 
     #[test]
     fn the_envelopes_and_every_event_are_embedded() {
-        assert_eq!(file("event-envelope.v1.json"), Some(EVENT_ENVELOPE));
-        assert_eq!(file("command-envelope.v1.json"), Some(COMMAND_ENVELOPE));
+        assert_eq!(file("event-envelope.v2.json"), Some(EVENT_ENVELOPE));
+        assert_eq!(file("command-envelope.v2.json"), Some(COMMAND_ENVELOPE));
         assert!(events().any(|(t, v, _)| t == "account.registered" && v == 1));
     }
 

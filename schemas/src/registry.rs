@@ -183,6 +183,7 @@ registry! {
     Inbox => tidings_domain::inbox::InboxDecider { Inbox = "inbox" }
     Media => tidings_domain::media::MediaDecider { Media = "media" }
     Room => tidings_domain::room::RoomDecider { Room = "room" }
+    Webhook => tidings_domain::webhook::WebhookDecider { Webhook = "webhook" }
 }
 
 #[cfg(test)]

@@ -26,3 +26,4 @@ mod rooms;
 mod social;
 mod subscriptions;
 mod support;
+mod webhooks;

@@ -249,7 +249,7 @@ impl World {
     async fn check_records_and_drop(self) {
         let topics = self.settings.kafka().topics();
         for (topic, schema) in [
-            (&topics.commands, "command-envelope.v1.json"),
+            (&topics.commands, "command-envelope.v2.json"),
             (&topics.results, "command-result.v1.json"),
             (&topics.updates, "update.v1.json"),
         ] {
