@@ -320,20 +320,20 @@ impl Application {
         }
 
         let serves_http = roles.contains(&Role::Api) || roles.contains(&Role::Realtime);
-        let bus = if serves_http || roles.contains(&Role::Deciders) || roles.contains(&Role::Webhooks)
-        {
-            let bus = CommandBus::connect(
-                &kafka,
-                settings.command_timeout(),
-                bus_shortcuts.clone(),
-                roles_stop.clone(),
-            )
-            .await
-            .context("connecting the command bus")?;
-            Some(bus)
-        } else {
-            None
-        };
+        let bus =
+            if serves_http || roles.contains(&Role::Deciders) || roles.contains(&Role::Webhooks) {
+                let bus = CommandBus::connect(
+                    &kafka,
+                    settings.command_timeout(),
+                    bus_shortcuts.clone(),
+                    roles_stop.clone(),
+                )
+                .await
+                .context("connecting the command bus")?;
+                Some(bus)
+            } else {
+                None
+            };
         // The media store: the API stores uploads in it, the media sweeper
         // (beside the deciders) removes what no post took.
         let media_store = if roles.contains(&Role::Api) || roles.contains(&Role::Deciders) {

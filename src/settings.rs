@@ -214,14 +214,22 @@ pub struct WebhookSettings {
     /// each attempt (with jitter), up to `TIDINGS_WEBHOOK_BACKOFF_MAX_MS`.
     #[arg(long, env = "TIDINGS_WEBHOOK_BACKOFF_MS", default_value_t = 1_000)]
     pub webhook_backoff_ms: u64,
-    #[arg(long, env = "TIDINGS_WEBHOOK_BACKOFF_MAX_MS", default_value_t = 3_600_000)]
+    #[arg(
+        long,
+        env = "TIDINGS_WEBHOOK_BACKOFF_MAX_MS",
+        default_value_t = 3_600_000
+    )]
     pub webhook_backoff_max_ms: u64,
     /// The longest a delivery may take, connecting included.
     #[arg(long, env = "TIDINGS_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
     /// An endpoint whose every attempt has failed for this long is disabled
     /// and its owner told by mail.
-    #[arg(long, env = "TIDINGS_WEBHOOK_DISABLE_AFTER_SECS", default_value_t = 259_200)]
+    #[arg(
+        long,
+        env = "TIDINGS_WEBHOOK_DISABLE_AFTER_SECS",
+        default_value_t = 259_200
+    )]
     pub webhook_disable_after_secs: u64,
     /// Pending deliveries of one endpoint beyond which new ones are
     /// dead-lettered (`queue_full`).
@@ -239,17 +247,26 @@ impl WebhookSettings {
                 "TIDINGS_WEBHOOK_MAX_ATTEMPTS",
                 self.webhook_max_attempts.to_string(),
             ),
-            ("TIDINGS_WEBHOOK_BACKOFF_MS", self.webhook_backoff_ms.to_string()),
+            (
+                "TIDINGS_WEBHOOK_BACKOFF_MS",
+                self.webhook_backoff_ms.to_string(),
+            ),
             (
                 "TIDINGS_WEBHOOK_BACKOFF_MAX_MS",
                 self.webhook_backoff_max_ms.to_string(),
             ),
-            ("TIDINGS_WEBHOOK_TIMEOUT_MS", self.webhook_timeout_ms.to_string()),
+            (
+                "TIDINGS_WEBHOOK_TIMEOUT_MS",
+                self.webhook_timeout_ms.to_string(),
+            ),
             (
                 "TIDINGS_WEBHOOK_DISABLE_AFTER_SECS",
                 self.webhook_disable_after_secs.to_string(),
             ),
-            ("TIDINGS_WEBHOOK_QUEUE_MAX", self.webhook_queue_max.to_string()),
+            (
+                "TIDINGS_WEBHOOK_QUEUE_MAX",
+                self.webhook_queue_max.to_string(),
+            ),
             (
                 "TIDINGS_WEBHOOK_CONCURRENCY",
                 self.webhook_concurrency.to_string(),
@@ -579,7 +596,10 @@ impl Settings {
             ("TIDINGS_SMTP_URL", self.mail.smtp_url.is_none()),
             ("TIDINGS_WS_FETCH_WAIT_MS", self.ws_fetch_wait_ms.is_none()),
             ("TIDINGS_ADMIN_USERNAMES", self.admin_usernames.is_empty()),
-            ("TIDINGS_WEBHOOK_ALLOW", self.webhooks.webhook_allow.is_empty()),
+            (
+                "TIDINGS_WEBHOOK_ALLOW",
+                self.webhooks.webhook_allow.is_empty(),
+            ),
         ]
         .into_iter()
         .filter_map(|(key, unset)| unset.then_some(key))

@@ -85,7 +85,10 @@ pub async fn run(
 
 /// The HTTP client of deliveries: its resolver checks addresses, it never
 /// follows a redirect nor uses a proxy.
-fn client(destinations: Destinations, settings: &WebhookSettings) -> anyhow::Result<reqwest::Client> {
+fn client(
+    destinations: Destinations,
+    settings: &WebhookSettings,
+) -> anyhow::Result<reqwest::Client> {
     let timeout = Duration::from_millis(settings.webhook_timeout_ms);
     reqwest::Client::builder()
         .dns_resolver(Arc::new(Checked(Arc::new(destinations))))
@@ -226,9 +229,9 @@ async fn match_and_queue(
     let wanted: Vec<Candidate<'_>> = events
         .iter()
         .filter(|(_, _, e)| {
-            targets.iter().any(|t| {
-                e.occurred_at >= t.registered_at && t.event_types.contains(&e.event_type)
-            })
+            targets
+                .iter()
+                .any(|t| e.occurred_at >= t.registered_at && t.event_types.contains(&e.event_type))
         })
         .map(|(partition, offset, envelope)| Candidate {
             partition: *partition,
@@ -413,11 +416,14 @@ async fn post(client: &reqwest::Client, due: &Due) -> Answer {
         Ok(response) => response,
         Err(error) => {
             // The resolver's refusal is in the error's sources.
-            let refused = std::iter::successors(
-                Some(&error as &(dyn std::error::Error + 'static)),
-                |e| e.source(),
-            )
-            .any(|e| e.downcast_ref::<tidings_http::outbound::Refused>().is_some());
+            let refused =
+                std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| {
+                    e.downcast_ref::<tidings_http::outbound::Refused>()
+                        .is_some()
+                });
             return Answer::Failed {
                 error: describe(&error),
                 refused,
@@ -499,7 +505,13 @@ fn judge(
             let error = (300..400)
                 .contains(&status)
                 .then(|| "redirects are not followed".to_owned());
-            (retryable, Some(i32::from(status)), error, Some(body), retry_after)
+            (
+                retryable,
+                Some(i32::from(status)),
+                error,
+                Some(body),
+                retry_after,
+            )
         }
         Answer::Failed { error, refused } => (!refused, None, Some(error), None, None),
     };
@@ -631,7 +643,10 @@ mod tests {
     #[test]
     fn answers_are_judged_by_the_contract() {
         let (s, now) = (settings(), Utc::now());
-        assert_eq!(judge(response(204, None), 1, &s, 1, now).status, "delivered");
+        assert_eq!(
+            judge(response(204, None), 1, &s, 1, now).status,
+            "delivered"
+        );
         for retried in [408, 429, 500, 503] {
             let attempt = judge(response(retried, None), 1, &s, 1, now);
             assert_eq!(attempt.status, "pending", "{retried}");

@@ -28,7 +28,6 @@ use crate::accounts;
 use crate::admin;
 use crate::details;
 use crate::error::{FieldError, Problem};
-use crate::webhooks;
 use crate::follows;
 use crate::health;
 use crate::media;
@@ -36,6 +35,7 @@ use crate::notifications;
 use crate::passwords;
 use crate::posts;
 use crate::rooms;
+use crate::webhooks;
 
 #[derive(OpenApi)]
 #[openapi(

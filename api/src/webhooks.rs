@@ -228,11 +228,7 @@ pub(crate) async fn list(
 }
 
 /// The endpoint, if the caller may manage it (its owner, or an admin).
-async fn managed(
-    state: &ApiState,
-    me: &Authenticated,
-    id: Uuid,
-) -> Result<Endpoint, ApiError> {
+async fn managed(state: &ApiState, me: &Authenticated, id: Uuid) -> Result<Endpoint, ApiError> {
     match read::by_id(&state.db, id).await? {
         Some(endpoint) if endpoint.owner_id == me.user_id || is_admin(state, me) => Ok(endpoint),
         _ => Err(ApiError::new(Code::NotFound, "no such webhook")),
@@ -315,9 +311,10 @@ pub(crate) async fn retry(
     let endpoint = managed(&state, &me, id).await?;
     match read::retry(&state.db, endpoint.id, delivery).await? {
         Some(delivery) => Ok(HttpResponse::Accepted().json(delivery)),
-        None if read::has_delivery(&state.db, endpoint.id, delivery).await? => Err(
-            ApiError::new(Code::DeliveryInFlight, "the delivery is being sent now"),
-        ),
+        None if read::has_delivery(&state.db, endpoint.id, delivery).await? => Err(ApiError::new(
+            Code::DeliveryInFlight,
+            "the delivery is being sent now",
+        )),
         None => Err(ApiError::new(Code::NotFound, "no such delivery")),
     }
 }

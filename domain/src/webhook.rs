@@ -118,14 +118,13 @@ pub fn decide(command: &Command, state: &State) -> Result<Vec<Event>, Error> {
             registered_at: r.at,
         }]),
         (Command::Register(_), _) => Err(Error::Exists),
-        (Command::Delete { by, admin, at }, State::Active { owner } | State::Disabled { owner })
-            if by == owner || *admin =>
-        {
-            Ok(vec![Event::Deleted {
-                by: *by,
-                deleted_at: *at,
-            }])
-        }
+        (
+            Command::Delete { by, admin, at },
+            State::Active { owner } | State::Disabled { owner },
+        ) if by == owner || *admin => Ok(vec![Event::Deleted {
+            by: *by,
+            deleted_at: *at,
+        }]),
         (Command::Delete { .. }, _) => Err(Error::NotFound),
         (Command::Disable { reason, at }, State::Active { .. }) => Ok(vec![Event::Disabled {
             reason: reason.clone(),
@@ -213,9 +212,7 @@ mod tests {
 
     #[test]
     fn a_new_endpoint_is_registered_once() {
-        given([])
-            .when(register(), decide)
-            .then([registered()]);
+        given([]).when(register(), decide).then([registered()]);
         given([registered()])
             .when(register(), decide)
             .then_err(Error::Exists);
@@ -225,28 +222,37 @@ mod tests {
     fn only_its_owner_or_an_admin_deletes_it() {
         let stranger = Uuid::from_u128(2);
         given([registered()])
-            .when(Command::Delete {
-                by: stranger,
-                admin: false,
-                at: at(),
-            }, decide)
+            .when(
+                Command::Delete {
+                    by: stranger,
+                    admin: false,
+                    at: at(),
+                },
+                decide,
+            )
             .then_err(Error::NotFound);
         given([registered()])
-            .when(Command::Delete {
-                by: stranger,
-                admin: true,
-                at: at(),
-            }, decide)
+            .when(
+                Command::Delete {
+                    by: stranger,
+                    admin: true,
+                    at: at(),
+                },
+                decide,
+            )
             .then([Event::Deleted {
                 by: stranger,
                 deleted_at: at(),
             }]);
         given([registered()])
-            .when(Command::Delete {
-                by: owner(),
-                admin: false,
-                at: at(),
-            }, decide)
+            .when(
+                Command::Delete {
+                    by: owner(),
+                    admin: false,
+                    at: at(),
+                },
+                decide,
+            )
             .then([Event::Deleted {
                 by: owner(),
                 deleted_at: at(),
@@ -260,11 +266,14 @@ mod tests {
             deleted_at: at(),
         };
         given([registered(), deleted.clone()])
-            .when(Command::Delete {
-                by: owner(),
-                admin: false,
-                at: at(),
-            }, decide)
+            .when(
+                Command::Delete {
+                    by: owner(),
+                    admin: false,
+                    at: at(),
+                },
+                decide,
+            )
             .then_err(Error::NotFound);
         given([registered(), deleted])
             .when(register(), decide)
@@ -288,11 +297,14 @@ mod tests {
             .when(disable.clone(), decide)
             .then([]);
         given([registered(), disabled])
-            .when(Command::Delete {
-                by: owner(),
-                admin: false,
-                at: at(),
-            }, decide)
+            .when(
+                Command::Delete {
+                    by: owner(),
+                    admin: false,
+                    at: at(),
+                },
+                decide,
+            )
             .then([Event::Deleted {
                 by: owner(),
                 deleted_at: at(),

@@ -220,7 +220,12 @@ mod tests {
         ] {
             assert!(refused(&d, ip), "{ip} is let through");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "2a00:1450::1"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "2a00:1450::1",
+        ] {
             assert!(!refused(&d, ip), "{ip} is refused");
         }
     }
@@ -253,7 +258,9 @@ mod tests {
             Err(Refused::Internal { .. })
         ));
         assert!(matches!(
-            closed.check_url("https://169.254.169.254/latest/meta-data").await,
+            closed
+                .check_url("https://169.254.169.254/latest/meta-data")
+                .await,
             Err(Refused::Internal {
                 kind: "link-local",
                 ..
@@ -268,7 +275,10 @@ mod tests {
             Refused::Scheme
         );
         assert_eq!(
-            closed.check_url("https://u:p@example.com/").await.unwrap_err(),
+            closed
+                .check_url("https://u:p@example.com/")
+                .await
+                .unwrap_err(),
             Refused::Credentials
         );
         assert!(matches!(

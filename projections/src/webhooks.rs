@@ -422,28 +422,22 @@ pub async fn enqueue(
     if deliveries.is_empty() {
         return Ok(0);
     }
-    let mut columns: (
-        Vec<Uuid>,
-        Vec<Uuid>,
-        Vec<Uuid>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<i32>,
-        Vec<i64>,
-        Vec<&str>,
-    ) = Default::default();
-    for d in deliveries {
-        // The id derives from endpoint and event: the same delivery read
-        // twice is the same row.
-        columns.0.push(Uuid::new_v5(&d.endpoint, d.event_id.as_bytes()));
-        columns.1.push(d.endpoint);
-        columns.2.push(d.event_id);
-        columns.3.push(&d.event_type);
-        columns.4.push(&d.aggregate_key);
-        columns.5.push(d.partition);
-        columns.6.push(d.offset);
-        columns.7.push(&d.body);
-    }
+    // The id derives from endpoint and event: the same delivery read twice
+    // is the same row.
+    let ids: Vec<Uuid> = deliveries
+        .iter()
+        .map(|d| Uuid::new_v5(&d.endpoint, d.event_id.as_bytes()))
+        .collect();
+    let endpoints: Vec<Uuid> = deliveries.iter().map(|d| d.endpoint).collect();
+    let events: Vec<Uuid> = deliveries.iter().map(|d| d.event_id).collect();
+    let types: Vec<&str> = deliveries.iter().map(|d| d.event_type.as_str()).collect();
+    let keys: Vec<&str> = deliveries
+        .iter()
+        .map(|d| d.aggregate_key.as_str())
+        .collect();
+    let partitions: Vec<i32> = deliveries.iter().map(|d| d.partition).collect();
+    let offsets: Vec<i64> = deliveries.iter().map(|d| d.offset).collect();
+    let bodies: Vec<&str> = deliveries.iter().map(|d| d.body.as_str()).collect();
     let queued = sqlx::query(
         "WITH new AS (
            SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
@@ -465,14 +459,14 @@ pub async fn enqueue(
            FROM new LEFT JOIN waiting w USING (endpoint_id)
          ON CONFLICT (endpoint_id, event_id) DO NOTHING",
     )
-    .bind(&columns.0)
-    .bind(&columns.1)
-    .bind(&columns.2)
-    .bind(&columns.3)
-    .bind(&columns.4)
-    .bind(&columns.5)
-    .bind(&columns.6)
-    .bind(&columns.7)
+    .bind(&ids)
+    .bind(&endpoints)
+    .bind(&events)
+    .bind(&types)
+    .bind(&keys)
+    .bind(&partitions)
+    .bind(&offsets)
+    .bind(&bodies)
     .bind(queue_max)
     .execute(db)
     .await?;

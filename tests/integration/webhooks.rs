@@ -78,7 +78,12 @@ impl Receiver {
         self.requests()
             .iter()
             .filter(|r| r["answered"].as_u64().is_some_and(|s| s < 300))
-            .map(|r| r["headers"]["x-tidings-event-id"].as_str().unwrap().to_owned())
+            .map(|r| {
+                r["headers"]["x-tidings-event-id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .filter(|id| seen.insert(id.clone()))
             .collect()
     }
@@ -216,9 +221,11 @@ async fn a_delivery_is_signed_and_only_what_concerns_its_owner_is_sent() {
 
     let theirs = post(&client, &bob, "bob's, not for alice's webhook").await;
     let mine = post(&client, &alice, "alice's").await;
-    eventually(Duration::from_secs(20), "alice's post delivered", || async {
-        !receiver.requests().is_empty()
-    })
+    eventually(
+        Duration::from_secs(20),
+        "alice's post delivered",
+        || async { !receiver.requests().is_empty() },
+    )
     .await;
     // Bob's post was decided first; give it every chance to arrive too.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -277,7 +284,9 @@ async fn a_delivery_is_signed_and_only_what_concerns_its_owner_is_sent() {
         .await;
     assert_eq!(listed.body["items"], json!([]));
     let path = format!("/api/webhooks/{endpoint}");
-    let refused = client.send(client.delete(&path).bearer_auth(&bob.token)).await;
+    let refused = client
+        .send(client.delete(&path).bearer_auth(&bob.token))
+        .await;
     assert_eq!(refused.status, 404, "{}", refused.body);
     let unauthenticated = client.send(client.get("/api/webhooks")).await;
     assert_eq!(unauthenticated.status, 401);
@@ -367,9 +376,11 @@ async fn a_receiver_down_for_30_seconds_gets_everything_afterwards_in_order() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(requests.lock().unwrap().is_empty());
     let receiver = Receiver::start_on(port, &[], requests);
-    eventually(Duration::from_secs(30), "every comment delivered", || async {
-        receiver.delivered_ids().len() == 20
-    })
+    eventually(
+        Duration::from_secs(30),
+        "every comment delivered",
+        || async { receiver.delivered_ids().len() == 20 },
+    )
     .await;
     // Per post, the comments arrived in the order they were made.
     let mut by_post: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -412,19 +423,27 @@ async fn a_failing_endpoint_is_dead_lettered_disabled_and_does_not_delay_a_healt
     for n in 0..10 {
         post(&client, &alice, &format!("post {n}")).await;
     }
-    eventually(Duration::from_secs(10), "the healthy endpoint has all 10", || async {
-        healthy.delivered_ids().len() == 10
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the healthy endpoint has all 10",
+        || async { healthy.delivered_ids().len() == 10 },
+    )
     .await;
     let healthy_took = started.elapsed();
-    eventually(Duration::from_secs(30), "the failing one's dead-lettered", || async {
-        let log = deliveries(&client, &alice, &bad).await;
-        log.len() == 10 && log.iter().all(|d| d["status"] == "dead")
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the failing one's dead-lettered",
+        || async {
+            let log = deliveries(&client, &alice, &bad).await;
+            log.len() == 10 && log.iter().all(|d| d["status"] == "dead")
+        },
+    )
     .await;
     let failing_took = started.elapsed();
     let log = deliveries(&client, &alice, &bad).await;
-    assert!(log.iter().all(|d| d["attempts"] == 3 && d["last_status"] == 500));
+    assert!(log
+        .iter()
+        .all(|d| d["attempts"] == 3 && d["last_status"] == 500));
     assert!(
         healthy_took < failing_took,
         "the healthy endpoint ({healthy_took:?}) waited for the failing one ({failing_took:?})"
@@ -449,19 +468,20 @@ async fn a_failing_endpoint_is_dead_lettered_disabled_and_does_not_delay_a_healt
     })
     .await;
     let db = world.db().await;
-    let mailed: Vec<(String, String)> = sqlx::query_as(
-        "SELECT to_address, body FROM mail_outbox WHERE subject LIKE '%webhook%'",
-    )
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let mailed: Vec<(String, String)> =
+        sqlx::query_as("SELECT to_address, body FROM mail_outbox WHERE subject LIKE '%webhook%'")
+            .fetch_all(&db)
+            .await
+            .unwrap();
     assert_eq!(mailed.len(), 1, "{mailed:?}");
     assert_eq!(mailed[0].0, "alice@example.com");
     assert!(mailed[0].1.contains(&bad), "{}", mailed[0].1);
     db.close().await;
-    eventually(Duration::from_secs(10), "the healthy one has the 11th", || async {
-        healthy.delivered_ids().len() == 11
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the healthy one has the 11th",
+        || async { healthy.delivered_ids().len() == 11 },
+    )
     .await;
 
     // A dead delivery retried by hand is pending again, its attempts
@@ -521,10 +541,14 @@ async fn a_manual_retry_delivers_a_dead_letter_once_the_receiver_answers() {
         )
         .await;
     assert_eq!(retried.status, 202, "{}", retried.body);
-    eventually(Duration::from_secs(20), "delivered after the retry", || async {
-        let log = deliveries(&client, &alice, &endpoint).await;
-        log[0]["status"] == "delivered"
-    })
+    eventually(
+        Duration::from_secs(20),
+        "delivered after the retry",
+        || async {
+            let log = deliveries(&client, &alice, &endpoint).await;
+            log[0]["status"] == "delivered"
+        },
+    )
     .await;
     assert_eq!(receiver.delivered_ids().len(), 1);
     running.stop().await;
@@ -568,7 +592,10 @@ async fn urls_that_reach_inside_the_network_and_bad_registrations_are_refused() 
     assert_eq!(reply.body["code"], "validation_failed");
     let reply = attempt(json!({"url": "https://hooks.example/in", "events": []})).await;
     assert_eq!(reply.body["code"], "validation_failed");
-    let reply = attempt(json!({"url": "https://hooks.example/in", "events": ["post.created"], "scope": "all"})).await;
+    let reply = attempt(
+        json!({"url": "https://hooks.example/in", "events": ["post.created"], "scope": "all"}),
+    )
+    .await;
     assert_eq!(reply.status, 403, "{}", reply.body);
     let reply = attempt(json!({"events": ["post.created"]})).await;
     assert_eq!(reply.status, 400, "{}", reply.body);
