@@ -505,15 +505,18 @@ pub struct Due {
 /// by the one update that finds it free.
 pub async fn claim(db: &PgPool, claim: Claim) -> Result<Vec<Due>, sqlx::Error> {
     sqlx::query_as(
-        "WITH candidates AS (
+        "WITH flying AS (
+           SELECT endpoint_id, count(*) AS n FROM webhook_deliveries
+            WHERE status = 'pending' AND leased_until > now()
+            GROUP BY endpoint_id
+         ), candidates AS (
            SELECT d.id, d.next_attempt_at,
                   row_number() OVER (PARTITION BY d.endpoint_id
                                      ORDER BY d.next_attempt_at, d.partition, d.\"offset\") AS n,
-                  (SELECT count(*) FROM webhook_deliveries l
-                    WHERE l.endpoint_id = d.endpoint_id AND l.status = 'pending'
-                      AND l.leased_until > now()) AS in_flight
+                  coalesce(f.n, 0) AS in_flight
              FROM webhook_deliveries d
              JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.status = 'active'
+             LEFT JOIN flying f ON f.endpoint_id = d.endpoint_id
             WHERE d.status = 'pending' AND d.next_attempt_at <= now()
               AND (d.leased_until IS NULL OR d.leased_until <= now())
               AND NOT EXISTS (

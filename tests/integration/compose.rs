@@ -55,7 +55,7 @@ fn compose_runs_the_same_stack_as_the_stack_script() {
     }
     assert_eq!(
         roles,
-        ["api", "deciders", "projector", "realtime"]
+        ["api", "deciders", "projector", "realtime", "webhooks"]
             .map(String::from)
             .into(),
         "roles run by compose"
