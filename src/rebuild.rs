@@ -175,7 +175,7 @@ async fn rebuild_into(
         tries += 1;
         let mut tx = live_db.begin().await?;
         let paused_at = Instant::now();
-        match rebuild::lock_live(&mut *tx, live, LOCK_TIMEOUT).await {
+        match rebuild::lock_live(&mut tx, live, LOCK_TIMEOUT).await {
             Ok(target) => break (tx, target, paused_at),
             Err(error) if tries < LOCK_TRIES => {
                 tracing::warn!(%error, "pausing the live projector; catching up and trying again");
@@ -197,7 +197,7 @@ async fn rebuild_into(
         }
         .into());
     }
-    let compared = rebuild::compare(&mut *tx, live, new).await?;
+    let compared = rebuild::compare(&mut tx, live, new).await?;
     let differences: Vec<String> = compared
         .iter()
         .filter(|c| c.live != c.rebuilt)
@@ -211,7 +211,7 @@ async fn rebuild_into(
         }
         .into());
     }
-    rebuild::switch(&mut *tx, live, new, old).await?;
+    rebuild::switch(&mut tx, live, new, old).await?;
     tx.commit().await?;
     let paused = paused_at.elapsed();
     db.close().await;
@@ -248,7 +248,12 @@ fn behind(target: &BTreeMap<i32, i64>, next: &BTreeMap<i32, i64>) -> Vec<(i32, i
 /// already of its partition, short of the round's target. Records past the
 /// target are left for a later round (read again then); ones before come
 /// from an earlier assignment.
-fn belongs(taken: &BTreeMap<i32, i64>, target: &BTreeMap<i32, i64>, partition: i32, offset: i64) -> bool {
+fn belongs(
+    taken: &BTreeMap<i32, i64>,
+    target: &BTreeMap<i32, i64>,
+    partition: i32,
+    offset: i64,
+) -> bool {
     let from = taken.get(&partition).copied().unwrap_or(0);
     let to = target.get(&partition).copied().unwrap_or(0);
     offset >= from && offset < to
@@ -296,7 +301,11 @@ struct CatchUp<'a> {
 impl CatchUp<'_> {
     /// Projects the log up to `target` (each partition's next offset), in
     /// batches of at most `batch` records, each in one transaction.
-    async fn round(&mut self, reader: &mut Reader, target: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    async fn round(
+        &mut self,
+        reader: &mut Reader,
+        target: &BTreeMap<i32, i64>,
+    ) -> anyhow::Result<()> {
         let partitions = behind(target, &self.next);
         if partitions.is_empty() {
             return Ok(());
@@ -339,7 +348,8 @@ impl CatchUp<'_> {
                 }
                 continue;
             }
-            let projected = tidings_projections::projector::project(self.db, None, &records).await?;
+            let projected =
+                tidings_projections::projector::project(self.db, None, &records).await?;
             if let Some((partition, offset, why)) = projected.halted.first() {
                 anyhow::bail!(
                     "the event at {partition}:{offset} cannot be read by this build ({why}), though the live projector passed it: rebuild with the build that serves"
@@ -499,6 +509,9 @@ mod tests {
         assert!(belongs(&taken, &target, 0, 9));
         assert!(!belongs(&taken, &target, 0, 10), "past the live projector");
         assert!(belongs(&taken, &target, 1, 0));
-        assert!(!belongs(&taken, &target, 2, 0), "a partition the live projector has not begun");
+        assert!(
+            !belongs(&taken, &target, 2, 0),
+            "a partition the live projector has not begun"
+        );
     }
 }

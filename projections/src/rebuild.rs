@@ -199,7 +199,11 @@ pub async fn create_schema(db: &PgPool, schema: &str) -> Result<(), sqlx::Error>
 
 /// Migrates the rebuild's schema (through its pool, whose `search_path` is
 /// it) and checks that the live schema is at the same migration.
-pub async fn migrate(live: &PgPool, rebuild: &PgPool, live_schema: &str) -> Result<(), RebuildError> {
+pub async fn migrate(
+    live: &PgPool,
+    rebuild: &PgPool,
+    live_schema: &str,
+) -> Result<(), RebuildError> {
     crate::db::migrate(rebuild).await?;
     let version = |schema: String| async move {
         sqlx::query_scalar::<_, Option<i64>>(&format!(
@@ -335,11 +339,12 @@ pub async fn switch(
     old: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
     let rebuilt = rebuilt_tables();
-    let live_tables: Vec<String> =
-        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1")
-            .bind(live)
-            .fetch_all(&mut *tx)
-            .await?;
+    let live_tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+    )
+    .bind(live)
+    .fetch_all(&mut *tx)
+    .await?;
     let kept: Vec<String> = live_tables
         .into_iter()
         .filter(|t| !rebuilt.contains(&t.as_str()))
@@ -348,9 +353,13 @@ pub async fn switch(
         sqlx::query(&statement).execute(&mut *tx).await?;
     }
     for table in &kept {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {}.{}", ident(new), ident(table)))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "DROP TABLE IF EXISTS {}.{}",
+            ident(new),
+            ident(table)
+        ))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(&format!(
             "ALTER TABLE {}.{} SET SCHEMA {}",
             ident(live),
@@ -451,9 +460,17 @@ mod tests {
             None,
         );
         assert!(sql.contains("ROW(t.\"partition\", t.\"offset\")"), "{sql}");
-        assert!(sql.contains("FROM \"tidings_rebuild_1\".\"event_index\" t"), "{sql}");
+        assert!(
+            sql.contains("FROM \"tidings_rebuild_1\".\"event_index\" t"),
+            "{sql}"
+        );
         assert!(!sql.contains("WHERE"));
-        let sql = digest_sql("public", "media", &["id".into()], Some("deleted_at IS NULL"));
+        let sql = digest_sql(
+            "public",
+            "media",
+            &["id".into()],
+            Some("deleted_at IS NULL"),
+        );
         assert!(sql.ends_with(" WHERE deleted_at IS NULL"), "{sql}");
     }
 
@@ -478,7 +495,9 @@ mod tests {
 
         async fn database() -> (String, PgPool, PgPool) {
             let name = format!("tidings_test_{}", Uuid::new_v4().simple());
-            let admin = crate::db::connect(ADMIN, 1).await.expect("PostgreSQL is up");
+            let admin = crate::db::connect(ADMIN, 1)
+                .await
+                .expect("PostgreSQL is up");
             sqlx::query(&format!("CREATE DATABASE \"{name}\""))
                 .execute(&admin)
                 .await
@@ -524,7 +543,8 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn digests_ignore_row_order_and_see_one_changed_value_and_the_switch_keeps_the_kept_tables() {
+        async fn digests_ignore_row_order_and_see_one_changed_value_and_the_switch_keeps_the_kept_tables(
+        ) {
             let (name, live, rebuild) = database().await;
             for (a, b) in [(1, 2), (2, 3), (3, 1)] {
                 follow(&live, a, b).await;
@@ -550,7 +570,7 @@ mod tests {
                 .await
                 .unwrap();
             let mut conn = live.acquire().await.unwrap();
-            let compared = compare(&mut *conn, "public", SCHEMA).await.unwrap();
+            let compared = compare(&mut conn, "public", SCHEMA).await.unwrap();
             assert_eq!(differing(&compared), Vec::<&str>::new());
             let follows = compared.iter().find(|c| c.table == "follows").unwrap();
             assert_eq!(follows.live.rows, 3);
@@ -560,14 +580,16 @@ mod tests {
                 .execute(&rebuild)
                 .await
                 .unwrap();
-            let compared = compare(&mut *conn, "public", SCHEMA).await.unwrap();
+            let compared = compare(&mut conn, "public", SCHEMA).await.unwrap();
             assert_eq!(differing(&compared), ["follows"]);
 
             let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-            lock_live(&mut *tx, "public", std::time::Duration::from_secs(1))
+            lock_live(&mut tx, "public", std::time::Duration::from_secs(1))
                 .await
                 .unwrap();
-            let kept = switch(&mut *tx, "public", SCHEMA, "tidings_old_test").await.unwrap();
+            let kept = switch(&mut tx, "public", SCHEMA, "tidings_old_test")
+                .await
+                .unwrap();
             tx.commit().await.unwrap();
             assert!(kept.contains(&"credentials".to_owned()));
             assert!(kept.contains(&"_sqlx_migrations".to_owned()));
