@@ -13,7 +13,7 @@ topic holds it, then:
 3. with that projector still running, runs `tidings rebuild`: the log into a
    new schema, digests compared, switch; prints its summary (events/s, how
    long the live projector paused);
-4. stops the projector and drops the database.
+4. stops the projector, drops the database and its Redis keys.
 """
 
 import os
@@ -80,3 +80,8 @@ finally:
         except subprocess.TimeoutExpired:
             serve.kill()
     sql(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    # The projector's Redis keys (hot rings, caches) under the run's prefix.
+    keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{database}:*"], capture_output=True,
+                          text=True).stdout.split()
+    for i in range(0, len(keys), 500):
+        subprocess.run(["redis-cli", "del", *keys[i:i + 500]], capture_output=True)
