@@ -17,14 +17,17 @@
 //! which unwinds registrations that died midway, [`media_sweeper`], which
 //! deletes media items no post took, and [`mailer`], which sends the mail
 //! outbox and queues notification digests; [`replay`] is `tidings replay`,
-//! the analysts' export of the event log; [`webhooks`] is the webhook
-//! dispatcher (events → signed, retried deliveries). Read
+//! the analysts' export of the event log, [`rebuild`] is `tidings
+//! rebuild`, the read models built again beside the live ones, and
+//! [`webhooks`] is the webhook dispatcher (events → signed, retried
+//! deliveries). Read
 //! `../shared/DESIGN.md` for why the pieces are shaped as they are.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod mailer;
 pub mod media_sweeper;
+pub mod rebuild;
 pub mod replay;
 pub mod settings;
 pub mod sweeper;

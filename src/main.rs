@@ -82,6 +82,20 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Builds the read models again from the event log into a new
+    /// PostgreSQL schema while the live projector keeps serving, checks
+    /// that both hold the same (a digest per table, at the same offsets)
+    /// and switches to it atomically. The old schema is kept (its name is
+    /// printed) until dropped with --drop.
+    #[command(
+        after_help = "Examples:\n  tidings rebuild                                  rebuild, verify, switch; keep the old schema\n  tidings rebuild --drop-old                       the same, and drop the old schema after the switch\n  tidings rebuild --drop tidings_old_20261201t041500   drop a schema an earlier rebuild kept\n\nReads go on throughout; the live projector pauses only for the last\n--final-lag events, the digests and the switch. Progress goes to stderr\n(events/s: a bar on a terminal, a line every 5 s otherwise); the outcome\nto stdout."
+    )]
+    Rebuild {
+        #[command(flatten)]
+        rebuild: tidings::rebuild::RebuildArgs,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Prints the effective settings, secrets masked, as a settings file.
     #[command(
         after_help = "Example:\n  tidings config > tidings.env && tidings --config tidings.env serve"
@@ -161,6 +175,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Replay { replay, settings } => {
             let kafka = settings.kafka();
             tokio::task::spawn_blocking(move || tidings::replay::run(&kafka, &replay)).await??;
+            Ok(())
+        }
+        Command::Rebuild { rebuild, settings } => {
+            if let Some(summary) = tidings::rebuild::run(&settings, &rebuild).await? {
+                print!("{}", tidings::rebuild::report(&summary));
+            }
             Ok(())
         }
         Command::Config { settings } => {

@@ -47,6 +47,22 @@ pub fn role_pool(url: &str, role: &str, max_connections: u32) -> Result<PgPool, 
         .connect_lazy_with(options.application_name(&format!("tidings-{role}"))))
 }
 
+/// A pool whose sessions see `schema` only (`search_path`), named
+/// `tidings-<role>`: what `tidings rebuild` migrates and projects into,
+/// with the same queries as the live roles.
+pub async fn connect_in_schema(
+    url: &str,
+    schema: &str,
+    role: &str,
+    max_connections: u32,
+) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options
+        .application_name(&format!("tidings-{role}"))
+        .options([("search_path", schema)]);
+    pool_options(max_connections).connect_with(options).await
+}
+
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(db).await
 }

@@ -28,6 +28,9 @@
 //!   replay`, the admin API), and the `event_index` the projector keeps of
 //!   where each aggregate's events stand.
 //!
+//! - [`rebuild`]: what `tidings rebuild` rebuilds beside the live read
+//!   models, the digests both must agree on, and the switch.
+//!
 //! Depends on `tidings-schemas` and `tidings-domain`. Start at
 //! [`projector::run`].
 #![forbid(unsafe_code)]
@@ -47,6 +50,7 @@ pub mod outbox;
 pub mod posts;
 pub mod projection;
 pub mod projector;
+pub mod rebuild;
 pub mod rooms;
 pub mod webhooks;
 

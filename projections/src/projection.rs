@@ -90,6 +90,22 @@ pub trait Projection {
     ) -> Result<Effects, sqlx::Error>;
 }
 
+/// Every table the projections write, each projection's [`Projection::TABLES`]
+/// (what `tidings rebuild` rebuilds, with the projector's own). A projection
+/// added to [`apply`] adds its line here too.
+pub fn tables() -> Vec<&'static str> {
+    [
+        Accounts::TABLES,
+        Posts::TABLES,
+        Follows::TABLES,
+        Inbox::TABLES,
+        Media::TABLES,
+        Rooms::TABLES,
+        Webhooks::TABLES,
+    ]
+    .concat()
+}
+
 /// Applies an admitted event with the projection of its decider.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,

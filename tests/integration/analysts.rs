@@ -572,3 +572,315 @@ async fn an_event_stored_at_v1_reads_as_v2_in_replay_projection_and_folds() {
     running.stop().await;
     world.clean_up().await;
 }
+
+/// Runs `tidings rebuild <args>` against the world's database and log.
+fn rebuild(settings: &tidings::Settings, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("rebuild")
+        .args(args)
+        .envs(settings.to_env())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the tidings binary runs");
+    assert!(
+        out.status.success(),
+        "tidings rebuild {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The schemas a rebuild made that are still in the database.
+async fn rebuild_schemas(db: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace
+         WHERE nspname LIKE 'tidings\\_old\\_%' OR nspname LIKE 'tidings\\_rebuild\\_%' ORDER BY 1",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+/// What a REST reader saw while it looped.
+#[derive(Default)]
+struct Reads {
+    ok: usize,
+    failures: Vec<String>,
+}
+
+#[tokio::test]
+async fn rebuild_while_writes_continue_switches_to_equal_read_models_and_no_read_fails() {
+    let world = World::new().await;
+    let running = world.start(&ALL_ROLES).await;
+    let client = Client::new(&running.base);
+    let (ada, ada_token, _) = client.user("ada").await;
+    let (bob, bob_token, _) = client.user("bob").await;
+    let followed = client
+        .send(
+            client
+                .put(&format!("/api/users/{ada}/follow"))
+                .bearer_auth(&bob_token),
+        )
+        .await;
+    assert_eq!(followed.status, 200, "{}", followed.body);
+    let first = client
+        .send(
+            client
+                .post("/api/posts")
+                .bearer_auth(&ada_token)
+                .json(&json!({"text": "before the rebuild", "visibility": "followers"})),
+        )
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let first_post = first.body["post"]["id"].as_str().unwrap().to_owned();
+    let liked = client
+        .send(
+            client
+                .put(&format!("/api/posts/{first_post}/like"))
+                .bearer_auth(&bob_token),
+        )
+        .await;
+    assert_eq!(liked.status, 200, "{}", liked.body);
+    let room = client
+        .send(
+            client
+                .post("/api/rooms")
+                .bearer_auth(&ada_token)
+                .json(&json!({"name": "rebuilders", "is_private": false})),
+        )
+        .await;
+    assert_eq!(room.status, 201, "{}", room.body);
+    let room = room.body["room"]["id"].as_str().unwrap().to_owned();
+    let joined = client
+        .send(
+            client
+                .post(&format!("/api/rooms/{room}/join"))
+                .bearer_auth(&bob_token),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+
+    // A reader loops on REST reads, and a writer posts and writes in the
+    // room, from before the rebuild to after its switch.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reader = {
+        let (client, stop) = (client.clone(), stop.clone());
+        let paths = [
+            ("/api/profile".to_owned(), ada_token.clone()),
+            (format!("/api/users/{bob}"), ada_token.clone()),
+            ("/api/feed".to_owned(), bob_token.clone()),
+            (format!("/api/posts/{first_post}"), bob_token.clone()),
+            (format!("/api/rooms/{room}/messages"), bob_token.clone()),
+            ("/api/rooms".to_owned(), bob_token.clone()),
+        ];
+        tokio::spawn(async move {
+            let mut reads = Reads::default();
+            while !stop.is_cancelled() {
+                for (path, token) in &paths {
+                    match client.get(path).bearer_auth(token).send().await {
+                        Ok(reply) if reply.status() == 200 => reads.ok += 1,
+                        Ok(reply) => {
+                            let status = reply.status();
+                            let body = reply.text().await.unwrap_or_default();
+                            reads.failures.push(format!("{path}: {status} {body}"));
+                        }
+                        Err(error) => reads.failures.push(format!("{path}: {error}")),
+                    }
+                }
+            }
+            reads
+        })
+    };
+    let posted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer =
+        {
+            let (client, stop, posted) = (client.clone(), stop.clone(), posted.clone());
+            let (ada_token, room) = (ada_token.clone(), room.clone());
+            tokio::spawn(async move {
+                let mut last_position = String::new();
+                let mut messages = 0;
+                while !stop.is_cancelled() {
+                    let n = posted.load(std::sync::atomic::Ordering::SeqCst);
+                    let post =
+                        client
+                            .send(client.post("/api/posts").bearer_auth(&ada_token).json(
+                                &json!({"text": format!("post {n}"), "visibility": "public"}),
+                            ))
+                            .await;
+                    assert_eq!(post.status, 201, "{}", post.body);
+                    posted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let message = client
+                        .send(
+                            client
+                                .post(&format!("/api/rooms/{room}/messages"))
+                                .bearer_auth(&ada_token)
+                                .json(&json!({"text": format!("message {n}")})),
+                        )
+                        .await;
+                    assert_eq!(message.status, 201, "{}", message.body);
+                    messages += 1;
+                    last_position = message.body["position"].as_str().unwrap().to_owned();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (messages, last_position)
+            })
+        };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = posted.load(std::sync::atomic::Ordering::SeqCst);
+    let settings = world.settings.clone();
+    let out = tokio::task::spawn_blocking(move || rebuild(&settings, &["--progress", "plain"]))
+        .await
+        .unwrap();
+    let during = posted.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(during > 0, "no write was accepted while the rebuild ran");
+    assert!(stdout.contains("events/s"), "{stdout}");
+    assert!(
+        stdout.contains("tables with the same digest in both schemas"),
+        "{stdout}"
+    );
+    let old = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("tidings_old_"))
+        .unwrap_or_else(|| panic!("no old schema named: {stdout}"))
+        .to_owned();
+    // Writes and reads go on after the switch too.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.cancel();
+    let reads = reader.await.unwrap();
+    let (messages, last_position) = writer.await.unwrap();
+    assert!(
+        reads.failures.is_empty(),
+        "reads failed during the rebuild: {:?}",
+        reads.failures
+    );
+    assert!(reads.ok >= 30, "only {} reads", reads.ok);
+
+    // The read models after the switch hold everything: what was rebuilt,
+    // and what the live projector applied before and after the switch.
+    let posts = posted.load(std::sync::atomic::Ordering::SeqCst);
+    let mut history = 0;
+    let mut page = format!("/api/rooms/{room}/messages?limit=100");
+    loop {
+        let reply = client
+            .send(
+                client
+                    .get(&page)
+                    .bearer_auth(&bob_token)
+                    .header("X-Min-Position", &last_position),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        history += reply.body["items"].as_array().unwrap().len();
+        match reply.body["next_cursor"].as_str() {
+            Some(cursor) => page = format!("/api/rooms/{room}/messages?limit=100&before={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(history, messages);
+    let profile = client.own_profile(&ada_token, &last_position).await;
+    assert_eq!(profile.status, 200, "{}", profile.body);
+    assert_eq!(profile.body["posts_count"], json!(posts + 1));
+    assert_eq!(profile.body["followers_count"], json!(1));
+    let post = client
+        .send(
+            client
+                .get(&format!("/api/posts/{first_post}"))
+                .bearer_auth(&bob_token),
+        )
+        .await;
+    assert_eq!(post.body["like_count"], json!(1), "{}", post.body);
+    assert_eq!(post.body["liked_by_me"], json!(true), "{}", post.body);
+    // Credentials are kept, not rebuilt: the password still works.
+    let login = client
+        .send(
+            client
+                .post("/api/auth/login")
+                .json(&json!({"login": "ada", "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+
+    // In PostgreSQL: the old schema holds the read models as they were at
+    // the switch (a prefix of the live ones), the kept tables moved to the
+    // live schema.
+    let db = world.db().await;
+    assert_eq!(rebuild_schemas(&db).await, std::slice::from_ref(&old));
+    let tables_in = |schema: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+            )
+            .bind(schema)
+            .fetch_all(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let live_tables = tables_in("public").await;
+    for table in [
+        "credentials",
+        "idempotency_keys",
+        "decider_snapshots",
+        "channel_outbox",
+        "accounts",
+        "event_index",
+    ] {
+        assert!(
+            live_tables.contains(&table.to_owned()),
+            "{table} is not live"
+        );
+    }
+    let old_tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+    )
+    .bind(&old)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert!(old_tables.contains(&"accounts".to_owned()));
+    assert!(!old_tables.contains(&"credentials".to_owned()));
+    let missing: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM (SELECT * FROM \"{old}\".event_index EXCEPT SELECT * FROM public.event_index) AS m"
+    ))
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(missing, 0, "the rebuilt index lacks events the old one had");
+    let (old_events, live_events): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT (SELECT count(*) FROM \"{old}\".event_index), (SELECT count(*) FROM public.event_index)"
+    ))
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(
+        old_events > 0 && live_events > old_events,
+        "{old_events} then {live_events}"
+    );
+
+    // The flag drops the old schema; a second rebuild drops its own at once.
+    let dropped = rebuild(&world.settings, &["--drop", &old]);
+    assert!(String::from_utf8_lossy(&dropped.stdout).contains(&format!("dropped schema {old}")));
+    assert!(rebuild_schemas(&db).await.is_empty());
+    let refused = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["rebuild", "--drop", "public"])
+        .envs(world.settings.to_env())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "the live schema was dropped");
+    let again = rebuild(&world.settings, &["--drop-old", "--progress", "none"]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("the old schema is dropped"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert!(rebuild_schemas(&db).await.is_empty());
+    let after = client.own_profile(&ada_token, &last_position).await;
+    assert_eq!(after.body["posts_count"], json!(posts + 1));
+    db.close().await;
+    running.stop().await;
+    world.clean_up().await;
+}
