@@ -17,9 +17,12 @@ CREATE INDEX webhook_endpoints_owner ON webhook_endpoints (owner_id, registered_
 
 CREATE TABLE webhook_secrets (
     endpoint_id uuid PRIMARY KEY,
+    -- Who registered it: the cap of endpoints per user counts these rows.
+    owner_id    uuid        NOT NULL,
     secret      text        NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX webhook_secrets_owner ON webhook_secrets (owner_id);
 
 -- Since when every attempt at an endpoint has failed (the dispatcher's,
 -- not a read model): an endpoint failing longer than the limit is disabled.

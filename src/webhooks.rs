@@ -228,6 +228,13 @@ async fn match_and_queue(
     // Events some endpoint asked for, registered before they happened.
     let wanted: Vec<Candidate<'_>> = events
         .iter()
+        // Uniqueness claims name email addresses: never sent.
+        .filter(|(_, _, e)| {
+            !matches!(
+                e.aggregate.kind,
+                AggregateType::Email | AggregateType::Username
+            )
+        })
         .filter(|(_, _, e)| {
             targets
                 .iter()
@@ -448,8 +455,13 @@ async fn post(client: &reqwest::Client, due: &Due) -> Answer {
     Answer::Response {
         status,
         retry_after,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: storable(&String::from_utf8_lossy(&body)),
     }
+}
+
+/// Text as PostgreSQL stores it: without NUL characters.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
 }
 
 /// An error with its causes, one line.
@@ -461,7 +473,7 @@ fn describe(error: &reqwest::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    storable(&text)
 }
 
 /// `Retry-After` as seconds or as an HTTP date.
@@ -682,6 +694,7 @@ mod tests {
         let wait = retry_after(&date, now).unwrap();
         assert!(wait <= Duration::from_secs(90) && wait >= Duration::from_secs(88));
         assert_eq!(retry_after("soon", now), None);
+        assert_eq!(storable("ok\0nul"), "ok\u{fffd}nul");
         let j = jitter();
         assert!((0.0..1.0).contains(&j));
     }

@@ -26,7 +26,7 @@ use crate::error::{accepted, ApiError, Code, FieldError, Problem};
 use crate::page::{Page, PageQuery, Paged};
 use crate::ApiState;
 
-/// Endpoints one user may have.
+/// WebhookList one user may have.
 pub const MAX_ENDPOINTS: i64 = 20;
 /// Event types one endpoint may name.
 const MAX_TYPES: usize = 64;
@@ -44,7 +44,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RegisterBody {
+pub(crate) struct RegisterWebhookBody {
     /// Where deliveries are posted: https, to a public address.
     url: String,
     /// The event types to receive (`post.created`, `room.message_posted`…).
@@ -59,7 +59,7 @@ pub(crate) struct RegisterBody {
 
 /// A new endpoint, with its secret: shown this once.
 #[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct Registered {
+pub(crate) struct RegisteredWebhook {
     id: Uuid,
     /// `whsec_<base64>`: the HMAC-SHA256 key is the base64-decoded part.
     secret: String,
@@ -76,10 +76,12 @@ fn is_admin(state: &ApiState, me: &Authenticated) -> bool {
         .is_some_and(|a| state.settings.admins.contains(&a.username.to_lowercase()))
 }
 
-/// Every event type of the registry.
+/// Every event type of the registry but the uniqueness claims' (which
+/// name email addresses, and are never sent).
 fn known_type(name: &str) -> bool {
     DeciderKind::ALL
         .iter()
+        .filter(|d| **d != DeciderKind::Claim)
         .any(|d| d.event_types().contains(&name))
 }
 
@@ -94,10 +96,10 @@ fn secret() -> String {
 }
 
 #[utoipa::path(post, path = "/api/webhooks", tag = "webhooks",
-    request_body = RegisterBody,
+    request_body = RegisterWebhookBody,
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Registered; `secret` is shown this once", body = Registered, headers(("X-Position" = String))),
+        (status = 201, description = "RegisteredWebhook; `secret` is shown this once", body = RegisteredWebhook, headers(("X-Position" = String))),
         (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: scope `all` is for admins", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed` (unknown event types, a bad scope), `webhook_url_refused` (not https, or a loopback, private, link-local or other internal address that is not allowlisted, or a host that does not resolve), `too_many_webhooks`", body = Problem, content_type = "application/problem+json"),
@@ -108,7 +110,7 @@ pub(crate) async fn register(
     state: web::Data<ApiState>,
     me: Authenticated,
     ctx: RequestContext,
-    body: web::Json<RegisterBody>,
+    body: web::Json<RegisterWebhookBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let mut errors = Vec::new();
@@ -152,12 +154,6 @@ pub(crate) async fn register(
         .check_url(&body.url)
         .await
         .map_err(|refused| ApiError::new(Code::WebhookUrlRefused, refused.to_string()))?;
-    if read::count_by_owner(&state.db, me.user_id).await? >= MAX_ENDPOINTS {
-        return Err(ApiError::new(
-            Code::TooManyWebhooks,
-            format!("a user has at most {MAX_ENDPOINTS} webhooks: delete one first"),
-        ));
-    }
     // A retry with the same Idempotency-Key is answered with the first
     // answer (its id and secret) by the idempotency layer; this id is new.
     let id = match &ctx.idempotency_key {
@@ -165,8 +161,16 @@ pub(crate) async fn register(
         None => Uuid::new_v4(),
     };
     // A retry of a registration that was not answered keeps the secret
-    // stored by the first.
-    let secret = read::store_secret(&state.db, id, &secret()).await?;
+    // stored by the first. The cap counts the secrets, under a lock per
+    // user: concurrent registrations cannot pass it together.
+    let secret = read::store_secret(&state.db, me.user_id, id, &secret(), MAX_ENDPOINTS)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                Code::TooManyWebhooks,
+                format!("a user has at most {MAX_ENDPOINTS} webhooks: delete one first"),
+            )
+        })?;
     let command = ctx.envelope(
         ctx.command_id(Some(me.user_id)),
         Some(me.user_id),
@@ -185,7 +189,7 @@ pub(crate) async fn register(
     Ok(HttpResponse::Created()
         .insert_header(("X-Position", position.to_string()))
         .insert_header(("Location", format!("/api/webhooks/{id}")))
-        .json(Registered {
+        .json(RegisteredWebhook {
             id,
             secret,
             url: url.to_string(),
@@ -199,14 +203,14 @@ pub(crate) async fn register(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct Endpoints {
+pub(crate) struct WebhookList {
     items: Vec<Endpoint>,
 }
 
 #[utoipa::path(get, path = "/api/webhooks", tag = "webhooks",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The caller's endpoints, latest first (never their secrets)", body = Endpoints),
+        (status = 200, description = "The caller's endpoints, latest first (never their secrets)", body = WebhookList),
         (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json")
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %me.user_id))]
@@ -224,7 +228,7 @@ pub(crate) async fn list(
         }
     }
     let items = read::by_owner(&state.db, me.user_id, MAX_ENDPOINTS).await?;
-    Ok(HttpResponse::Ok().json(Endpoints { items }))
+    Ok(HttpResponse::Ok().json(WebhookList { items }))
 }
 
 /// The endpoint, if the caller may manage it (its owner, or an admin).

@@ -120,6 +120,7 @@ fn scope_str(scope: Scope) -> &'static str {
 
 /// An endpoint as its owner reads it (never with its secret).
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = WebhookEndpoint)]
 pub struct Endpoint {
     pub id: Uuid,
     pub owner_id: Uuid,
@@ -172,26 +173,50 @@ pub async fn count_by_owner(db: impl PgExecutor<'_>, owner: Uuid) -> Result<i64,
         .await
 }
 
-/// Keeps the secret of an endpoint about to be registered, and returns the
-/// one kept: `secret`, or the one stored first for this id.
+/// Keeps the secret of an endpoint `owner` is about to register, and returns
+/// the one kept: `secret`, or the one stored first for this id. `None` when
+/// the owner already has `max` endpoints (counted by their secrets, under a
+/// lock per owner, so that concurrent registrations cannot all pass).
 pub async fn store_secret(
-    db: impl PgExecutor<'_>,
+    db: &PgPool,
+    owner: Uuid,
     endpoint: Uuid,
     secret: &str,
-) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar(
-        "INSERT INTO webhook_secrets (endpoint_id, secret) VALUES ($1, $2)
-         ON CONFLICT (endpoint_id) DO UPDATE SET secret = webhook_secrets.secret
-         RETURNING secret",
-    )
-    .bind(endpoint)
-    .bind(secret)
-    .fetch_one(db)
-    .await
+    max: i64,
+) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 14))")
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    let kept: Option<String> =
+        sqlx::query_scalar("SELECT secret FROM webhook_secrets WHERE endpoint_id = $1")
+            .bind(endpoint)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if kept.is_some() {
+        return Ok(kept);
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_secrets WHERE owner_id = $1")
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await?;
+    if count >= max {
+        return Ok(None);
+    }
+    sqlx::query("INSERT INTO webhook_secrets (endpoint_id, owner_id, secret) VALUES ($1, $2, $3)")
+        .bind(endpoint)
+        .bind(owner)
+        .bind(secret)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(secret.to_owned()))
 }
 
 /// A delivery as the endpoint's owner reads it in its log.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = WebhookDelivery)]
 pub struct Delivery {
     pub id: Uuid,
     pub event_id: Uuid,
@@ -310,7 +335,8 @@ pub struct Owners {
     posts: HashMap<Uuid, Uuid>,
     media: HashMap<Uuid, Uuid>,
     webhooks: HashMap<Uuid, Uuid>,
-    room_members: HashSet<(Uuid, Uuid)>,
+    /// When each (room, user) pair's membership began.
+    room_members: HashMap<(Uuid, Uuid), DateTime<Utc>>,
 }
 
 impl Owners {
@@ -361,15 +387,18 @@ impl Owners {
             );
         }
         if !rooms.is_empty() && !users.is_empty() {
-            let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
-                "SELECT room_id, user_id FROM room_members
+            let rows: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT room_id, user_id, joined_at FROM room_members
                   WHERE room_id = ANY($1) AND user_id = ANY($2)",
             )
             .bind(&rooms)
             .bind(users)
             .fetch_all(db)
             .await?;
-            owners.room_members = rows.into_iter().collect();
+            owners.room_members = rows
+                .into_iter()
+                .map(|(room, user, joined)| ((room, user), joined))
+                .collect();
         }
         Ok(owners)
     }
@@ -394,7 +423,11 @@ impl Owners {
             AggregateType::Post => uuid.and_then(|p| self.posts.get(&p)) == Some(&user),
             AggregateType::Media => uuid.and_then(|m| self.media.get(&m)) == Some(&user),
             AggregateType::Webhook => uuid.and_then(|w| self.webhooks.get(&w)) == Some(&user),
-            AggregateType::Room => uuid.is_some_and(|r| self.room_members.contains(&(r, user))),
+            // A member since before the event (what happened before they
+            // joined is not theirs to receive).
+            AggregateType::Room => uuid
+                .and_then(|r| self.room_members.get(&(r, user)))
+                .is_some_and(|joined| *joined <= event.occurred_at),
             AggregateType::Email | AggregateType::Username => false,
         }
     }

@@ -654,3 +654,94 @@ async fn urls_that_reach_inside_the_network_and_bad_registrations_are_refused() 
     running.stop().await;
     world.clean_up().await;
 }
+
+async fn send(client: &Client, who: &User, path: &str, body: Value) -> crate::support::Reply {
+    client
+        .send(client.post(path).bearer_auth(&who.token).json(&body))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_receives_a_private_rooms_messages_from_when_they_joined_only() {
+    let world = world().await;
+    let running = world.start(&roles()).await;
+    let client = Client::new(&running.base);
+    let receiver = Receiver::start(&[]);
+    let (alice, bob) = (user(&client, "alice").await, user(&client, "bob").await);
+    register(&client, &alice, &receiver.url(), &["room.message_posted"]).await;
+    let created = send(
+        &client,
+        &bob,
+        "/api/rooms",
+        json!({"name": "priv", "is_private": true}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let room = created.body["room"]["id"].as_str().unwrap().to_owned();
+    let invited = send(
+        &client,
+        &bob,
+        &format!("/api/rooms/{room}/invites"),
+        json!({"user_id": alice.id}),
+    )
+    .await;
+    assert!(invited.status < 300, "{}", invited.body);
+    let messages = format!("/api/rooms/{room}/messages");
+    let say = |text: &'static str| send(&client, &bob, &messages, json!({"text": text}));
+    assert_eq!(say("before alice joined").await.status, 201);
+    let joined = send(
+        &client,
+        &alice,
+        &format!("/api/rooms/{room}/join"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    assert_eq!(say("after alice joined").await.status, 201);
+    eventually(
+        Duration::from_secs(20),
+        "the message after the join",
+        || async { !receiver.requests().is_empty() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let texts: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+            body["data"]["text"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(texts, ["after alice joined"]);
+    running.stop().await;
+    world.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_stay_within_the_cap() {
+    let world = world().await;
+    let running = world.start(&ALL_ROLES).await;
+    let client = Client::new(&running.base);
+    let alice = user(&client, "alice").await;
+    let attempts = (0..30).map(|n| {
+        let request = client
+            .post("/api/webhooks")
+            .bearer_auth(&alice.token)
+            .json(&json!({"url": format!("http://127.0.0.1:9/{n}"), "events": ["post.created"]}));
+        client.send(request)
+    });
+    let replies = futures_util::future::join_all(attempts).await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.status == 422 && r.body["code"] == "too_many_webhooks")
+        .count();
+    assert_eq!((created, refused), (20, 10));
+    let listed = client
+        .send(client.get("/api/webhooks").bearer_auth(&alice.token))
+        .await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 20);
+    running.stop().await;
+    world.clean_up().await;
+}
