@@ -466,7 +466,13 @@ async fn a_failing_endpoint_is_dead_lettered_disabled_and_does_not_delay_a_healt
         .unwrap()
         .iter()
         .all(|e| e["status"] == "active"));
-    tokio::time::sleep(Duration::from_secs(8).saturating_sub(started.elapsed())).await;
+    // Its failing streak began with the first answer to its first request.
+    let first = failing.requests()[0]["at"].as_f64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    tokio::time::sleep(Duration::from_secs_f64((first + 9.0 - now).max(0.0))).await;
     post(&client, &alice, "one more").await;
     eventually(Duration::from_secs(20), "the endpoint disabled", || async {
         let listed = client
