@@ -165,14 +165,6 @@ pub async fn by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Endpoint>
     .await
 }
 
-/// How many endpoints `owner` has (registered and not deleted).
-pub async fn count_by_owner(db: impl PgExecutor<'_>, owner: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints WHERE owner_id = $1")
-        .bind(owner)
-        .fetch_one(db)
-        .await
-}
-
 /// Keeps the secret of an endpoint `owner` is about to register, and returns
 /// the one kept: `secret`, or the one stored first for this id. `None` when
 /// the owner already has `max` endpoints (counted by their secrets, under a
