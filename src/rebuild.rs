@@ -5,18 +5,26 @@
 //! 1. A schema `tidings_rebuild_<time>`, migrated like the live one.
 //! 2. Catch-up, in rounds: each round reads the live projector's offsets
 //!    and projects the log up to them (never past them: the live position
-//!    is only reached, never overtaken) with the projector's own code
-//!    ([`tidings_projections::projector::project`]), through sessions whose
-//!    `search_path` is the new schema, in transactions of up to `--batch`
-//!    events (the live projector takes at most 500).
+//!    is only reached, never overtaken) with the projector's own code in
+//!    bulk ([`tidings_projections::projector::project_in_bulk`]), through
+//!    sessions whose `search_path` is the new schema, in transactions of up
+//!    to `--batch` events (the live projector takes at most 500).
 //! 3. Once fewer than `--final-lag` events are left, the live projector is
 //!    paused (its offsets locked, [`rebuild::lock_live`]; reads go on), the
-//!    rest is projected, and each rebuilt table's digest is compared in
-//!    both schemas at the same offsets.
-//! 4. Equal: in that same transaction the schemas trade places
-//!    ([`rebuild::switch`]) and the live projector resumes on the new one.
-//!    The old schema is kept as `tidings_old_<time>` (the command prints
-//!    it) unless `--drop-old`; `--drop <schema>` drops it later.
+//!    rest is projected, and a snapshot of the database is taken (a
+//!    repeatable-read transaction): both schemas at the same offsets. The
+//!    pause ends there; each rebuilt table's digest is compared in both
+//!    schemas in that snapshot while the live projector goes on.
+//! 4. Equal: catch-up again to within `--final-lag`, a second pause in
+//!    which the rest is projected (what the live projector did since the
+//!    snapshot, by the same code) and, in that same transaction, the schemas
+//!    trade places ([`rebuild::switch`]); the live projector resumes on the
+//!    new one. The old schema is kept as `tidings_old_<time>` (the command
+//!    prints it) unless `--drop-old`; `--drop <schema>` drops it later.
+//!
+//! Each pause lasts as long as the last events take to project and the
+//! switch, whatever the size of the tables; the digests, which read every
+//! row of both schemas, are outside them.
 //!
 //! The log is read by a consumer of its own, partitions assigned by hand,
 //! no group, nothing committed, as `tidings replay` reads it. Redis is not
@@ -84,9 +92,19 @@ pub struct Summary {
     pub events: u64,
     /// From the first record read to the last one projected.
     pub elapsed: Duration,
-    /// How long the live projector was paused (final catch-up, digests,
-    /// switch).
-    pub paused: Duration,
+    /// How long the live projector was paused to take the snapshot the
+    /// digests are read in (the last events included).
+    pub paused_to_verify: Duration,
+    /// How long reading the digests of both schemas took (the live
+    /// projector going on).
+    pub digests: Duration,
+    /// How long the live projector was paused for the switch (the events
+    /// projected meanwhile included).
+    pub paused_to_switch: Duration,
+    /// Events of the log both schemas held when compared.
+    pub verified_at: u64,
+    /// Events of the log both schemas held at the switch.
+    pub switched_at: u64,
     pub compared: Vec<Compared>,
     /// Where the live schema went, if kept.
     pub old: Option<String>,
@@ -162,63 +180,56 @@ async fn rebuild_into(
         progress: Progress::new(args.progress),
     };
     let started = Instant::now();
-    loop {
-        let target = rebuild::offsets(live_db, live).await?;
-        catch_up.progress.target(&target);
-        if lag(&target, &catch_up.next) <= args.final_lag {
-            break;
-        }
-        catch_up.round(&mut reader, &target).await?;
-    }
-    let mut tries = 0;
-    let (mut tx, target, paused_at) = loop {
-        tries += 1;
-        let mut tx = live_db.begin().await?;
-        let paused_at = Instant::now();
-        match rebuild::lock_live(&mut tx, live, LOCK_TIMEOUT).await {
-            Ok(target) => break (tx, target, paused_at),
-            Err(error) if tries < LOCK_TRIES => {
-                tracing::warn!(%error, "pausing the live projector; catching up and trying again");
-                drop(tx);
-                let target = rebuild::offsets(live_db, live).await?;
-                catch_up.round(&mut reader, &target).await?;
-            }
-            Err(error) => return Err(error).context("pausing the live projector"),
-        }
-    };
-    catch_up.progress.target(&target);
-    catch_up.round(&mut reader, &target).await?;
-    let elapsed = started.elapsed();
-    let rebuilt = rebuild::offsets(&db, new).await?;
-    if rebuilt != target {
-        return Err(RebuildError::Offsets {
-            rebuilt,
-            live: target,
-        }
-        .into());
-    }
-    let compared = rebuild::compare(&mut tx, live, new).await?;
+    catch_up
+        .near(&mut reader, live_db, live, args.final_lag)
+        .await?;
+    // First pause: the last events, then one snapshot of both schemas at the
+    // same offsets. The digests are read in it while the live projector
+    // goes on.
+    let (tx, verified_at, paused_at) = catch_up.pause(&mut reader, live_db, live, new).await?;
+    let mut snapshot = live_db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *snapshot)
+        .await?;
+    // The snapshot is taken by its first query, while the lock holds.
+    sqlx::query("SELECT 1").execute(&mut *snapshot).await?;
+    tx.rollback().await?;
+    let paused_to_verify = paused_at.elapsed();
+    let digesting = Instant::now();
+    let compared = rebuild::compare(&mut snapshot, live, new).await?;
+    snapshot.rollback().await?;
+    let digests = digesting.elapsed();
     let differences: Vec<String> = compared
         .iter()
         .filter(|c| c.live != c.rebuilt)
         .map(|c| format!("{}: live {}, rebuilt {}", c.table, c.live, c.rebuilt))
         .collect();
     if !differences.is_empty() {
-        tx.rollback().await?;
         return Err(RebuildError::Differ {
             schema: new.to_owned(),
             differences: differences.join("; "),
         }
         .into());
     }
+    // Second pause: what the live projector did meanwhile, projected by the
+    // same code into the verified schema, then the switch.
+    catch_up
+        .near(&mut reader, live_db, live, args.final_lag)
+        .await?;
+    let (mut tx, switched_at, paused_at) = catch_up.pause(&mut reader, live_db, live, new).await?;
+    let elapsed = started.elapsed();
     rebuild::switch(&mut tx, live, new, old).await?;
     tx.commit().await?;
-    let paused = paused_at.elapsed();
+    let paused_to_switch = paused_at.elapsed();
     db.close().await;
     let summary = Summary {
         events: catch_up.events,
         elapsed,
-        paused,
+        paused_to_verify,
+        digests,
+        paused_to_switch,
+        verified_at: lag(&verified_at, &BTreeMap::new()),
+        switched_at: lag(&switched_at, &BTreeMap::new()),
         compared,
         old: Some(old.to_owned()),
     };
@@ -299,6 +310,68 @@ struct CatchUp<'a> {
 }
 
 impl CatchUp<'_> {
+    /// Rounds of catch-up until fewer than `final_lag` events are left to
+    /// the live projector's offsets.
+    async fn near(
+        &mut self,
+        reader: &mut Reader,
+        live_db: &PgPool,
+        live: &str,
+        final_lag: u64,
+    ) -> anyhow::Result<()> {
+        loop {
+            let target = rebuild::offsets(live_db, live).await?;
+            self.progress.target(&target);
+            if lag(&target, &self.next) <= final_lag {
+                return Ok(());
+            }
+            self.round(reader, &target).await?;
+        }
+    }
+
+    /// Pauses the live projector ([`rebuild::lock_live`], in the transaction
+    /// returned, until it ends) and projects the rest, so that both schemas
+    /// stand at the same offsets, which it returns with when the pause began.
+    async fn pause<'db>(
+        &mut self,
+        reader: &mut Reader,
+        live_db: &'db PgPool,
+        live: &str,
+        new: &str,
+    ) -> anyhow::Result<(
+        sqlx::Transaction<'db, sqlx::Postgres>,
+        BTreeMap<i32, i64>,
+        Instant,
+    )> {
+        let mut tries = 0;
+        let (tx, target, paused_at) = loop {
+            tries += 1;
+            let mut tx = live_db.begin().await?;
+            let paused_at = Instant::now();
+            match rebuild::lock_live(&mut tx, live, LOCK_TIMEOUT).await {
+                Ok(target) => break (tx, target, paused_at),
+                Err(error) if tries < LOCK_TRIES => {
+                    tracing::warn!(%error, "pausing the live projector; catching up and trying again");
+                    drop(tx);
+                    let target = rebuild::offsets(live_db, live).await?;
+                    self.round(reader, &target).await?;
+                }
+                Err(error) => return Err(error).context("pausing the live projector"),
+            }
+        };
+        self.progress.target(&target);
+        self.round(reader, &target).await?;
+        let rebuilt = rebuild::offsets(self.db, new).await?;
+        if rebuilt != target {
+            return Err(RebuildError::Offsets {
+                rebuilt,
+                live: target,
+            }
+            .into());
+        }
+        Ok((tx, target, paused_at))
+    }
+
     /// Projects the log up to `target` (each partition's next offset), in
     /// batches of at most `batch` records, each in one transaction.
     async fn round(
@@ -349,7 +422,7 @@ impl CatchUp<'_> {
                 continue;
             }
             let projected =
-                tidings_projections::projector::project(self.db, None, &records).await?;
+                tidings_projections::projector::project_in_bulk(self.db, &records).await?;
             if let Some((partition, offset, why)) = projected.halted.first() {
                 anyhow::bail!(
                     "the event at {partition}:{offset} cannot be read by this build ({why}), though the live projector passed it: rebuild with the build that serves"
@@ -460,13 +533,17 @@ pub fn report(summary: &Summary) -> String {
     let rows: i64 = summary.compared.iter().map(|c| c.live.rows).sum();
     let mut out = format!(
         "rebuild: {} events projected in {:.2} s ({:.0} events/s)\n\
-         rebuild: the live projector paused {:.3} s (final catch-up, digests, switch)\n\
-         rebuild: {} tables with the same digest in both schemas ({rows} rows)\n",
+         rebuild: {} tables with the same digest in both schemas at {} events ({rows} rows), read in {:.3} s\n\
+         rebuild: the live projector paused {:.3} s for that snapshot and {:.3} s for the switch at {} events\n",
         summary.events,
         summary.elapsed.as_secs_f64(),
         summary.rate(),
-        summary.paused.as_secs_f64(),
         summary.compared.len(),
+        summary.verified_at,
+        summary.digests.as_secs_f64(),
+        summary.paused_to_verify.as_secs_f64(),
+        summary.paused_to_switch.as_secs_f64(),
+        summary.switched_at,
     );
     for c in &summary.compared {
         out.push_str(&format!("rebuild:   {} {}\n", c.table, c.live));

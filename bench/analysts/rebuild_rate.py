@@ -21,8 +21,26 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from synthetic_log import count_records, ensure
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "analysts" / "rebuild.txt"
+LINES = []
+
+
+def say(line):
+    """Prints a figure and keeps it for the results file."""
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def write_results():
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    RESULTS.write_text(f"# {' '.join(sys.argv[1:])} ({stamp})\n" + "\n".join(LINES) + "\n")
+    print(f"written to {RESULTS}", flush=True)
+
 
 brokers, prefix, total, binary = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 admin_url = sys.argv[5] if len(sys.argv) > 5 else "postgres://postgres@127.0.0.1:5432/postgres"
@@ -38,7 +56,7 @@ def sql(url, statement):
 
 ensure(brokers, prefix, total)
 n, elapsed = count_records(brokers, topic)
-print(f"raw consume (confluent-kafka): {n} records in {elapsed:.2f} s = {n / elapsed:,.0f} records/s", flush=True)
+say(f"raw consume (confluent-kafka): {n} records in {elapsed:.2f} s = {n / elapsed:,.0f} records/s")
 
 env = dict(os.environ, TIDINGS_KAFKA_BROKERS=brokers, TIDINGS_TOPIC_PREFIX=prefix,
            TIDINGS_DATABASE_URL=database_url, TIDINGS_REDIS_PREFIX=database,
@@ -58,8 +76,8 @@ try:
             sys.exit("the projector stopped")
         projected = int(sql(database_url, "SELECT coalesce(sum(next_offset), 0) FROM projector_offsets"))
     elapsed = time.monotonic() - started
-    print(f"live projector (tidings serve --roles projector, from its start): {projected} records in "
-          f"{elapsed:.1f} s = {projected / elapsed:,.0f} records/s", flush=True)
+    say(f"live projector (tidings serve --roles projector, from its start): {projected} records in "
+        f"{elapsed:.1f} s = {projected / elapsed:,.0f} records/s")
 
     started = time.monotonic()
     run = subprocess.run([binary, "rebuild", "--progress", "plain", "--drop-old"], env=env,
@@ -67,11 +85,12 @@ try:
     elapsed = time.monotonic() - started
     if run.returncode != 0:
         sys.exit(f"tidings rebuild failed:\n{run.stdout}\n{run.stderr}")
-    print(f"tidings rebuild: {elapsed:.1f} s wall = {n / elapsed:,.0f} records/s (schema, migrations, "
-          f"catch-up, digests and switch)", flush=True)
+    say(f"tidings rebuild: {elapsed:.1f} s wall = {n / elapsed:,.0f} records/s (schema, migrations, "
+        f"catch-up, digests and switch)")
     for line in run.stdout.splitlines():
         if not line.startswith("rebuild:   "):
-            print("  " + line, flush=True)
+            say("  " + line)
+    write_results()
 finally:
     if serve is not None:
         serve.send_signal(signal.SIGTERM)

@@ -17,15 +17,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from synthetic_log import count_records, ensure
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "analysts" / "replay.txt"
+LINES = []
+
+
+def say(line):
+    """Prints a figure and keeps it for the results file."""
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def write_results():
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    RESULTS.write_text(f"# {' '.join(sys.argv[1:])} ({stamp})\n" + "\n".join(LINES) + "\n")
+    print(f"written to {RESULTS}", flush=True)
+
 
 brokers, prefix, total, binary = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 topic = prefix + ".events"
 
 ensure(brokers, prefix, total)
 n, elapsed = count_records(brokers, topic)
-print(f"raw consume (confluent-kafka): {n} records in {elapsed:.2f} s = {n / elapsed:,.0f} records/s", flush=True)
+say(f"raw consume (confluent-kafka): {n} records in {elapsed:.2f} s = {n / elapsed:,.0f} records/s")
 
 env = dict(os.environ, TIDINGS_KAFKA_BROKERS=brokers, TIDINGS_TOPIC_PREFIX=prefix, RUST_LOG="warn")
 with tempfile.TemporaryDirectory() as out:
@@ -36,5 +54,6 @@ with tempfile.TemporaryDirectory() as out:
                              env=env, capture_output=True, text=True, check=True)
         elapsed = time.monotonic() - started
         summary = [l for l in run.stderr.splitlines() if "records read" in l][-1]
-        print(f"tidings replay --format {fmt}: {elapsed:.2f} s wall = {n / elapsed:,.0f} records/s "
-              f"({os.path.getsize(path) / 1e6:.0f} MB); {summary}", flush=True)
+        say(f"tidings replay --format {fmt}: {elapsed:.2f} s wall = {n / elapsed:,.0f} records/s "
+            f"({os.path.getsize(path) / 1e6:.0f} MB); {summary}")
+write_results()

@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod bulk;
 pub mod cache;
 pub mod credentials;
 pub mod db;

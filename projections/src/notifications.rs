@@ -77,25 +77,57 @@ pub struct Notify<'a> {
     pub actor_id: Uuid,
     pub post_id: Option<Uuid>,
     pub comment_id: Option<Uuid>,
-    pub reaction: Option<&'a str>,
+    pub reaction: Option<&'static str>,
     pub room_id: Option<Uuid>,
 }
 
+/// A notification's row as [`Notify`] adds it (`tidings rebuild` adds many
+/// at once: `bulk.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub kind: &'static str,
+    pub actor_id: Uuid,
+    pub post_id: Option<Uuid>,
+    pub comment_id: Option<Uuid>,
+    pub reaction: Option<&'static str>,
+    pub room_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
 impl Notify<'_> {
-    /// Writes the notification (never one for oneself) and returns what the
-    /// owner's channel receives. Its id derives from the event and the
-    /// owner, so projecting the event again adds nothing.
+    /// The row to add: never one for oneself. Its id derives from the event
+    /// and the owner, so projecting the event again adds nothing.
+    pub fn row(&self) -> Option<NotificationRow> {
+        if self.user_id == self.actor_id {
+            return None;
+        }
+        Some(NotificationRow {
+            id: Uuid::new_v5(
+                &self.envelope.event_id,
+                format!("notification:{}:{}", self.kind.as_str(), self.user_id).as_bytes(),
+            ),
+            user_id: self.user_id,
+            kind: self.kind.as_str(),
+            actor_id: self.actor_id,
+            post_id: self.post_id,
+            comment_id: self.comment_id,
+            reaction: self.reaction,
+            room_id: self.room_id,
+            created_at: self.envelope.occurred_at,
+        })
+    }
+
+    /// Writes the notification ([`Notify::row`]) and returns what the
+    /// owner's channel receives.
     pub async fn write(
         self,
         tx: &mut Transaction<'_, Postgres>,
     ) -> Result<Option<ChannelUpdate>, sqlx::Error> {
-        if self.user_id == self.actor_id {
+        let Some(row) = self.row() else {
             return Ok(None);
-        }
-        let id = Uuid::new_v5(
-            &self.envelope.event_id,
-            format!("notification:{}:{}", self.kind.as_str(), self.user_id).as_bytes(),
-        );
+        };
         let written: Option<Notification> = sqlx::query_as(&format!(
             "WITH n AS (
                INSERT INTO notifications (id, user_id, kind, actor_id, post_id, comment_id, reaction, room_id, created_at)
@@ -105,20 +137,20 @@ impl Notify<'_> {
              SELECT {COLUMNS}, false AS read
              FROM n LEFT JOIN accounts a ON a.id = n.actor_id",
         ))
-        .bind(id)
-        .bind(self.user_id)
-        .bind(self.kind.as_str())
-        .bind(self.actor_id)
-        .bind(self.post_id)
-        .bind(self.comment_id)
-        .bind(self.reaction)
-        .bind(self.room_id)
-        .bind(self.envelope.occurred_at)
+        .bind(row.id)
+        .bind(row.user_id)
+        .bind(row.kind)
+        .bind(row.actor_id)
+        .bind(row.post_id)
+        .bind(row.comment_id)
+        .bind(row.reaction)
+        .bind(row.room_id)
+        .bind(row.created_at)
         .fetch_optional(&mut **tx)
         .await?;
         Ok(written.map(|n| {
             ChannelUpdate::new(
-                Channel::User(self.user_id),
+                Channel::User(row.user_id),
                 "notification.created",
                 serde_json::to_value(n).expect("notifications serialize"),
             )

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, Postgres, Transaction};
-use tidings_domain::post::{Event, Reaction, Visibility};
+use tidings_domain::post::{Commented, Event, Reacted, Reaction, Visibility};
 use tidings_schemas::{Channel, EventEnvelope};
 use uuid::Uuid;
 
@@ -276,26 +276,9 @@ async fn apply(
             .bind(r.reacted_at)
             .execute(&mut **tx)
             .await?;
-            let likes = i64::from(r.reaction == Reaction::Like)
-                - i64::from(r.previous == Some(Reaction::Like));
-            add_likes(tx, r.post_id, likes).await?;
+            add_likes(tx, r.post_id, likes_added(r)).await?;
             effects.updates.extend(counts(tx, r.post_id).await?);
-            // A first reaction is news to the author; changing it is not.
-            if r.previous.is_none() {
-                let (kind, reaction) = match r.reaction {
-                    Reaction::Like => (Kind::Like, None),
-                    other => (Kind::Reaction, Some(other.as_str())),
-                };
-                let notify = Notify {
-                    envelope,
-                    user_id: r.post_author,
-                    kind,
-                    actor_id: r.user,
-                    post_id: Some(r.post_id),
-                    comment_id: None,
-                    reaction,
-                    room_id: None,
-                };
+            if let Some(notify) = reaction_notice(envelope, r) {
                 effects.updates.extend(notify.write(tx).await?);
             }
         }
@@ -327,17 +310,9 @@ async fn apply(
             .fetch_optional(&mut **tx)
             .await?;
             effects.updates.extend(counts(tx, c.post_id).await?);
-            let notify = Notify {
-                envelope,
-                user_id: c.post_author,
-                kind: Kind::Comment,
-                actor_id: c.author,
-                post_id: Some(c.post_id),
-                comment_id: Some(c.comment_id),
-                reaction: None,
-                room_id: None,
-            };
-            effects.updates.extend(notify.write(tx).await?);
+            effects
+                .updates
+                .extend(comment_notice(envelope, c).write(tx).await?);
             let visibility = match visibility.as_deref() {
                 Some("public") => Visibility::Public,
                 _ => Visibility::Followers,
@@ -357,6 +332,47 @@ async fn apply(
         }
     }
     Ok(effects)
+}
+
+/// How a reaction changes its post's like count.
+pub fn likes_added(r: &Reacted) -> i64 {
+    i64::from(r.reaction == Reaction::Like) - i64::from(r.previous == Some(Reaction::Like))
+}
+
+/// What the post's author is told of a reaction: a first reaction is news,
+/// changing it is not.
+pub fn reaction_notice<'a>(envelope: &'a EventEnvelope, r: &Reacted) -> Option<Notify<'a>> {
+    if r.previous.is_some() {
+        return None;
+    }
+    let (kind, reaction) = match r.reaction {
+        Reaction::Like => (Kind::Like, None),
+        other => (Kind::Reaction, Some(other.as_str())),
+    };
+    Some(Notify {
+        envelope,
+        user_id: r.post_author,
+        kind,
+        actor_id: r.user,
+        post_id: Some(r.post_id),
+        comment_id: None,
+        reaction,
+        room_id: None,
+    })
+}
+
+/// What the post's author is told of a comment.
+pub fn comment_notice<'a>(envelope: &'a EventEnvelope, c: &Commented) -> Notify<'a> {
+    Notify {
+        envelope,
+        user_id: c.post_author,
+        kind: Kind::Comment,
+        actor_id: c.author,
+        post_id: Some(c.post_id),
+        comment_id: Some(c.comment_id),
+        reaction: None,
+        room_id: None,
+    }
 }
 
 /// What a post's channel (`post:{id}`) receives on every reaction and

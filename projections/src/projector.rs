@@ -29,6 +29,7 @@ use tidings_schemas::{faults, Cursor, DomainEvent, EventEnvelope};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::bulk::Loader;
 use crate::cache::Cache;
 use crate::db::Progress;
 use crate::notifications;
@@ -272,6 +273,22 @@ pub async fn project(
     cache: Option<&Cache>,
     batch: &[OwnedMessage],
 ) -> anyhow::Result<Projected> {
+    project_batch(db, cache, batch, None).await
+}
+
+/// Projects one batch in one transaction as [`project`] does, writing the
+/// rows of the events that allow it in bulk ([`Loader`]) and making none of
+/// their effects: for `tidings rebuild`, which has no subscribers.
+pub async fn project_in_bulk(db: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<Projected> {
+    project_batch(db, None, batch, Some(Loader::default())).await
+}
+
+async fn project_batch(
+    db: &PgPool,
+    cache: Option<&Cache>,
+    batch: &[OwnedMessage],
+    mut loader: Option<Loader>,
+) -> anyhow::Result<Projected> {
     let mut tx = db.begin().await?;
     // The commit does not wait for the disk: what a crash of PostgreSQL
     // could lose is the rows *and* the offsets of the last batches together,
@@ -335,9 +352,18 @@ pub async fn project(
             continue;
         }
         indexed.push(*partition, *offset, envelope);
+        if let Some(loader) = loader.as_mut() {
+            if loader.take(envelope, event) {
+                continue;
+            }
+            loader.flush(&mut tx).await?;
+        }
         projected
             .effects
             .extend(projection::apply(&mut tx, envelope, event).await?);
+    }
+    if let Some(loader) = loader.as_mut() {
+        loader.flush(&mut tx).await?;
     }
     // Messages tell those of their readers who are offline now: one ask of
     // presence for the batch.
@@ -717,5 +743,231 @@ mod tests {
             Some("other partition")
         );
         db.drop().await;
+    }
+
+    /// One post's events, chained as its decider writes them.
+    struct PostChain {
+        post: Uuid,
+        events: Vec<EventEnvelope>,
+    }
+
+    impl PostChain {
+        fn new(post: u128) -> PostChain {
+            PostChain {
+                post: Uuid::from_u128(post),
+                events: Vec::new(),
+            }
+        }
+
+        fn push(&mut self, actor: Uuid, event: tidings_domain::post::Event) {
+            let (event_type, data) = DomainEvent::Post(event).encode();
+            let command_id = Uuid::new_v4();
+            self.events.push(EventEnvelope {
+                event_id: event_id(command_id, 0),
+                version: current_version(&event_type),
+                event_type,
+                aggregate: AggregateRef::new(
+                    tidings_schemas::AggregateType::Post,
+                    self.post.to_string(),
+                ),
+                sequence: self.events.len() as u64 + 1,
+                previous: self.events.last().map(|e| e.event_id),
+                occurred_at: Utc::now(),
+                actor: Some(actor),
+                command_id,
+                correlation_id: command_id,
+                data,
+            });
+        }
+    }
+
+    /// Every rebuilt table of `db` as text, row by row, sorted (but the
+    /// projector's offsets, whose times are the commit's).
+    async fn tables_as_text(db: &PgPool) -> Vec<(String, Vec<String>)> {
+        let mut tables = Vec::new();
+        for table in crate::rebuild::rebuilt_tables() {
+            if table == "projector_offsets" {
+                continue;
+            }
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT t::text FROM {table} t ORDER BY 1"))
+                    .fetch_all(db)
+                    .await
+                    .unwrap();
+            tables.push((table.to_owned(), rows));
+        }
+        tables
+    }
+
+    #[tokio::test]
+    async fn loading_in_bulk_writes_the_rows_applying_one_by_one_writes() {
+        use tidings_domain::post::{self, Reaction, Visibility};
+        let (ann, bob) = (History::new(1), History::new(2));
+        let (a, b) = (ann.user, bob.user);
+        let now = Utc::now;
+        let mut plain = PostChain::new(10);
+        let p = plain.post;
+        plain.push(
+            a,
+            post::Event::Created(post::Created {
+                post_id: p,
+                author: a,
+                text: "first".into(),
+                visibility: Visibility::Public,
+                media: vec![],
+                created_at: now(),
+            }),
+        );
+        let comment = |id: u128, author: Uuid, text: &str| {
+            post::Event::Commented(post::Commented {
+                post_id: p,
+                post_author: a,
+                comment_id: Uuid::from_u128(id),
+                author,
+                text: text.into(),
+                commented_at: now(),
+            })
+        };
+        let react = |user: Uuid, reaction: Reaction, previous: Option<Reaction>| {
+            post::Event::Reacted(post::Reacted {
+                post_id: p,
+                post_author: a,
+                user,
+                reaction,
+                previous,
+                reacted_at: now(),
+            })
+        };
+        plain.push(b, comment(100, b, "nice"));
+        plain.push(a, comment(101, a, "thanks"));
+        // A mention is applied alone, between gathered ones.
+        plain.push(b, comment(102, b, "@user1 look"));
+        plain.push(b, react(b, Reaction::Like, None));
+        plain.push(a, react(a, Reaction::Haha, None));
+        // The same user's second reaction to the post in one load.
+        plain.push(b, react(b, Reaction::Love, Some(Reaction::Like)));
+        plain.push(b, comment(103, b, "again"));
+        plain.push(
+            a,
+            post::Event::Unreacted(post::Unreacted {
+                post_id: p,
+                user: a,
+                reaction: Reaction::Haha,
+                unreacted_at: now(),
+            }),
+        );
+        plain.push(b, react(b, Reaction::Like, Some(Reaction::Love)));
+        let mut mentioning = PostChain::new(11);
+        mentioning.push(
+            b,
+            post::Event::Created(post::Created {
+                post_id: mentioning.post,
+                author: b,
+                text: "hi @user1".into(),
+                visibility: Visibility::Public,
+                media: vec![],
+                created_at: now(),
+            }),
+        );
+        mentioning.push(
+            b,
+            post::Event::Deleted(post::Deleted {
+                post_id: mentioning.post,
+                author: b,
+                deleted_at: now(),
+            }),
+        );
+        let mut batch = records(0, 0, &ann.events);
+        batch.extend(records(1, 0, &bob.events));
+        let mut posts_log = plain.events.clone();
+        posts_log.extend(mentioning.events.clone());
+        batch.extend(records(2, 0, &posts_log));
+
+        let (one_by_one, in_bulk) = (Db::new().await, Db::new().await);
+        project(&one_by_one.pool, None, &batch).await.unwrap();
+        let bulk = project_in_bulk(&in_bulk.pool, &batch).await.unwrap();
+        assert!(
+            bulk.effects
+                .updates
+                .iter()
+                .all(|u| u.event != "notification.created"
+                    || u.data["comment_id"] == serde_json::json!(Uuid::from_u128(102))
+                    || u.data["kind"] == "mention"),
+            "only the events applied alone push"
+        );
+        let (expected, loaded) = (
+            tables_as_text(&one_by_one.pool).await,
+            tables_as_text(&in_bulk.pool).await,
+        );
+        assert_eq!(expected, loaded);
+        let (comments, likes): (i64, i64) =
+            sqlx::query_as("SELECT comment_count, like_count FROM posts WHERE id = $1")
+                .bind(p)
+                .fetch_one(&in_bulk.pool)
+                .await
+                .unwrap();
+        assert_eq!((comments, likes), (4, 1));
+        let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM notifications ORDER BY kind")
+            .fetch_all(&in_bulk.pool)
+            .await
+            .unwrap();
+        // Bob's three comments (one mentioning her) and first like to Ann,
+        // and his post mentioning her; her own comment and reaction, and
+        // Bob's changed reactions, tell no one.
+        assert_eq!(kinds, ["comment", "comment", "comment", "like", "mention"]);
+        one_by_one.drop().await;
+        in_bulk.drop().await;
+    }
+
+    #[test]
+    fn a_loader_takes_plain_posts_comments_and_one_reaction_per_user_and_post() {
+        use tidings_domain::post::{self, Reaction, Visibility};
+        let (a, b, p) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut chain = PostChain::new(3);
+        let mut loader = Loader::default();
+        let mut take = |chain: &mut PostChain, event: post::Event| {
+            chain.push(a, event.clone());
+            loader.take(chain.events.last().unwrap(), &DomainEvent::Post(event))
+        };
+        let created = |text: &str, media: Vec<Uuid>| {
+            post::Event::Created(post::Created {
+                post_id: p,
+                author: a,
+                text: text.into(),
+                visibility: Visibility::Public,
+                media,
+                created_at: Utc::now(),
+            })
+        };
+        assert!(take(&mut chain, created("plain", vec![])));
+        assert!(!take(
+            &mut chain,
+            created("with media", vec![Uuid::from_u128(9)])
+        ));
+        assert!(!take(&mut chain, created("to @someone", vec![])));
+        let react = |reaction| {
+            post::Event::Reacted(post::Reacted {
+                post_id: p,
+                post_author: a,
+                user: b,
+                reaction,
+                previous: None,
+                reacted_at: Utc::now(),
+            })
+        };
+        assert!(take(&mut chain, react(Reaction::Like)));
+        assert!(
+            !take(&mut chain, react(Reaction::Sad)),
+            "a second reaction waits for the flush"
+        );
+        assert!(!take(
+            &mut chain,
+            post::Event::Deleted(post::Deleted {
+                post_id: p,
+                author: a,
+                deleted_at: Utc::now(),
+            })
+        ));
+        assert_eq!(loader.len(), 2);
     }
 }

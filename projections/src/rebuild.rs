@@ -11,10 +11,11 @@
 //! - **Where**: a schema of its own ([`REBUILD_PREFIX`]), made by the same
 //!   migrations, written by the same projector code through sessions whose
 //!   `search_path` is that schema ([`crate::db::connect_in_schema`]).
-//! - **Verified**: under the lock that pauses the live projector's commits
-//!   ([`lock_live`]), both schemas stand at the same offsets, and each
-//!   rebuilt table has the same [`Digest`] in both.
-//! - **The switch** ([`switch`]), in that same transaction: the kept tables
+//! - **Verified**: in a snapshot taken under the lock that pauses the live
+//!   projector's commits ([`lock_live`]), both schemas stand at the same
+//!   offsets, and each rebuilt table has the same [`Digest`] in both.
+//! - **The switch** ([`switch`]), under that lock taken again once the
+//!   rebuild has caught up with what the live projector did meanwhile: the kept tables
 //!   move into the new schema, what of the rebuilt tables is not a function
 //!   of the log is carried over ([`NOT_FROM_THE_LOG`]), then the live schema
 //!   is renamed to [`OLD_PREFIX`]… and the new one takes its name. Readers see
@@ -294,8 +295,8 @@ pub struct Compared {
     pub rebuilt: Digest,
 }
 
-/// The digest of every rebuilt table in both schemas, read in `db` (the
-/// locked transaction: the live tables hold still).
+/// The digest of every rebuilt table in both schemas, read in `db` (a
+/// transaction whose snapshot saw both at the same offsets).
 pub async fn compare(
     db: &mut PgConnection,
     live: &str,
