@@ -13,14 +13,20 @@
 //! small, and every event's pushes matter there.
 //!
 //! Taken in bulk: `post.created` (without media or mentions),
-//! `post.commented` (without mentions), and `post.reacted` (a user's
-//! reaction to a post once per load).
+//! `post.commented` (without mentions), `post.reacted` (a user's reaction
+//! to a post once per load) and `room.message_posted` (without media). A
+//! message's `message` notifications are not made: those exist for readers
+//! who were offline when the live projector applied the message, and the
+//! rebuild's switch carries the live ones over
+//! ([`crate::rebuild::NOT_FROM_THE_LOG`]); nor is marking them read when
+//! their reader writes.
 
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use tidings_domain::post::Event as PostEvent;
+use tidings_domain::room::Event as RoomEvent;
 use tidings_schemas::{DomainEvent, EventEnvelope};
 use uuid::Uuid;
 
@@ -38,6 +44,10 @@ pub struct Loader {
     /// Per author: posts to add to the account's count.
     authored: BTreeMap<Uuid, i64>,
     notifications: Vec<NotificationRow>,
+    messages: Messages,
+    /// Per room and author: their latest message (ordinal, id, time), which
+    /// they have read.
+    read_own: BTreeMap<(Uuid, Uuid), (i64, Uuid, DateTime<Utc>)>,
     /// Events gathered since the last flush.
     taken: usize,
 }
@@ -69,6 +79,16 @@ struct Comments {
     created: Vec<DateTime<Utc>>,
 }
 
+#[derive(Default)]
+struct Messages {
+    ids: Vec<Uuid>,
+    rooms: Vec<Uuid>,
+    authors: Vec<Uuid>,
+    ordinals: Vec<i64>,
+    texts: Vec<String>,
+    created: Vec<DateTime<Utc>>,
+}
+
 impl Loader {
     /// Events gathered and not written yet.
     pub fn len(&self) -> usize {
@@ -82,8 +102,28 @@ impl Loader {
     /// Gathers an admitted event when its rows can be written with others;
     /// `false` when it is to be applied alone (after [`Loader::flush`]).
     pub fn take(&mut self, envelope: &EventEnvelope, event: &DomainEvent) -> bool {
-        let DomainEvent::Post(event) = event else {
-            return false;
+        let event = match event {
+            DomainEvent::Post(event) => event,
+            DomainEvent::Room(RoomEvent::MessagePosted(m)) if m.media_ids.is_empty() => {
+                let ordinal = m.ordinal as i64;
+                self.messages.ids.push(m.message_id);
+                self.messages.rooms.push(m.room_id);
+                self.messages.authors.push(m.author);
+                self.messages.ordinals.push(ordinal);
+                self.messages.texts.push(m.text.clone());
+                self.messages.created.push(m.posted_at);
+                let read = self.read_own.entry((m.room_id, m.author)).or_insert((
+                    ordinal,
+                    m.message_id,
+                    m.posted_at,
+                ));
+                if ordinal > read.0 {
+                    *read = (ordinal, m.message_id, m.posted_at);
+                }
+                self.taken += 1;
+                return true;
+            }
+            _ => return false,
         };
         match event {
             PostEvent::Created(c) => {
@@ -147,6 +187,8 @@ impl Loader {
             counts,
             authored,
             notifications,
+            messages,
+            read_own,
             taken,
         } = std::mem::take(self);
         metrics::counter!("tidings_projector_bulk_events_total").increment(taken as u64);
@@ -217,6 +259,48 @@ impl Loader {
             )
             .bind(&ids)
             .bind(&added)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !messages.ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO room_messages (id, room_id, author_id, ordinal, text, created_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::timestamptz[])",
+            )
+            .bind(&messages.ids)
+            .bind(&messages.rooms)
+            .bind(&messages.authors)
+            .bind(&messages.ordinals)
+            .bind(&messages.texts)
+            .bind(&messages.created)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !read_own.is_empty() {
+            // One has read what one wrote, as each message's own statement
+            // says (`rooms.rs`): the latest one of each author counts.
+            let mut rooms = Vec::with_capacity(read_own.len());
+            let mut users = Vec::with_capacity(read_own.len());
+            let mut ordinals = Vec::with_capacity(read_own.len());
+            let mut ids = Vec::with_capacity(read_own.len());
+            let mut at = Vec::with_capacity(read_own.len());
+            for ((room, user), (ordinal, id, time)) in read_own {
+                rooms.push(room);
+                users.push(user);
+                ordinals.push(ordinal);
+                ids.push(id);
+                at.push(time);
+            }
+            sqlx::query(
+                "UPDATE room_members m SET last_read = u.o, last_read_message = u.id, read_at = u.at
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::timestamptz[]) AS u(room_id, user_id, o, id, at)
+                 WHERE m.room_id = u.room_id AND m.user_id = u.user_id AND m.last_read < u.o",
+            )
+            .bind(&rooms)
+            .bind(&users)
+            .bind(&ordinals)
+            .bind(&ids)
+            .bind(&at)
             .execute(&mut **tx)
             .await?;
         }
