@@ -2,7 +2,7 @@
 //! a `socket.io` server (`bench/peers/`, installed by `scripts/bench` with
 //! `npm ci`). Each is a `node` process on a free port of 127.0.0.1 that
 //! holds WebSockets and broadcasts the body of `POST /broadcast` to all of
-//! them.
+//! them, or with `?room=` to the sockets that opened in that room.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -111,10 +111,14 @@ impl Peer {
         }
     }
 
-    /// A socket of the npm `ws` peer in `room` (its broadcasts to the room
-    /// reach only the room's sockets).
+    /// A socket of the peer in `room` (its broadcasts to the room reach
+    /// only the room's sockets): `/?room=` on the npm `ws` peer, the
+    /// socket.io URL with `&room=` (its handshake query) on socket.io.
     pub fn ws_url_in(&self, room: &str) -> String {
-        format!("ws://127.0.0.1:{}/?room={room}", self.port)
+        match self.kind {
+            Kind::Ws => format!("ws://127.0.0.1:{}/?room={room}", self.port),
+            Kind::SocketIo => format!("{}&room={room}", self.ws_url()),
+        }
     }
 
     /// What asks the peer to broadcast (cloned into each request's task).
@@ -143,8 +147,8 @@ impl Trigger {
         self.broadcast_to(None, payload).await
     }
 
-    /// `POST /broadcast?room=` (the npm `ws` peer only): to the sockets of
-    /// `room`, or to all without one; how many.
+    /// `POST /broadcast?room=`: to the sockets of `room`, or to all without
+    /// one; how many.
     pub async fn broadcast_to(&self, room: Option<&str>, payload: String) -> anyhow::Result<usize> {
         let url = match room {
             Some(room) => format!("{}?room={room}", self.url),

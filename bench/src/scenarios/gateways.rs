@@ -11,10 +11,12 @@
 //! Two layouts at the same total rate: every message to one room (a room's
 //! messages are decided one after another by its one aggregate, which
 //! takes far less than 1,000/s: see the rooms scenario), and the messages
-//! spread over several rooms, each socket on one of them. The npm `ws` peer
-//! broadcasts payloads of the same size at the same rate to as many
-//! sockets in the same layout (its rooms: `/?room=`), in the same run. On
-//! the durable broker, then, in a full run, on the memory-engine one too.
+//! spread over several rooms, each socket on one of them. The npm `ws` and
+//! `socket.io` peers, one after the other, broadcast payloads of the same
+//! size at the same rate to as many sockets in the same layout (their
+//! rooms: `/?room=`, socket.io's handshake query `room`), in the same run.
+//! On the durable broker, then, in a full run, on the memory-engine one
+//! too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -360,8 +362,9 @@ async fn through_tidings(
     })
 }
 
-/// The same layout through the npm `ws` peer: as many sockets, each in the
-/// room of the same index, a broadcast per message to its room.
+/// The same layout through a peer (npm `ws` or socket.io): as many
+/// sockets, each in the room of the same index, a broadcast per message to
+/// its room.
 async fn through_peer(
     ctx: &Ctx,
     peer: &Peer,
@@ -389,13 +392,14 @@ async fn through_peer(
     .await;
     if sockets.failed > 0 {
         bail!(
-            "npm ws: {} sockets did not open: {}",
+            "{}: {} sockets did not open: {}",
+            peer.kind.label(),
             sockets.failed,
             sockets.first_error.clone().unwrap_or_default()
         );
     }
     let trigger = peer.trigger();
-    let watch = CpuWatch::start(&[("npm ws", peer.pid())]);
+    let watch = CpuWatch::start(&[(peer.kind.label(), peer.pid())]);
     let replies = Arc::new(Replies::default());
     let load = open_loop(plan.gateway_rate, count, |k, due| {
         tracker.sent(k, due);
@@ -420,6 +424,9 @@ async fn through_peer(
     let cpu = watch.stop();
     let ended_early = sockets.ended_early.load(Ordering::Relaxed);
     let sockets_retried = sockets.retried;
+    // The frames as received: socket.io's carry its `42["event",…]`
+    // envelope around the payload.
+    let received_bytes = tracker.frame_bytes.load(Ordering::Relaxed);
     sockets.close().await;
     let (latency, curve) = latencies(std::slice::from_ref(&tracker), &frames_due);
     Ok(Measured {
@@ -435,7 +442,11 @@ async fn through_peer(
         reply: Summary::of_ms(&mut reply).brief(),
         open_loop: load,
         cpu,
-        frame_bytes,
+        frame_bytes: if received_bytes > 0 {
+            received_bytes
+        } else {
+            frame_bytes
+        },
         refused,
         ended_early,
         retried: sockets_retried,
@@ -589,50 +600,78 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         engines.push((engine, measured));
     }
 
-    // The npm ws peer, each layout at the same rate, frames of the size
-    // Tidings delivered.
+    // Each peer (npm ws, then socket.io), each layout at the same rate,
+    // payloads of the size of the frames Tidings delivered.
     let frame_bytes = engines
         .iter()
         .flat_map(|(_, m)| m.iter().map(|m| m.frame_bytes))
         .max()
         .unwrap_or(0)
         .max(64);
-    let mut peer_measured: Vec<Measured> = Vec::new();
+    let mut peers: Vec<(Kind, Vec<Measured>)> = Vec::new();
     match &ctx.peers {
         Ok(dir) => {
-            let peer = Peer::start(dir, Kind::Ws).await?;
             let layouts: Vec<usize> = engines
                 .first()
                 .map(|(_, m)| m.iter().map(|m| m.rooms).collect())
                 .unwrap_or_default();
-            for rooms in layouts {
-                match through_peer(ctx, &peer, rooms, frame_bytes).await {
-                    Ok(m) => peer_measured.push(m),
-                    Err(e) => {
-                        peer.stop().await;
-                        return Err(e);
+            for kind in Kind::ALL {
+                let peer = Peer::start(dir, kind)
+                    .await
+                    .with_context(|| format!("starting the {} peer", kind.label()))?;
+                let mut measured = Vec::new();
+                for &rooms in &layouts {
+                    eprintln!(
+                        "  {}, {}: {} broadcasts/s to {} sockets",
+                        kind.label(),
+                        rooms_label(rooms),
+                        plan.gateway_rate,
+                        plan.gateway_sockets
+                    );
+                    match through_peer(ctx, &peer, rooms, frame_bytes).await {
+                        Ok(m) => measured.push(m),
+                        Err(e) => {
+                            peer.stop().await;
+                            return Err(e);
+                        }
                     }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                peer.stop().await;
+                peers.push((kind, measured));
             }
-            peer.stop().await;
         }
-        Err(why) => scenario.notes.push(format!("no peer: {why}")),
+        Err(why) => scenario.notes.push(format!("no peers: {why}")),
     }
 
     for (engine, measured) in &engines {
         for m in measured {
             let at = format!("{} engine, {}", engine.label(), rooms_label(m.rooms));
-            let peer = peer_measured.iter().find(|p| p.rooms == m.rooms);
-            for (what, ours, theirs) in [
-                ("p50", m.overall.p50, peer.map(|p| p.overall.p50)),
-                ("p99", m.overall.p99, peer.map(|p| p.overall.p99)),
+            // One row per peer (npm ws, then socket.io), each measure.
+            let same: Vec<(Kind, &Measured)> = peers
+                .iter()
+                .filter_map(|(kind, ms)| {
+                    let p = ms.iter().find(|p| p.rooms == m.rooms)?;
+                    Some((*kind, p))
+                })
+                .collect();
+            for (what, pick) in [
+                ("p50", (|s: &Summary| s.p50) as fn(&Summary) -> f64),
+                ("p99", |s: &Summary| s.p99),
             ] {
-                let mut row = Row::new(format!("{at}: POST → socket, {what}"), ours, "ms");
-                if let Some(theirs) = theirs {
-                    row = row.against(format!("npm ws, same rate and sockets, {what}"), theirs);
+                let measure = format!("{at}: POST → socket, {what}");
+                let ours = pick(&m.overall);
+                if same.is_empty() {
+                    scenario.rows.push(Row::new(measure.clone(), ours, "ms"));
                 }
-                scenario.rows.push(row);
+                for (kind, p) in &same {
+                    scenario
+                        .rows
+                        .push(Row::new(measure.clone(), ours, "ms").against(
+                            format!("{}, same rate and sockets, {what}", kind.label()),
+                            pick(&p.overall),
+                        ));
+                }
             }
             scenario.rows.push(
                 Row::new(
@@ -686,24 +725,38 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
             }
         }
     }
-    for p in &peer_measured {
-        scenario.notes.push(format!(
-            "npm ws, {}: {} of {} frames ({} broadcasts of {} due), p50 {:.1} ms, p99 {:.1} ms; {}",
-            rooms_label(p.rooms),
-            p.delivered(),
-            p.due(),
-            p.messages_accepted,
-            p.messages_due,
-            p.overall.p50,
-            p.overall.p99,
-            p.cpu.describe()
-        ));
-        if let Some(note) = refused_note(&p.refused) {
-            scenario.notes.push(format!("npm ws: broadcasts {note}"));
+    for (kind, measured) in &peers {
+        let name = kind.label();
+        for p in measured {
+            scenario.notes.push(format!(
+                "{name}, {}: {} of {} frames ({} broadcasts of {} due; frames of {} bytes), p50 {:.1} ms, p99 {:.1} ms; {}",
+                rooms_label(p.rooms),
+                p.delivered(),
+                p.due(),
+                p.messages_accepted,
+                p.messages_due,
+                p.frame_bytes,
+                p.overall.p50,
+                p.overall.p99,
+                p.cpu.describe()
+            ));
+            if let Some(note) = refused_note(&p.refused) {
+                scenario.notes.push(format!(
+                    "{name}, {}: broadcasts {note}",
+                    rooms_label(p.rooms)
+                ));
+            }
+            if p.ended_early > 0 {
+                scenario.notes.push(format!(
+                    "{name}, {}: the peer ended {} sockets during the run",
+                    rooms_label(p.rooms),
+                    p.ended_early
+                ));
+            }
         }
     }
     scenario.notes.push(format!(
-        "latency from when each POST (or broadcast) was due to each socket's frame; a frame not delivered within {:.0} s after the load counts as ∞; frames of {frame_bytes} bytes; Tidings as {CORE_ROLES} + {GATEWAYS} × {GATEWAY_ROLES} processes on one database, topics and Redis prefix, TIDINGS_DATABASE_POOL={CORE_POOL} for {CORE_ROLES}, {GATEWAY_POOL} for the gateways{}",
+        "latency from when each POST (or broadcast) was due to each socket's frame; a frame not delivered within {:.0} s after the load counts as ∞; frames of {frame_bytes} bytes (the peers' payloads; socket.io's frames wrap them in its event envelope); Tidings as {CORE_ROLES} + {GATEWAYS} × {GATEWAY_ROLES} processes on one database, topics and Redis prefix, TIDINGS_DATABASE_POOL={CORE_POOL} for {CORE_ROLES}, {GATEWAY_POOL} for the gateways{}",
         plan.drain.as_secs_f64(),
         plan.gateway_fetch_wait_ms
             .map(|ms| format!(", TIDINGS_KAFKA_FETCH_WAIT_MS={ms}"))
@@ -723,12 +776,20 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
             }
         }
     }
+    let of_peer = |kind: Kind| -> Vec<Measured> {
+        peers
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    };
     scenario.details = json!({
         "engines": engines
             .iter()
             .map(|(e, m)| json!({ "engine": e.label(), "layouts": m }))
             .collect::<Vec<_>>(),
-        "npm_ws": peer_measured,
+        "npm_ws": of_peer(Kind::Ws),
+        "socket_io": of_peer(Kind::SocketIo),
         "frame_bytes": frame_bytes,
         "writers": plan.gateway_writers,
         "readers": plan.gateway_readers,
