@@ -127,7 +127,8 @@ pub async fn run(settings: &Settings, args: &RebuildArgs) -> anyhow::Result<Opti
         return Ok(None);
     }
     let live = rebuild::live_schema(&live_db).await?;
-    let stamp = chrono::Utc::now().format("%Y%m%dt%H%M%S").to_string();
+    // Milliseconds: two rebuilds begun in one second get schemas of their own.
+    let stamp = chrono::Utc::now().format("%Y%m%dt%H%M%S%3f").to_string();
     let new = format!("{REBUILD_PREFIX}{stamp}");
     let old = format!("{OLD_PREFIX}{stamp}");
     rebuild::create_schema(&live_db, &new)

@@ -66,11 +66,15 @@ pub const NOT_FROM_THE_LOG: &[NotFromTheLog] = &[
     },
     // `mailed_at` is the mailer's; a `message` notification exists only for
     // readers who were offline when the live projector applied the message
-    // (presence is not in the log).
+    // (presence is not in the log). A `mention` exists only if the mentioned
+    // account was projected when the post was, and "mark all read" marks
+    // the notifications projected by then: both read what other partitions'
+    // events wrote, in the order the live projector happened to read the
+    // partitions, which a rebuild does not repeat.
     NotFromTheLog {
         table: "notifications",
-        columns: &["mailed_at"],
-        rows: Some("kind <> 'message'"),
+        columns: &["mailed_at", "read_at"],
+        rows: Some("kind NOT IN ('message', 'mention')"),
     },
     // The media sweeper removes the rows of deleted items once their
     // objects are gone; the log brings them back (and the sweeper removes
@@ -100,9 +104,13 @@ fn carry_over(live: &str, new: &str) -> Vec<String> {
             "UPDATE {new}.notifications n SET mailed_at = l.mailed_at
              FROM {live}.notifications l WHERE l.id = n.id AND l.mailed_at IS NOT NULL"
         ),
-        format!("DELETE FROM {new}.notifications WHERE kind = 'message'"),
         format!(
-            "INSERT INTO {new}.notifications SELECT * FROM {live}.notifications WHERE kind = 'message'"
+            "UPDATE {new}.notifications n SET read_at = l.read_at
+             FROM {live}.notifications l WHERE l.id = n.id AND l.read_at IS DISTINCT FROM n.read_at"
+        ),
+        format!("DELETE FROM {new}.notifications WHERE kind IN ('message', 'mention')"),
+        format!(
+            "INSERT INTO {new}.notifications SELECT * FROM {live}.notifications WHERE kind IN ('message', 'mention')"
         ),
     ]
 }
