@@ -21,26 +21,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from synthetic_log import count_records, ensure
+from synthetic_log import Figures, count_records, ensure
 
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "analysts" / "rebuild.txt"
-LINES = []
-
-
-def say(line):
-    """Prints a figure and keeps it for the results file."""
-    print(line, flush=True)
-    LINES.append(line)
-
-
-def write_results():
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    RESULTS.write_text(f"# {' '.join(sys.argv[1:])} ({stamp})\n" + "\n".join(LINES) + "\n")
-    print(f"written to {RESULTS}", flush=True)
-
+FIGURES = Figures("rebuild")
+say = FIGURES.say
 
 brokers, prefix, total, binary = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 admin_url = sys.argv[5] if len(sys.argv) > 5 else "postgres://postgres@127.0.0.1:5432/postgres"
@@ -90,7 +75,7 @@ try:
     for line in run.stdout.splitlines():
         if not line.startswith("rebuild:   "):
             say("  " + line)
-    write_results()
+    FIGURES.write()
 finally:
     if serve is not None:
         serve.send_signal(signal.SIGTERM)

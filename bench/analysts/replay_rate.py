@@ -17,26 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from synthetic_log import count_records, ensure
+from synthetic_log import Figures, count_records, ensure
 
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "analysts" / "replay.txt"
-LINES = []
-
-
-def say(line):
-    """Prints a figure and keeps it for the results file."""
-    print(line, flush=True)
-    LINES.append(line)
-
-
-def write_results():
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    RESULTS.write_text(f"# {' '.join(sys.argv[1:])} ({stamp})\n" + "\n".join(LINES) + "\n")
-    print(f"written to {RESULTS}", flush=True)
-
+FIGURES = Figures("replay")
+say = FIGURES.say
 
 brokers, prefix, total, binary = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 topic = prefix + ".events"
@@ -56,4 +41,4 @@ with tempfile.TemporaryDirectory() as out:
         summary = [l for l in run.stderr.splitlines() if "records read" in l][-1]
         say(f"tidings replay --format {fmt}: {elapsed:.2f} s wall = {n / elapsed:,.0f} records/s "
             f"({os.path.getsize(path) / 1e6:.0f} MB); {summary}")
-write_results()
+FIGURES.write()

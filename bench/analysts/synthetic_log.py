@@ -10,13 +10,34 @@ confluent-kafka (librdkafka, as Tidings) and returns (records, seconds).
 """
 
 import json
+import sys
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 POSTS = 10_000
+
+
+class Figures:
+    """What a benchmark prints, kept for its results file
+    (`bench/results/analysts/<name>.txt`)."""
+
+    def __init__(self, name):
+        self.path = Path(__file__).resolve().parent.parent / "results" / "analysts" / f"{name}.txt"
+        self.lines = []
+
+    def say(self, line):
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def write(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        self.path.write_text(f"# {' '.join(sys.argv[1:])} ({stamp})\n" + "\n".join(self.lines) + "\n")
+        print(f"written to {self.path}", flush=True)
 
 
 def count_records(brokers, topic):
