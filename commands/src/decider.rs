@@ -795,8 +795,7 @@ impl Decider {
         let mut pending = groups;
         for attempt in 1..=MAX_ATTEMPTS {
             let mut batches = Vec::with_capacity(pending.len());
-            for (partition, commands) in pending {
-                let (answered, fresh) = self.answer_handled(partition, commands).await?;
+            for (partition, answered, fresh) in self.answer_handled(pending).await? {
                 results.extend(answered);
                 batches.push(self.partitions[&partition].decide(partition, fresh));
             }
@@ -870,42 +869,54 @@ impl Decider {
     }
 
     /// Answers the commands handled before (from memory, then from
-    /// `decider_commands`) and the expired ones; returns the outcomes and the
+    /// `decider_commands`, one lookup for every partition of the batch) and
+    /// the expired ones; returns, per partition, the outcomes and the
     /// commands left to decide, each once, in order.
     async fn answer_handled(
         &self,
-        partition: i32,
-        commands: Vec<CommandEnvelope>,
-    ) -> anyhow::Result<(Vec<CommandResult>, Vec<CommandEnvelope>)> {
-        let state = &self.partitions[&partition];
-        let (mut answered, unknown) = state.recall(commands);
-        let stored = if state.snapshotted && !unknown.is_empty() {
-            let ids: Vec<Uuid> = unknown.iter().map(|c| c.command_id).collect();
-            stored_handled(&self.db, partition, &ids).await?
-        } else {
-            HashMap::new()
+        groups: Vec<(i32, Vec<CommandEnvelope>)>,
+    ) -> anyhow::Result<Vec<(i32, Vec<CommandResult>, Vec<CommandEnvelope>)>> {
+        let mut recalled = Vec::with_capacity(groups.len());
+        let mut lookup: Vec<Uuid> = Vec::new();
+        for (partition, commands) in groups {
+            let state = &self.partitions[&partition];
+            let (answered, unknown) = state.recall(commands);
+            if state.snapshotted {
+                lookup.extend(unknown.iter().map(|c| c.command_id));
+            }
+            recalled.push((partition, answered, unknown));
+        }
+        let stored = match lookup.is_empty() {
+            true => HashMap::new(),
+            false => stored_handled(&self.db, &lookup).await?,
         };
         let expired_before = Utc::now() - chrono::Duration::hours(COMMAND_EXPIRES_HOURS);
-        let mut fresh = Vec::with_capacity(unknown.len());
-        for command in unknown {
-            if let Some(position) = stored.get(&command.command_id) {
-                answered.push(accepted(command.command_id, position));
-            } else if command.issued_at < expired_before {
-                answered.push(CommandResult {
-                    command_id: command.command_id,
-                    outcome: Outcome::Rejected {
-                        code: "command_expired".into(),
-                        kind: ErrorKind::Invalid,
-                        message: format!(
-                            "the command was issued more than {COMMAND_EXPIRES_HOURS} hours ago"
-                        ),
-                    },
-                });
-            } else {
-                fresh.push(command);
+        let mut answers = Vec::with_capacity(recalled.len());
+        for (partition, mut answered, unknown) in recalled {
+            let mut fresh = Vec::with_capacity(unknown.len());
+            for command in unknown {
+                match stored.get(&command.command_id) {
+                    Some((handled_in, position)) if *handled_in == partition => {
+                        answered.push(accepted(command.command_id, position));
+                    }
+                    _ if command.issued_at < expired_before => {
+                        answered.push(CommandResult {
+                            command_id: command.command_id,
+                            outcome: Outcome::Rejected {
+                                code: "command_expired".into(),
+                                kind: ErrorKind::Invalid,
+                                message: format!(
+                                    "the command was issued more than {COMMAND_EXPIRES_HOURS} hours ago"
+                                ),
+                            },
+                        });
+                    }
+                    _ => fresh.push(command),
+                }
             }
+            answers.push((partition, answered, fresh));
         }
-        Ok((answered, fresh))
+        Ok(answers)
     }
 
     /// Folds what this decider just wrote without reading it back, when
@@ -1112,27 +1123,28 @@ async fn load_snapshot(db: &PgPool, partition: i32) -> anyhow::Result<Partition>
     }
 }
 
-/// The commands of `ids` handled before the partition's snapshot.
+/// The commands of `ids` handled before their partition's snapshot, with
+/// that partition. Looked up by the primary key alone, one index probe per
+/// id: as `partition = $1 AND command_id = ANY($2)` the lookup took 1.5 to
+/// 4 ms a batch under load, nearly always finding nothing.
 async fn stored_handled(
     db: &PgPool,
-    partition: i32,
     ids: &[Uuid],
-) -> anyhow::Result<HashMap<Uuid, Position>> {
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT command_id, position FROM decider_commands
-         WHERE partition = $1 AND command_id = ANY($2)",
+) -> anyhow::Result<HashMap<Uuid, (i32, Position)>> {
+    let rows: Vec<(Uuid, i32, String)> = sqlx::query_as(
+        "SELECT c.command_id, c.partition, c.position
+         FROM UNNEST($1::uuid[]) AS u(id) JOIN decider_commands c ON c.command_id = u.id",
     )
-    .bind(partition)
     .bind(ids)
     .fetch_all(db)
     .await
     .context("looking up handled commands")?;
     rows.into_iter()
-        .map(|(id, position)| {
+        .map(|(id, partition, position)| {
             let position = position
                 .parse()
                 .map_err(|_| anyhow::anyhow!("stored position of {id} is not a position"))?;
-            Ok((id, position))
+            Ok((id, (partition, position)))
         })
         .collect()
 }

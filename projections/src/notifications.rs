@@ -217,58 +217,73 @@ pub async fn tell_offline(
     notices: &[MessageNotice],
     online: Option<&std::collections::HashSet<Uuid>>,
 ) -> Result<Vec<ChannelUpdate>, sqlx::Error> {
-    let mut updates = Vec::new();
+    // One row per notice and reader told, in the notices' order: the first
+    // message of a room in the batch makes a reader's notification, and the
+    // later ones add none (`ON CONFLICT`), as they would one by one.
+    let mut ids = Vec::new();
+    let mut users = Vec::new();
+    let mut actors = Vec::new();
+    let mut rooms = Vec::new();
+    let mut messages = Vec::new();
+    let mut at = Vec::new();
+    let mut ordinals = Vec::new();
     for notice in notices {
-        let told: Vec<Uuid> = notice
+        let told = notice
             .readers
             .iter()
             .copied()
-            .filter(|user| online.is_none_or(|online| !online.contains(user)))
-            .collect();
-        if told.is_empty() {
-            continue;
+            .filter(|user| online.is_none_or(|online| !online.contains(user)));
+        for user in told {
+            ids.push(Uuid::new_v5(
+                &notice.event_id,
+                format!("notification:message:{user}").as_bytes(),
+            ));
+            users.push(user);
+            actors.push(notice.author);
+            rooms.push(notice.room_id);
+            messages.push(notice.message_id);
+            at.push(notice.at);
+            ordinals.push(notice.ordinal);
         }
-        let ids: Vec<Uuid> = told
-            .iter()
-            .map(|user| {
-                Uuid::new_v5(
-                    &notice.event_id,
-                    format!("notification:message:{user}").as_bytes(),
-                )
-            })
-            .collect();
-        // Still a participant who has not read the message (a receipt
-        // projected since, in the same batch, says otherwise).
-        let written: Vec<NotificationOf> = sqlx::query_as(&format!(
-            "WITH n AS (
-               INSERT INTO notifications (id, user_id, kind, actor_id, room_id, message_id, created_at)
-               SELECT u.id, u.user_id, 'message', $3, $4, $5, $6
-               FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS u(id, user_id, n)
-               JOIN room_members m ON m.room_id = $4 AND m.user_id = u.user_id AND m.last_read < $7
-               ORDER BY u.n
-               ON CONFLICT DO NOTHING
-               RETURNING *)
-             SELECT n.user_id AS owner, {COLUMNS}, false AS read
-             FROM n LEFT JOIN accounts a ON a.id = n.actor_id"
-        ))
-        .bind(&ids)
-        .bind(&told)
-        .bind(notice.author)
-        .bind(notice.room_id)
-        .bind(notice.message_id)
-        .bind(notice.at)
-        .bind(notice.ordinal)
-        .fetch_all(&mut **tx)
-        .await?;
-        updates.extend(written.into_iter().map(|row| {
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Still a participant who has not read the message (a receipt
+    // projected since, in the same batch, says otherwise).
+    let written: Vec<NotificationOf> = sqlx::query_as(&format!(
+        "WITH n AS (
+           INSERT INTO notifications (id, user_id, kind, actor_id, room_id, message_id, created_at)
+           SELECT u.id, u.user_id, 'message', u.actor_id, u.room_id, u.message_id, u.created_at
+           FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::timestamptz[], $7::bigint[])
+             WITH ORDINALITY AS u(id, user_id, actor_id, room_id, message_id, created_at, ordinal, n)
+           JOIN room_members m ON m.room_id = u.room_id AND m.user_id = u.user_id AND m.last_read < u.ordinal
+           ORDER BY u.n
+           ON CONFLICT DO NOTHING
+           RETURNING *)
+         SELECT n.user_id AS owner, {COLUMNS}, false AS read
+         FROM n LEFT JOIN accounts a ON a.id = n.actor_id
+         ORDER BY n.created_at, n.id"
+    ))
+    .bind(&ids)
+    .bind(&users)
+    .bind(&actors)
+    .bind(&rooms)
+    .bind(&messages)
+    .bind(&at)
+    .bind(&ordinals)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(written
+        .into_iter()
+        .map(|row| {
             ChannelUpdate::new(
                 Channel::User(row.owner),
                 "notification.created",
                 serde_json::to_value(row.notification).expect("notifications serialize"),
             )
-        }));
-    }
-    Ok(updates)
+        })
+        .collect())
 }
 
 /// A notification with the user it is for.
@@ -290,27 +305,49 @@ pub async fn room_read(
     ordinal: i64,
     at: DateTime<Utc>,
 ) -> Result<Option<ChannelUpdate>, sqlx::Error> {
-    let marked = sqlx::query(
-        "UPDATE notifications n SET read_at = $4
-         WHERE n.user_id = $1 AND n.room_id = $2 AND n.kind = 'message' AND n.read_at IS NULL
-           AND (SELECT x.ordinal FROM room_messages x WHERE x.id = n.message_id) <= $3",
-    )
-    .bind(user)
-    .bind(room_id)
-    .bind(ordinal)
-    .bind(at)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if marked == 0 {
-        return Ok(None);
+    Ok(rooms_read(tx, &[room_id], &[user], &[ordinal], &[at])
+        .await?
+        .pop())
+}
+
+/// [`room_read`] for many marks (room, user, ordinal, time) in one
+/// statement: the new unread count of each user whose notifications it
+/// read, once per user.
+pub async fn rooms_read(
+    tx: &mut Transaction<'_, Postgres>,
+    rooms: &[Uuid],
+    users: &[Uuid],
+    ordinals: &[i64],
+    at: &[DateTime<Utc>],
+) -> Result<Vec<ChannelUpdate>, sqlx::Error> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
     }
-    let unread = unread_count(&mut **tx, user).await?;
-    Ok(Some(ChannelUpdate::new(
-        Channel::User(user),
-        "notifications.read",
-        serde_json::json!({ "unread_count": unread }),
-    )))
+    let mut marked: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE notifications n SET read_at = u.at
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::timestamptz[]) AS u(room_id, user_id, o, at)
+         WHERE n.user_id = u.user_id AND n.room_id = u.room_id AND n.kind = 'message' AND n.read_at IS NULL
+           AND (SELECT x.ordinal FROM room_messages x WHERE x.id = n.message_id) <= u.o
+         RETURNING n.user_id",
+    )
+    .bind(rooms)
+    .bind(users)
+    .bind(ordinals)
+    .bind(at)
+    .fetch_all(&mut **tx)
+    .await?;
+    marked.sort_unstable();
+    marked.dedup();
+    let mut updates = Vec::with_capacity(marked.len());
+    for user in marked {
+        let unread = unread_count(&mut **tx, user).await?;
+        updates.push(ChannelUpdate::new(
+            Channel::User(user),
+            "notifications.read",
+            serde_json::json!({ "unread_count": unread }),
+        ));
+    }
+    Ok(updates)
 }
 
 /// The usernames `text` mentions (`@name`, not inside a word or an email),

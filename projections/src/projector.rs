@@ -35,6 +35,7 @@ use crate::db::Progress;
 use crate::notifications;
 use crate::outbox;
 use crate::projection::{self, Effects};
+use crate::rooms;
 
 /// Events per transaction, at most. A batch is what has arrived while the
 /// last transaction ran: nothing waits to make it larger.
@@ -338,6 +339,8 @@ async fn project_batch(
     let mut cursors = load_cursors(&mut tx, &events).await?;
     let mut last_event_at: HashMap<i32, chrono::DateTime<chrono::Utc>> = HashMap::new();
     let mut indexed = EventIndexRows::default();
+    // The live projector's runs of posted messages, written together.
+    let mut posted = rooms::Posted::default();
     for ((partition, envelope, event), offset) in events.iter().zip(&event_offsets) {
         let key = (
             envelope.aggregate.kind.as_str().to_owned(),
@@ -357,6 +360,11 @@ async fn project_batch(
                 continue;
             }
             loader.flush(&mut tx).await?;
+        } else {
+            if posted.take(envelope, event) {
+                continue;
+            }
+            projected.effects.extend(posted.flush(&mut tx).await?);
         }
         projected
             .effects
@@ -365,6 +373,7 @@ async fn project_batch(
     if let Some(loader) = loader.as_mut() {
         loader.flush(&mut tx).await?;
     }
+    projected.effects.extend(posted.flush(&mut tx).await?);
     // Messages tell those of their readers who are offline now: one ask of
     // presence for the batch.
     let notices = std::mem::take(&mut projected.effects.notices);
@@ -993,6 +1002,172 @@ mod tests {
         assert_eq!(read, [(b, 4), (a, 5)]);
         one_by_one.drop().await;
         in_bulk.drop().await;
+    }
+
+    #[tokio::test]
+    async fn a_run_of_posted_messages_writes_and_pushes_what_applying_them_one_by_one_does() {
+        use tidings_domain::room;
+        use tidings_schemas::Channel;
+        let (ann, bob, cy) = (History::new(1), History::new(2), History::new(3));
+        let (a, b, c) = (ann.user, bob.user, cy.user);
+        let mut chains = [Chain::room(20), Chain::room(21)];
+        for chain in &mut chains {
+            let room_id = chain.id;
+            chain.push_room(
+                a,
+                room::Event::Created(room::Created {
+                    room_id,
+                    kind: room::Kind::Group,
+                    owner: Some(a),
+                    participants: vec![a],
+                    name: "r".into(),
+                    description: None,
+                    avatar_url: None,
+                    settings: Default::default(),
+                    is_private: false,
+                    max_participants: 100,
+                    created_at: Utc::now(),
+                }),
+            );
+            chain.push_room(
+                b,
+                room::Event::Joined(room::Joined {
+                    room_id,
+                    user: b,
+                    role: room::Role::Member,
+                    invited: false,
+                    joined_at: Utc::now(),
+                }),
+            );
+        }
+        let [mut first, mut second] = chains;
+        first.push_room(
+            c,
+            room::Event::Joined(room::Joined {
+                room_id: first.id,
+                user: c,
+                role: room::Role::Member,
+                invited: false,
+                joined_at: Utc::now(),
+            }),
+        );
+        let message = |chain: &mut Chain, ordinal: u64, author: Uuid| {
+            let event = room::Event::MessagePosted(room::MessagePosted {
+                room_id: chain.id,
+                message_id: Uuid::new_v4(),
+                author,
+                text: format!("message {ordinal}"),
+                media_ids: vec![],
+                ordinal,
+                posted_at: Utc::now(),
+            });
+            chain.push_room(author, event);
+        };
+        // Bob's first message tells Ann and Cy (no presence: everyone is
+        // told), so that Ann's message after it reads her notification.
+        message(&mut first, 1, b);
+        let mut setup = records(0, 0, &ann.events);
+        setup.extend(records(1, 0, &bob.events));
+        setup.extend(records(2, 0, &cy.events));
+        setup.extend(records(3, 0, &first.events));
+        setup.extend(records(4, 0, &second.events));
+        let (from_first, from_second) = (first.events.len(), second.events.len());
+        message(&mut first, 2, a);
+        message(&mut second, 1, b);
+        message(&mut first, 3, c);
+        message(&mut second, 2, a);
+        message(&mut first, 4, a);
+        message(&mut first, 5, b);
+        // Interleaved as two partitions' events arrive in one batch.
+        let run: Vec<&EventEnvelope> = [
+            &first.events[from_first],
+            &second.events[from_second],
+            &first.events[from_first + 1],
+            &second.events[from_second + 1],
+            &first.events[from_first + 2],
+            &first.events[from_first + 3],
+        ]
+        .into();
+
+        let (one_by_one, gathered) = (Db::new().await, Db::new().await);
+        for db in [&one_by_one, &gathered] {
+            project(&db.pool, None, &setup).await.unwrap();
+        }
+        let mut applied = Effects::default();
+        let mut tx = one_by_one.pool.begin().await.unwrap();
+        for envelope in &run {
+            let event = DomainEvent::decode(envelope).unwrap();
+            applied.extend(projection::apply(&mut tx, envelope, &event).await.unwrap());
+        }
+        tx.commit().await.unwrap();
+        let mut posted = rooms::Posted::default();
+        let mut tx = gathered.pool.begin().await.unwrap();
+        for envelope in &run {
+            assert!(posted.take(envelope, &DomainEvent::decode(envelope).unwrap()));
+        }
+        let flushed = posted.flush(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(
+            tables_as_text(&one_by_one.pool).await,
+            tables_as_text(&gathered.pool).await
+        );
+        // The same pushes, but each reader's unread count once, as the run
+        // leaves it.
+        let pushes = |effects: &Effects| {
+            let mut pushes: Vec<(String, String, String)> = effects
+                .updates
+                .iter()
+                .filter(|u| u.event != "notifications.read")
+                .map(|u| (u.channel.clone(), u.event.clone(), u.data.to_string()))
+                .collect();
+            pushes.sort();
+            pushes
+        };
+        // Four messages to a room of three, two to a room of two.
+        assert_eq!(pushes(&applied).len(), 4 * 4 + 2 * 3);
+        assert_eq!(pushes(&applied), pushes(&flushed));
+        let read = |effects: &Effects| {
+            let mut last: Vec<(String, String)> = Vec::new();
+            for u in effects
+                .updates
+                .iter()
+                .filter(|u| u.event == "notifications.read")
+            {
+                last.retain(|(channel, _)| *channel != u.channel);
+                last.push((u.channel.clone(), u.data.to_string()));
+            }
+            last.sort();
+            last
+        };
+        // Ann's and Cy's messages read the notification of Bob's first.
+        let zero = r#"{"unread_count":0}"#.to_owned();
+        let mut expected = vec![
+            (Channel::User(a).to_string(), zero.clone()),
+            (Channel::User(c).to_string(), zero),
+        ];
+        expected.sort();
+        assert_eq!(read(&applied), expected);
+        assert_eq!(read(&applied), read(&flushed));
+        assert_eq!(
+            flushed
+                .updates
+                .iter()
+                .filter(|u| u.event == "notifications.read")
+                .count(),
+            2
+        );
+        let notices = |effects: &Effects| {
+            let mut notices = effects.notices.clone();
+            for notice in &mut notices {
+                notice.readers.sort();
+            }
+            notices
+        };
+        assert_eq!(notices(&applied).len(), 6);
+        assert_eq!(notices(&applied), notices(&flushed));
+        one_by_one.drop().await;
+        gathered.drop().await;
     }
 
     #[test]

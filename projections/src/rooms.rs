@@ -22,6 +22,9 @@ use crate::outbox::ChannelUpdate;
 use crate::posts::{media_object, Author, PostMedia};
 use crate::projection::{Effects, Projection};
 
+mod posted;
+pub use posted::Posted;
+
 /// A room as a viewer sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RoomView {
