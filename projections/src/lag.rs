@@ -74,10 +74,7 @@ async fn measure(
         sqlx::query_as("SELECT partition, next_offset, last_event_at FROM projector_offsets")
             .fetch_all(db)
             .await?;
-    let backlog: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM channel_outbox WHERE published_at IS NULL")
-            .fetch_one(db)
-            .await?;
+    let backlog = crate::outbox::backlog(db).await?;
     metrics::gauge!("tidings_outbox_backlog").set(backlog as f64);
 
     // librdkafka's metadata calls block: keep them off the async workers.

@@ -1,10 +1,18 @@
 //! The channel outbox: what each realtime channel receives, and its relay.
 //!
 //! The projector appends rows inside its transaction, numbering each
-//! channel's rows with its own `seq`; the relay publishes unpublished rows to
-//! `tidings.updates` keyed by channel and marks them. A gateway fills any gap
-//! it sees in a channel's `seq`, and serves a resuming client, from the rows
-//! kept here.
+//! channel's rows with its own `seq`; the relay publishes them to
+//! `tidings.updates` keyed by channel and moves its one position past them
+//! (`outbox_relay`): it reads, in order of (writing transaction, `id`),
+//! only rows of transactions older than every transaction still running, so
+//! no row can appear behind that position later (see the migration
+//! `0015_outbox_watermark.sql`). A gateway fills any gap it sees in a
+//! channel's `seq`, and serves a resuming client, from the rows kept here.
+//!
+//! A write transaction that runs long anywhere in the database holds the
+//! relay back until it ends (a rebuild writes in transactions of one
+//! batch); the projector hands each commit to the gateways directly as
+//! well (Redis), so only what that handoff missed waits.
 //!
 //! What is kept ([`Retention`]): a published row stays while it is among the
 //! last [`Retention::per_channel`] rows of its channel *and* younger than
@@ -235,9 +243,10 @@ pub async fn prune(db: &PgPool, retention: Retention) -> Result<u64, sqlx::Error
     loop {
         let deleted = sqlx::query(
             "DELETE FROM channel_outbox WHERE id IN (
-               SELECT o.id FROM channel_outbox o JOIN channels c ON c.channel = o.channel
-               WHERE o.published_at IS NOT NULL
-                 AND (o.seq <= c.seq - $1 OR o.published_at < now() - make_interval(secs => $2))
+               SELECT o.id FROM channel_outbox o JOIN channels c ON c.channel = o.channel,
+                 outbox_relay r
+               WHERE (o.tx, o.id) <= (r.tx, r.id)
+                 AND (o.seq <= c.seq - $1 OR o.created_at < now() - make_interval(secs => $2))
                LIMIT $3)",
         )
         .bind(retention.per_channel)
@@ -292,33 +301,57 @@ pub async fn relay(
     }
 }
 
-/// One round: publishes up to a batch of unpublished rows, oldest first, and
-/// marks them. Rows locked by another relay are left to it.
+/// The rows the relay has not published yet.
+pub async fn backlog(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM channel_outbox o, outbox_relay r WHERE (o.tx, o.id) > (r.tx, r.id)",
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// One relay at a time, whichever process it runs in (an advisory lock:
+/// it takes no transaction id, which would hold back the rows a round may
+/// read).
+const RELAY_LOCK: i64 = 0x7469_6469_6e67_7372; // "tidingsr"
+
+/// One round: publishes up to a batch of rows past the relay's position,
+/// oldest first, and moves the position past them. While another relay
+/// holds the round, publishes nothing.
 async fn publish_pending(
     db: &PgPool,
     producer: &FutureProducer,
     topic: &str,
 ) -> anyhow::Result<usize> {
     let mut tx = db.begin().await?;
-    // A mark lost with a crash of PostgreSQL only publishes its rows again;
-    // readers drop what they have by `seq`.
+    // A position lost with a crash of PostgreSQL only publishes its rows
+    // again; readers drop what they have by `seq`.
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    let rows: Vec<(i64, Update)> = sqlx::query_as::<_, OutboxRow>(
-        "SELECT id, channel, seq, epoch, event, data FROM channel_outbox
-         WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RELAY_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !ours {
+        return Ok(0);
+    }
+    // The transaction ids go as text: sqlx has no xid8.
+    let rows: Vec<RelayRow> = sqlx::query_as(
+        "SELECT o.tx::text AS tx, o.id, o.channel, o.seq, o.epoch, o.event, o.data
+         FROM channel_outbox o, outbox_relay r
+         WHERE (o.tx, o.id) > (r.tx, r.id) AND o.tx < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY o.tx, o.id LIMIT $1",
     )
     .bind(RELAY_BATCH)
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(OutboxRow::into_pair)
-    .collect();
-    if rows.is_empty() {
+    .await?;
+    let Some(last) = rows.last() else {
         return Ok(0);
-    }
-    let sends = rows.iter().map(|(_, update)| {
+    };
+    let (last_tx, last_id) = (last.tx.clone(), last.row.id);
+    let sends = rows.iter().map(|row| {
+        let update = &row.row.update;
         let payload = serde_json::to_vec(update).expect("updates serialize to JSON");
         async move {
             let record = FutureRecord::to(topic)
@@ -331,13 +364,21 @@ async fn publish_pending(
         }
     });
     futures_util::future::try_join_all(sends).await?;
-    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-    sqlx::query("UPDATE channel_outbox SET published_at = now() WHERE id = ANY($1)")
-        .bind(&ids)
+    sqlx::query("UPDATE outbox_relay SET tx = $1::text::xid8, id = $2, published_at = now()")
+        .bind(&last_tx)
+        .bind(last_id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(rows.len())
+}
+
+/// An outbox row with the transaction that wrote it.
+#[derive(sqlx::FromRow)]
+struct RelayRow {
+    tx: String,
+    #[sqlx(flatten)]
+    row: OutboxRow,
 }
 
 #[cfg(test)]

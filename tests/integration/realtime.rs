@@ -504,13 +504,7 @@ async fn a_catch_up_that_cannot_read_the_outbox_says_so() {
     let db = world.db().await;
     // Projected and relayed: nothing writes the outbox while it is broken.
     eventually(Duration::from_secs(10), "the update relayed", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM channel_outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap()
-            == 0
+        outbox::backlog(&db).await.unwrap() == 0
     })
     .await;
     let mut socket = connected(&app.base, &token, &alice).await;
@@ -589,10 +583,14 @@ async fn the_outbox_keeps_the_last_updates_of_each_channel_and_resume_says_what_
     };
     // Nothing is pruned before it is delivered.
     assert_eq!(outbox::prune(&db, retention).await.unwrap(), 0);
-    sqlx::query("UPDATE channel_outbox SET published_at = now() WHERE channel = 'user:00000000-0000-0000-0000-00000000000a'")
-        .execute(&db)
-        .await
-        .unwrap();
+    // The relay's position past the rows of `user:a` (written first).
+    sqlx::query(
+        "UPDATE outbox_relay SET (tx, id) = (SELECT tx, id FROM channel_outbox
+           WHERE channel = 'user:00000000-0000-0000-0000-00000000000a' ORDER BY tx DESC, id DESC LIMIT 1)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
     assert_eq!(outbox::prune(&db, retention).await.unwrap(), 3);
     let kept: Vec<i64> = outbox::since(&db, "user:00000000-0000-0000-0000-00000000000a", 0, 100)
         .await
@@ -608,7 +606,7 @@ async fn the_outbox_keeps_the_last_updates_of_each_channel_and_resume_says_what_
     assert!(head.can_resume(3) && !head.can_resume(2));
     // Past the age limit, delivered rows go whatever their number.
     sqlx::query(
-        "UPDATE channel_outbox SET published_at = now() - interval '2 hours' WHERE channel = 'user:00000000-0000-0000-0000-00000000000a'",
+        "UPDATE channel_outbox SET created_at = now() - interval '2 hours' WHERE channel = 'user:00000000-0000-0000-0000-00000000000a'",
     )
         .execute(&db)
         .await
@@ -642,7 +640,8 @@ async fn the_outbox_keeps_the_last_updates_of_each_channel_and_resume_says_what_
     let channel = format!("user:{alice}");
     eventually(Duration::from_secs(10), "the updates relayed", || async {
         sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM channel_outbox WHERE channel = $1 AND published_at IS NOT NULL",
+            "SELECT count(*) FROM channel_outbox o, outbox_relay r
+             WHERE o.channel = $1 AND (o.tx, o.id) <= (r.tx, r.id)",
         )
         .bind(&channel)
         .fetch_one(&db)
@@ -692,14 +691,7 @@ async fn the_relay_publishes_each_update_once_and_marks_it() {
         .collect();
     outbox::append(&mut tx, &updates).await.unwrap();
     tx.commit().await.unwrap();
-    let unpublished = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM channel_outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap()
-    };
+    let unpublished = || async { outbox::backlog(&db).await.unwrap() };
     let updates_topic = world.settings.kafka().topics().updates;
     for round in 0..2 {
         let stop = tokio_util::sync::CancellationToken::new();
@@ -719,6 +711,52 @@ async fn the_relay_publishes_each_update_once_and_marks_it() {
         relay.await.unwrap().unwrap();
         assert_eq!(world.count(&updates_topic), 5, "round {round}");
     }
+    world.clean_up().await;
+}
+
+#[tokio::test]
+async fn the_relay_passes_over_no_row_of_a_transaction_that_commits_after_a_later_one() {
+    let world = World::new().await;
+    let db = world.db().await;
+    let append = |channel: &'static str, n: usize| {
+        let updates: Vec<ChannelUpdate> = (0..n)
+            .map(|n| ChannelUpdate::new(self::channel(channel), "profile.updated", json!({"n": n})))
+            .collect();
+        updates
+    };
+    // The first transaction takes its id, then waits; the second commits
+    // meanwhile.
+    let mut first = db.begin().await.unwrap();
+    outbox::append(&mut first, &append("user:a", 3))
+        .await
+        .unwrap();
+    let mut second = db.begin().await.unwrap();
+    outbox::append(&mut second, &append("user:b", 2))
+        .await
+        .unwrap();
+    second.commit().await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(outbox::relay(
+        world.db().await,
+        world.settings.kafka(),
+        outbox::Retention::default(),
+        stop.clone(),
+    ));
+    let updates_topic = world.settings.kafka().topics().updates;
+    // The second's rows wait behind the first, which may still write rows
+    // that come before them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(world.count(&updates_topic), 0);
+    assert_eq!(outbox::backlog(&db).await.unwrap(), 2);
+    first.commit().await.unwrap();
+    eventually(Duration::from_secs(10), "every row published", || async {
+        outbox::backlog(&db).await.unwrap() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(world.count(&updates_topic), 5);
     world.clean_up().await;
 }
 
