@@ -542,19 +542,21 @@ async fn to_readers(
         return Ok(vec![]);
     };
     let data = serde_json::to_value(view).expect("messages serialize");
-    let mut updates = vec![ChannelUpdate::new(
-        Channel::Room(room_id),
-        event,
-        data.clone(),
-    )];
-    for member in members(tx, room_id).await? {
-        updates.push(ChannelUpdate::new(
-            Channel::User(member),
-            event,
-            data.clone(),
-        ));
-    }
-    Ok(updates)
+    let members = members(tx, room_id).await?;
+    Ok(to_room_and_members(room_id, &members, event, data))
+}
+
+/// A change to a room's channel and each participant's own.
+fn to_room_and_members(
+    room_id: Uuid,
+    members: &[Uuid],
+    event: &str,
+    data: serde_json::Value,
+) -> Vec<ChannelUpdate> {
+    std::iter::once(Channel::Room(room_id))
+        .chain(members.iter().map(|member| Channel::User(*member)))
+        .map(|channel| ChannelUpdate::new(channel, event, data.clone()))
+        .collect()
 }
 
 /// The columns of a [`RoomView`] for the viewer `$1`, from `rooms r` and

@@ -21,12 +21,11 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use tidings_domain::room::{Event as RoomEvent, MessagePosted};
-use tidings_schemas::{Channel, DomainEvent, EventEnvelope};
+use tidings_schemas::{DomainEvent, EventEnvelope};
 use uuid::Uuid;
 
 use super::{MessageRow, MessageView, MESSAGES_FROM};
 use crate::notifications::{self, MessageNotice, MESSAGE_ROOM_MAX};
-use crate::outbox::ChannelUpdate;
 use crate::projection::Effects;
 
 /// A run of posted messages, gathered until [`Posted::flush`].
@@ -161,18 +160,12 @@ impl Posted {
             let (room_members, count) = members
                 .get(&m.room_id)
                 .map_or((&[][..], 0), |(users, count)| (users.as_slice(), *count));
-            effects.updates.push(ChannelUpdate::new(
-                Channel::Room(m.room_id),
+            effects.updates.extend(super::to_room_and_members(
+                m.room_id,
+                room_members,
                 "message.created",
-                data.clone(),
+                data,
             ));
-            for member in room_members {
-                effects.updates.push(ChannelUpdate::new(
-                    Channel::User(*member),
-                    "message.created",
-                    data.clone(),
-                ));
-            }
             let readers: Vec<Uuid> = match count <= MESSAGE_ROOM_MAX {
                 true => room_members
                     .iter()
