@@ -103,12 +103,6 @@ struct OutboxRow {
     update: Update,
 }
 
-impl OutboxRow {
-    fn into_pair(self) -> (i64, Update) {
-        (self.id, self.update)
-    }
-}
-
 /// Numbers and appends updates inside the projector's transaction, in one
 /// statement whatever their number, and returns them numbered, in order.
 pub async fn append(
@@ -127,8 +121,11 @@ pub async fn append(
         data.push(&update.data);
     }
     // Each channel's counter moves once by its number of updates; the
-    // updates take the numbers below the new value in their order.
-    let mut rows: Vec<(i64, Update)> = sqlx::query_as::<_, OutboxRow>(
+    // updates take the numbers below the new value in their order. Only
+    // the numbers come back: the rest is what was sent (a message's view
+    // goes to its room and to each participant, so reading it back parsed
+    // that JSON once more per copy).
+    let mut numbers: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
         "WITH input AS (
            SELECT channel, event, data, ord
            FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(channel, event, data, ord)
@@ -143,25 +140,37 @@ pub async fn append(
                   b.seq - c.n + row_number() OVER (PARTITION BY i.channel ORDER BY i.ord) AS seq,
                   b.epoch, i.event, i.data
            FROM input i JOIN counts c USING (channel) JOIN bumped b USING (channel)
+         ), written AS (
+           INSERT INTO channel_outbox (channel, seq, epoch, event, data)
+           SELECT channel, seq, epoch, event, data FROM numbered ORDER BY ord
+           RETURNING id, channel, seq, epoch
          )
-         INSERT INTO channel_outbox (channel, seq, epoch, event, data)
-         SELECT channel, seq, epoch, event, data FROM numbered ORDER BY ord
-         RETURNING id, channel, seq, epoch, event, data",
+         SELECT w.id, n.ord, w.seq, w.epoch
+         FROM written w JOIN numbered n ON n.channel = w.channel AND n.seq = w.seq",
     )
     .bind(&channels)
     .bind(&events)
     .bind(&data)
     .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(OutboxRow::into_pair)
-    .collect();
-    rows.sort_by_key(|(id, _)| *id);
+    .await?;
+    numbers.sort_unstable_by_key(|&(id, ..)| id);
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(NOTIFY_CHANNEL)
         .execute(&mut **tx)
         .await?;
-    Ok(rows.into_iter().map(|(_, update)| update).collect())
+    Ok(numbers
+        .into_iter()
+        .map(|(_, ord, seq, epoch)| {
+            let update = &updates[ord as usize - 1];
+            Update {
+                channel: update.channel.clone(),
+                seq,
+                epoch,
+                event: update.event.clone(),
+                data: update.data.clone(),
+            }
+        })
+        .collect())
 }
 
 /// Where a channel stands: its last `seq`, its `epoch`, and the oldest `seq`

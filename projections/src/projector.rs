@@ -785,6 +785,58 @@ mod tests {
             self.push_event(actor, DomainEvent::Room(event));
         }
 
+        /// A public group room opened by `owner`.
+        fn open_room(&mut self, owner: Uuid) {
+            let room_id = self.id;
+            self.push_room(
+                owner,
+                tidings_domain::room::Event::Created(tidings_domain::room::Created {
+                    room_id,
+                    kind: tidings_domain::room::Kind::Group,
+                    owner: Some(owner),
+                    participants: vec![owner],
+                    name: "r".into(),
+                    description: None,
+                    avatar_url: None,
+                    settings: Default::default(),
+                    is_private: false,
+                    max_participants: 1_000,
+                    created_at: Utc::now(),
+                }),
+            );
+        }
+
+        fn join(&mut self, user: Uuid) {
+            let room_id = self.id;
+            self.push_room(
+                user,
+                tidings_domain::room::Event::Joined(tidings_domain::room::Joined {
+                    room_id,
+                    user,
+                    role: tidings_domain::room::Role::Member,
+                    invited: false,
+                    joined_at: Utc::now(),
+                }),
+            );
+        }
+
+        /// The room's message number `ordinal`, by `author`, without media.
+        fn message(&mut self, ordinal: u64, author: Uuid) {
+            let room_id = self.id;
+            self.push_room(
+                author,
+                tidings_domain::room::Event::MessagePosted(tidings_domain::room::MessagePosted {
+                    room_id,
+                    message_id: Uuid::new_v4(),
+                    author,
+                    text: format!("message {ordinal}"),
+                    media_ids: vec![],
+                    ordinal,
+                    posted_at: Utc::now(),
+                }),
+            );
+        }
+
         fn push_event(&mut self, actor: Uuid, event: DomainEvent) {
             let (event_type, data) = event.encode();
             let command_id = Uuid::new_v4();
@@ -912,32 +964,8 @@ mod tests {
         );
         let mut room = Chain::room(20);
         let r = room.id;
-        room.push_room(
-            a,
-            room::Event::Created(room::Created {
-                room_id: r,
-                kind: room::Kind::Group,
-                owner: Some(a),
-                participants: vec![a],
-                name: "r".into(),
-                description: None,
-                avatar_url: None,
-                settings: Default::default(),
-                is_private: false,
-                max_participants: 100,
-                created_at: now(),
-            }),
-        );
-        room.push_room(
-            b,
-            room::Event::Joined(room::Joined {
-                room_id: r,
-                user: b,
-                role: room::Role::Member,
-                invited: false,
-                joined_at: now(),
-            }),
-        );
+        room.open_room(a);
+        room.join(b);
         let message = |ordinal: u64, author: Uuid, media_ids: Vec<Uuid>| {
             room::Event::MessagePosted(room::MessagePosted {
                 room_id: r,
@@ -1006,78 +1034,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_of_posted_messages_writes_and_pushes_what_applying_them_one_by_one_does() {
-        use tidings_domain::room;
         use tidings_schemas::Channel;
         let (ann, bob, cy) = (History::new(1), History::new(2), History::new(3));
         let (a, b, c) = (ann.user, bob.user, cy.user);
         let mut chains = [Chain::room(20), Chain::room(21)];
         for chain in &mut chains {
-            let room_id = chain.id;
-            chain.push_room(
-                a,
-                room::Event::Created(room::Created {
-                    room_id,
-                    kind: room::Kind::Group,
-                    owner: Some(a),
-                    participants: vec![a],
-                    name: "r".into(),
-                    description: None,
-                    avatar_url: None,
-                    settings: Default::default(),
-                    is_private: false,
-                    max_participants: 100,
-                    created_at: Utc::now(),
-                }),
-            );
-            chain.push_room(
-                b,
-                room::Event::Joined(room::Joined {
-                    room_id,
-                    user: b,
-                    role: room::Role::Member,
-                    invited: false,
-                    joined_at: Utc::now(),
-                }),
-            );
+            chain.open_room(a);
+            chain.join(b);
         }
         let [mut first, mut second] = chains;
-        first.push_room(
-            c,
-            room::Event::Joined(room::Joined {
-                room_id: first.id,
-                user: c,
-                role: room::Role::Member,
-                invited: false,
-                joined_at: Utc::now(),
-            }),
-        );
-        let message = |chain: &mut Chain, ordinal: u64, author: Uuid| {
-            let event = room::Event::MessagePosted(room::MessagePosted {
-                room_id: chain.id,
-                message_id: Uuid::new_v4(),
-                author,
-                text: format!("message {ordinal}"),
-                media_ids: vec![],
-                ordinal,
-                posted_at: Utc::now(),
-            });
-            chain.push_room(author, event);
-        };
+        first.join(c);
         // Bob's first message tells Ann and Cy (no presence: everyone is
         // told), so that Ann's message after it reads her notification.
-        message(&mut first, 1, b);
+        first.message(1, b);
         let mut setup = records(0, 0, &ann.events);
         setup.extend(records(1, 0, &bob.events));
         setup.extend(records(2, 0, &cy.events));
         setup.extend(records(3, 0, &first.events));
         setup.extend(records(4, 0, &second.events));
         let (from_first, from_second) = (first.events.len(), second.events.len());
-        message(&mut first, 2, a);
-        message(&mut second, 1, b);
-        message(&mut first, 3, c);
-        message(&mut second, 2, a);
-        message(&mut first, 4, a);
-        message(&mut first, 5, b);
+        first.message(2, a);
+        second.message(1, b);
+        first.message(3, c);
+        second.message(2, a);
+        first.message(4, a);
+        first.message(5, b);
         // Interleaved as two partitions' events arrive in one batch.
         let run: Vec<&EventEnvelope> = [
             &first.events[from_first],
@@ -1166,6 +1147,67 @@ mod tests {
         };
         assert_eq!(notices(&applied).len(), 6);
         assert_eq!(notices(&applied), notices(&flushed));
+        one_by_one.drop().await;
+        gathered.drop().await;
+    }
+
+    #[tokio::test]
+    async fn a_run_in_a_room_too_big_to_notify_makes_the_pushes_and_no_notices() {
+        let crowd = crate::notifications::MESSAGE_ROOM_MAX as u128 + 1;
+        let people: Vec<History> = (1..=crowd).map(History::new).collect();
+        let (a, b) = (people[0].user, people[1].user);
+        let mut room = Chain::room(30);
+        room.open_room(a);
+        for person in &people[1..] {
+            room.join(person.user);
+        }
+        let accounts: Vec<EventEnvelope> = people.iter().flat_map(|p| p.events.clone()).collect();
+        let mut setup = records(0, 0, &accounts);
+        setup.extend(records(1, 0, &room.events));
+        let from = room.events.len();
+        room.message(1, a);
+        room.message(2, b);
+        room.message(3, a);
+        let run = &room.events[from..];
+
+        let (one_by_one, gathered) = (Db::new().await, Db::new().await);
+        for db in [&one_by_one, &gathered] {
+            project(&db.pool, None, &setup).await.unwrap();
+        }
+        let mut applied = Effects::default();
+        let mut tx = one_by_one.pool.begin().await.unwrap();
+        for envelope in run {
+            let event = DomainEvent::decode(envelope).unwrap();
+            applied.extend(projection::apply(&mut tx, envelope, &event).await.unwrap());
+        }
+        tx.commit().await.unwrap();
+        let mut posted = rooms::Posted::default();
+        let mut tx = gathered.pool.begin().await.unwrap();
+        for envelope in run {
+            assert!(posted.take(envelope, &DomainEvent::decode(envelope).unwrap()));
+        }
+        let flushed = posted.flush(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(
+            tables_as_text(&one_by_one.pool).await,
+            tables_as_text(&gathered.pool).await
+        );
+        let pushes = |effects: &Effects| {
+            let mut pushes: Vec<(String, String, String)> = effects
+                .updates
+                .iter()
+                .map(|u| (u.channel.clone(), u.event.clone(), u.data.to_string()))
+                .collect();
+            pushes.sort();
+            pushes
+        };
+        // Each message to the room's channel and each participant's own.
+        assert_eq!(pushes(&applied).len(), 3 * (1 + crowd as usize));
+        assert_eq!(pushes(&applied), pushes(&flushed));
+        // In a crowd, the unread count is the signal: nobody is told.
+        assert!(applied.notices.is_empty());
+        assert!(flushed.notices.is_empty());
         one_by_one.drop().await;
         gathered.drop().await;
     }
