@@ -1032,6 +1032,40 @@ mod tests {
         in_bulk.drop().await;
     }
 
+    /// `run` projected after `setup` in two databases: applied one event
+    /// at a time in one, gathered by [`rooms::Posted`] in the other. Checks
+    /// that both leave the same tables; returns the effects of each.
+    async fn applied_and_gathered(
+        setup: &[OwnedMessage],
+        run: &[&EventEnvelope],
+    ) -> (Effects, Effects) {
+        let (one_by_one, gathered) = (Db::new().await, Db::new().await);
+        for db in [&one_by_one, &gathered] {
+            project(&db.pool, None, setup).await.unwrap();
+        }
+        let mut applied = Effects::default();
+        let mut tx = one_by_one.pool.begin().await.unwrap();
+        for envelope in run {
+            let event = DomainEvent::decode(envelope).unwrap();
+            applied.extend(projection::apply(&mut tx, envelope, &event).await.unwrap());
+        }
+        tx.commit().await.unwrap();
+        let mut posted = rooms::Posted::default();
+        let mut tx = gathered.pool.begin().await.unwrap();
+        for envelope in run {
+            assert!(posted.take(envelope, &DomainEvent::decode(envelope).unwrap()));
+        }
+        let flushed = posted.flush(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            tables_as_text(&one_by_one.pool).await,
+            tables_as_text(&gathered.pool).await
+        );
+        one_by_one.drop().await;
+        gathered.drop().await;
+        (applied, flushed)
+    }
+
     #[tokio::test]
     async fn a_run_of_posted_messages_writes_and_pushes_what_applying_them_one_by_one_does() {
         use tidings_schemas::Channel;
@@ -1070,29 +1104,7 @@ mod tests {
         ]
         .into();
 
-        let (one_by_one, gathered) = (Db::new().await, Db::new().await);
-        for db in [&one_by_one, &gathered] {
-            project(&db.pool, None, &setup).await.unwrap();
-        }
-        let mut applied = Effects::default();
-        let mut tx = one_by_one.pool.begin().await.unwrap();
-        for envelope in &run {
-            let event = DomainEvent::decode(envelope).unwrap();
-            applied.extend(projection::apply(&mut tx, envelope, &event).await.unwrap());
-        }
-        tx.commit().await.unwrap();
-        let mut posted = rooms::Posted::default();
-        let mut tx = gathered.pool.begin().await.unwrap();
-        for envelope in &run {
-            assert!(posted.take(envelope, &DomainEvent::decode(envelope).unwrap()));
-        }
-        let flushed = posted.flush(&mut tx).await.unwrap();
-        tx.commit().await.unwrap();
-
-        assert_eq!(
-            tables_as_text(&one_by_one.pool).await,
-            tables_as_text(&gathered.pool).await
-        );
+        let (applied, flushed) = applied_and_gathered(&setup, &run).await;
         // The same pushes, but each reader's unread count once, as the run
         // leaves it.
         let pushes = |effects: &Effects| {
@@ -1147,8 +1159,6 @@ mod tests {
         };
         assert_eq!(notices(&applied).len(), 6);
         assert_eq!(notices(&applied), notices(&flushed));
-        one_by_one.drop().await;
-        gathered.drop().await;
     }
 
     #[tokio::test]
@@ -1168,31 +1178,9 @@ mod tests {
         room.message(1, a);
         room.message(2, b);
         room.message(3, a);
-        let run = &room.events[from..];
+        let run: Vec<&EventEnvelope> = room.events[from..].iter().collect();
 
-        let (one_by_one, gathered) = (Db::new().await, Db::new().await);
-        for db in [&one_by_one, &gathered] {
-            project(&db.pool, None, &setup).await.unwrap();
-        }
-        let mut applied = Effects::default();
-        let mut tx = one_by_one.pool.begin().await.unwrap();
-        for envelope in run {
-            let event = DomainEvent::decode(envelope).unwrap();
-            applied.extend(projection::apply(&mut tx, envelope, &event).await.unwrap());
-        }
-        tx.commit().await.unwrap();
-        let mut posted = rooms::Posted::default();
-        let mut tx = gathered.pool.begin().await.unwrap();
-        for envelope in run {
-            assert!(posted.take(envelope, &DomainEvent::decode(envelope).unwrap()));
-        }
-        let flushed = posted.flush(&mut tx).await.unwrap();
-        tx.commit().await.unwrap();
-
-        assert_eq!(
-            tables_as_text(&one_by_one.pool).await,
-            tables_as_text(&gathered.pool).await
-        );
+        let (applied, flushed) = applied_and_gathered(&setup, &run).await;
         let pushes = |effects: &Effects| {
             let mut pushes: Vec<(String, String, String)> = effects
                 .updates
@@ -1208,8 +1196,6 @@ mod tests {
         // In a crowd, the unread count is the signal: nobody is told.
         assert!(applied.notices.is_empty());
         assert!(flushed.notices.is_empty());
-        one_by_one.drop().await;
-        gathered.drop().await;
     }
 
     #[test]
