@@ -125,7 +125,7 @@ pub async fn append(
     // the numbers come back: the rest is what was sent (a message's view
     // goes to its room and to each participant, so reading it back parsed
     // that JSON once more per copy).
-    let mut numbers: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+    let mut numbers: Vec<(i64, i64, i64)> = sqlx::query_as(
         "WITH input AS (
            SELECT channel, event, data, ord
            FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(channel, event, data, ord)
@@ -143,9 +143,9 @@ pub async fn append(
          ), written AS (
            INSERT INTO channel_outbox (channel, seq, epoch, event, data)
            SELECT channel, seq, epoch, event, data FROM numbered ORDER BY ord
-           RETURNING id, channel, seq, epoch
+           RETURNING channel, seq, epoch
          )
-         SELECT w.id, n.ord, w.seq, w.epoch
+         SELECT n.ord, w.seq, w.epoch
          FROM written w JOIN numbered n ON n.channel = w.channel AND n.seq = w.seq",
     )
     .bind(&channels)
@@ -153,14 +153,14 @@ pub async fn append(
     .bind(&data)
     .fetch_all(&mut **tx)
     .await?;
-    numbers.sort_unstable_by_key(|&(id, ..)| id);
+    numbers.sort_unstable_by_key(|&(ord, ..)| ord);
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(NOTIFY_CHANNEL)
         .execute(&mut **tx)
         .await?;
     Ok(numbers
         .into_iter()
-        .map(|(_, ord, seq, epoch)| {
+        .map(|(ord, seq, epoch)| {
             let update = &updates[ord as usize - 1];
             Update {
                 channel: update.channel.clone(),
