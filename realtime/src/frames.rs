@@ -3,9 +3,10 @@
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
+use tidings_projections::outbox::Update;
 use uuid::Uuid;
 
-use crate::socket::Delivery;
+use crate::socket::{Delivery, Encoded};
 
 /// Updates whose latest value is all a client needs: a slow client's queue
 /// keeps only the newest of each (see [`ServerFrame::delivery`]).
@@ -85,21 +86,13 @@ impl ServerFrame {
     /// presence a state per channel and user; typing is ephemeral; the rest
     /// is durable.
     pub fn delivery(&self) -> Delivery {
-        let state = |parts: &[&str]| {
-            let mut hasher = std::hash::DefaultHasher::new();
-            parts.hash(&mut hasher);
-            Delivery::State(hasher.finish())
-        };
         match self {
             ServerFrame::Event {
                 channel,
                 event,
                 data,
                 ..
-            } if STATES.contains(&event.as_str()) => {
-                let room = data["room_id"].as_str().unwrap_or_default();
-                state(&[channel, event, room])
-            }
+            } => event_delivery(channel, event, data),
             ServerFrame::Presence {
                 channel, user_id, ..
             } => state(&[channel, "presence", &user_id.to_string()]),
@@ -111,6 +104,53 @@ impl ServerFrame {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("frames serialize")
     }
+
+    /// The `event` frame of an update, encoded for the socket: the same
+    /// frame as [`ServerFrame::Event`] with the update's fields, written from
+    /// the update in place (a hub hands one update to every subscriber; see
+    /// [`crate::hub::Outgoing`]).
+    pub fn event_of(update: &Update) -> Encoded {
+        /// [`ServerFrame::Event`], borrowed.
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename = "event")]
+        struct Event<'a> {
+            channel: &'a str,
+            seq: i64,
+            epoch: i64,
+            event: &'a str,
+            data: &'a serde_json::Value,
+        }
+        let text = serde_json::to_string(&Event {
+            channel: &update.channel,
+            seq: update.seq,
+            epoch: update.epoch,
+            event: &update.event,
+            data: &update.data,
+        })
+        .expect("frames serialize");
+        Encoded::text(
+            &text,
+            event_delivery(&update.channel, &update.event, &update.data),
+        )
+    }
+}
+
+/// How an update's `event` frame waits for a slow client: counts and unread
+/// counts are states keyed by channel and event (and room, for a room's
+/// unread count on the user's channel); the rest is durable.
+fn event_delivery(channel: &str, event: &str, data: &serde_json::Value) -> Delivery {
+    if !STATES.contains(&event) {
+        return Delivery::Durable;
+    }
+    let room = data["room_id"].as_str().unwrap_or_default();
+    state(&[channel, event, room])
+}
+
+/// The delivery of a state named by `parts`.
+fn state(parts: &[&str]) -> Delivery {
+    let mut hasher = std::hash::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    Delivery::State(hasher.finish())
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -195,6 +235,40 @@ mod tests {
             presence("online").delivery(),
             presence("offline").delivery()
         );
+    }
+
+    #[test]
+    fn an_update_encoded_in_place_is_its_event_frame() {
+        for (event, data) in [
+            (
+                "message.created",
+                serde_json::json!({"id": "m", "text": "hi \"you\""}),
+            ),
+            (
+                "room.unread",
+                serde_json::json!({"room_id": "r", "unread_count": 3}),
+            ),
+        ] {
+            let update = Update {
+                channel: "user:1".into(),
+                seq: 7,
+                epoch: 2,
+                event: event.into(),
+                data: data.clone(),
+            };
+            let frame = ServerFrame::Event {
+                channel: "user:1".into(),
+                seq: 7,
+                epoch: 2,
+                event: event.into(),
+                data,
+            };
+            assert_eq!(
+                ServerFrame::event_of(&update),
+                Encoded::text(&frame.to_json(), frame.delivery()),
+                "{event}"
+            );
+        }
     }
 
     #[test]

@@ -14,9 +14,11 @@
 //! on, and each session fills whatever gap it sees from the outbox.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::frames::ServerFrame;
+use crate::socket::Encoded;
 
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::Message;
@@ -47,6 +49,31 @@ pub const SIGNAL_QUEUE: usize = 64;
 /// vanished (or whose gateway died) does not leave anyone typing forever.
 pub const TYPING_TTL: Duration = Duration::from_secs(5);
 
+/// An update as the hub hands it to sessions: one copy for all of them,
+/// its frame encoded once, by the first session that sends it (in a room of
+/// 10,000 subscribers, one serialization instead of 10,000, and no copy of
+/// the update per session).
+#[derive(Debug)]
+pub struct Outgoing {
+    pub update: Update,
+    frame: OnceLock<Encoded>,
+}
+
+impl Outgoing {
+    pub fn new(update: Update) -> Arc<Self> {
+        Arc::new(Outgoing {
+            update,
+            frame: OnceLock::new(),
+        })
+    }
+
+    /// The update's `event` frame.
+    pub fn frame(&self) -> &Encoded {
+        self.frame
+            .get_or_init(|| ServerFrame::event_of(&self.update))
+    }
+}
+
 /// An ephemeral frame for the subscribers of `channel`, about `user_id`
 /// (whose own sessions skip it).
 #[derive(Debug, Clone)]
@@ -60,7 +87,7 @@ pub enum Command {
     Subscribe {
         session: Uuid,
         channel: String,
-        queue: mpsc::Sender<Update>,
+        queue: mpsc::Sender<Arc<Outgoing>>,
         signals: mpsc::Sender<Signal>,
         too_slow: CancellationToken,
     },
@@ -76,7 +103,7 @@ pub enum Command {
 }
 
 struct Subscriber {
-    queue: mpsc::Sender<Update>,
+    queue: mpsc::Sender<Arc<Outgoing>>,
     signals: mpsc::Sender<Signal>,
     too_slow: CancellationToken,
 }
@@ -255,6 +282,7 @@ async fn run(
                     continue;
                 }
                 subscribers.passed = (update.epoch, update.seq);
+                let update = Outgoing::new(update);
                 let before = subscribers.sessions.len();
                 subscribers.sessions.retain(|_, subscriber| {
                     match subscriber.queue.try_send(update.clone()) {
@@ -268,7 +296,7 @@ async fn run(
                 });
                 held -= before - subscribers.sessions.len();
                 if subscribers.sessions.is_empty() {
-                    channels.remove(&update.channel);
+                    channels.remove(&update.update.channel);
                 }
             }
         }
@@ -353,8 +381,8 @@ mod tests {
 
     struct Session {
         id: Uuid,
-        updates: mpsc::Receiver<Update>,
-        queue: mpsc::Sender<Update>,
+        updates: mpsc::Receiver<Arc<Outgoing>>,
+        queue: mpsc::Sender<Arc<Outgoing>>,
         signals: mpsc::Sender<Signal>,
         received: mpsc::Receiver<Signal>,
         too_slow: CancellationToken,
@@ -411,7 +439,7 @@ mod tests {
             .await
             .ok()
             .flatten()
-            .map(|u| u.seq)
+            .map(|u| u.update.seq)
     }
 
     #[tokio::test]

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::frames::{ClientFrame, ServerFrame};
-use crate::hub::{Command, Hub, Signal, SESSION_QUEUE, SIGNAL_QUEUE};
+use crate::hub::{Command, Hub, Outgoing, Signal, SESSION_QUEUE, SIGNAL_QUEUE};
 use crate::presence::Wire;
 use crate::socket::{self, Delivery, Queued, Refused, Writer};
 use crate::Gateway;
@@ -151,7 +151,7 @@ struct Session {
     ws: Writer,
     gateway: Arc<Gateway>,
     hub: Hub,
-    queue: mpsc::Sender<Update>,
+    queue: mpsc::Sender<Arc<Outgoing>>,
     signals: mpsc::Sender<Signal>,
     too_slow: CancellationToken,
     /// What was sent on each subscribed channel.
@@ -183,7 +183,7 @@ struct Sent {
 enum Wake {
     /// A message from the client, a broken stream, or its end.
     Client(Option<Result<Message, ProtocolError>>),
-    Update(Update),
+    Update(Arc<Outgoing>),
     Signal(Signal),
     TooSlow,
     ShuttingDown,
@@ -230,7 +230,11 @@ async fn open(
     hub: Hub,
     token: String,
     mut ws: Writer,
-) -> Option<(Session, mpsc::Receiver<Update>, mpsc::Receiver<Signal>)> {
+) -> Option<(
+    Session,
+    mpsc::Receiver<Arc<Outgoing>>,
+    mpsc::Receiver<Signal>,
+)> {
     let (user_id, expires_at, token_version) = match check(&gateway, &token).await {
         Ok(who) => who,
         Err(error) => {
@@ -307,6 +311,23 @@ fn close(ws: Writer, reason: Option<CloseReason>, discard: bool) {
     let _ = ws.close(reason, discard);
 }
 
+/// What became of a frame, counted, and what a refused one means for the
+/// session.
+fn queued(outcome: Result<Queued, Refused>) -> Result<(), End> {
+    match outcome {
+        Ok(Queued::Queued) => Ok(()),
+        Ok(Queued::Conflated) => {
+            metrics::counter!("tidings_ws_conflated_total").increment(1);
+            Ok(())
+        }
+        Ok(Queued::Dropped) => {
+            metrics::counter!("tidings_ws_dropped_total").increment(1);
+            Ok(())
+        }
+        Err(refused) => write(Err(refused)),
+    }
+}
+
 /// What a refused write means for the session.
 fn write(queued: Result<(), Refused>) -> Result<(), End> {
     match queued {
@@ -323,7 +344,7 @@ impl Session {
     async fn run(
         &mut self,
         stream: &mut actix_ws::MessageStream,
-        updates: &mut mpsc::Receiver<Update>,
+        updates: &mut mpsc::Receiver<Arc<Outgoing>>,
         signals: &mut mpsc::Receiver<Signal>,
     ) -> End {
         if let Err(end) = Box::pin(self.start()).await {
@@ -457,19 +478,7 @@ impl Session {
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        let delivery = frame.delivery();
-        match self.ws.text(&frame.to_json(), delivery) {
-            Ok(Queued::Queued) => Ok(()),
-            Ok(Queued::Conflated) => {
-                metrics::counter!("tidings_ws_conflated_total").increment(1);
-                Ok(())
-            }
-            Ok(Queued::Dropped) => {
-                metrics::counter!("tidings_ws_dropped_total").increment(1);
-                Ok(())
-            }
-            Err(refused) => write(Err(refused)),
-        }
+        queued(self.ws.text(&frame.to_json(), frame.delivery()))
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), End> {
@@ -890,7 +899,7 @@ impl Session {
             metrics::counter!("tidings_ws_replays_total", "source" => source).increment(1);
             if let Some(updates) = ring {
                 for update in updates {
-                    self.forward(update).await?;
+                    self.forward(Outgoing::new(update)).await?;
                 }
                 continue;
             }
@@ -911,7 +920,7 @@ impl Session {
                     .await;
             }
             for update in page {
-                self.forward(update).await?;
+                self.forward(Outgoing::new(update)).await?;
             }
         }
         Ok(())
@@ -1021,10 +1030,11 @@ impl Session {
         update.data["followee"].as_str()?.parse().ok()
     }
 
-    async fn deliver(&mut self, update: Update) -> Result<(), End> {
+    async fn deliver(&mut self, outgoing: Arc<Outgoing>) -> Result<(), End> {
+        let update = &outgoing.update;
         let Some(last) = self.last_sent(&update.channel) else {
             // The own channel, unsubscribed by the client (see `leave`).
-            return match self.unfollowed(&update) {
+            return match self.unfollowed(update) {
                 Some(followee) => self.recheck_posts_of(followee).await,
                 None => Ok(()),
             };
@@ -1033,11 +1043,12 @@ impl Session {
             let channel = update.channel.clone();
             self.catch_up(&channel, update.seq - 1, None).await?;
         }
-        self.forward(update).await
+        self.forward(outgoing).await
     }
 
     /// Sends an update the client does not have yet.
-    async fn forward(&mut self, update: Update) -> Result<(), End> {
+    async fn forward(&mut self, outgoing: Arc<Outgoing>) -> Result<(), End> {
+        let update = &outgoing.update;
         let Some(sent) = self.sent.get_mut(&update.channel) else {
             return Ok(());
         };
@@ -1047,7 +1058,7 @@ impl Session {
         sent.last = update.seq;
         sent.first.get_or_insert(update.seq);
         metrics::counter!("tidings_ws_deliveries_total").increment(1);
-        let unfollowed = self.unfollowed(&update);
+        let unfollowed = self.unfollowed(update);
         let deleted = (update.event == posts::POST_DELETED).then(|| update.channel.clone());
         let revoked = update.event == PASSWORD_CHANGED_UPDATE
             && update.channel == format!("user:{}", self.user_id)
@@ -1059,14 +1070,7 @@ impl Session {
             .event
             .starts_with("room.")
             .then(|| (update.event.clone(), update.data.clone()));
-        self.send(&ServerFrame::Event {
-            channel: update.channel,
-            seq: update.seq,
-            epoch: update.epoch,
-            event: update.event,
-            data: update.data,
-        })
-        .await?;
+        queued(self.ws.encoded(outgoing.frame()))?;
         if revoked {
             // The password changed after this session's token was issued:
             // the token no longer works anywhere, nor does its socket.

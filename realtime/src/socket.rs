@@ -122,11 +122,31 @@ pub struct Writer {
     budget: usize,
 }
 
-impl Writer {
-    pub fn text(&mut self, text: &str, delivery: Delivery) -> Result<Queued, Refused> {
+/// A text frame encoded once, to be queued on any number of sockets: the
+/// server's frames are not masked, so an update goes out byte for byte the
+/// same to each of its subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    bytes: Bytes,
+    delivery: Delivery,
+}
+
+impl Encoded {
+    pub fn text(text: &str, delivery: Delivery) -> Self {
         let bytes =
             encode(|dst| Parser::write_message(dst, text.as_bytes(), OpCode::Text, true, false));
-        self.push(bytes, delivery)
+        Encoded { bytes, delivery }
+    }
+}
+
+impl Writer {
+    pub fn text(&mut self, text: &str, delivery: Delivery) -> Result<Queued, Refused> {
+        self.encoded(&Encoded::text(text, delivery))
+    }
+
+    /// Queues a frame encoded beforehand (its bytes are shared, not copied).
+    pub fn encoded(&mut self, frame: &Encoded) -> Result<Queued, Refused> {
+        self.push(frame.bytes.clone(), frame.delivery)
     }
 
     /// Pings, pongs and closes are small and always queued.
