@@ -477,12 +477,21 @@ async fn on_cluster(ctx: &Ctx, cluster: &Cluster) -> anyhow::Result<Vec<Measured
     .await?;
     let mut layouts = vec![1, plan.gateway_rooms.max(2)];
     layouts.dedup();
-    let mut measured = Vec::new();
-    for rooms in layouts {
+    // Every layout's rooms are opened while the cluster is quiet: after a
+    // layout that the write path could not keep up with (the durable
+    // engine), the next one's room would wait behind its backlog and time
+    // out, and the scenario would end without figures.
+    let mut rooms_of = Vec::new();
+    for &rooms in &layouts {
         let mut ids = Vec::new();
         for _ in 0..rooms {
             ids.push(open_room(&cluster.api, &ctx.run, &writers[0], &writers[1..]).await?);
         }
+        rooms_of.push(ids);
+    }
+    let mut measured = Vec::new();
+    for ids in rooms_of {
+        let rooms = ids.len();
         // What came before (registrations, joins; the previous layout's
         // backlog) is worked off first.
         let (waited, busy) = crate::settle(&cluster.api, cluster.core.pid(), plan.settle).await;
