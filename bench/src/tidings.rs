@@ -85,6 +85,17 @@ pub struct Registration {
     pub refused: usize,
 }
 
+/// What a request that brought no answer met, as the scenarios count it.
+pub fn unanswered(error: &anyhow::Error) -> String {
+    let why = match error.downcast_ref::<reqwest::Error>() {
+        Some(e) if e.is_timeout() => "timed out",
+        Some(e) if e.is_connect() => "no connection",
+        Some(_) => "connection lost",
+        None => "unreadable",
+    };
+    format!("no answer ({why})")
+}
+
 impl Api {
     pub fn new(base: &str) -> anyhow::Result<Api> {
         let http = reqwest::Client::builder()
@@ -92,7 +103,10 @@ impl Api {
             .tcp_nodelay(true)
             // Idle connections are kept for the next request of the same
             // worker: a fresh TCP handshake per write would be measured too.
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Not past Tidings' keep-alive (actix's 5 s): a connection the
+            // server closed just as it is taken from the pool fails a POST,
+            // which is not retried.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()?;
         Ok(Api {
             base: base.trim_end_matches('/').to_owned(),
@@ -259,7 +273,7 @@ impl Api {
             Ok((200 | 202, _)) => Ok(()),
             Ok((status, code)) if code.is_empty() => Err(status.to_string()),
             Ok((status, code)) => Err(format!("{status} {code}")),
-            Err(_) => Err("no answer".into()),
+            Err(error) => Err(unanswered(&error)),
         }
     }
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::{open_loop, refused_note, wait_for, Ctx, OpenLoop, Replies};
 use crate::report::{Bound, Row, Scenario};
 use crate::stats::Summary;
-use crate::tidings::{Api, User};
+use crate::tidings::{self, Api, User};
 use crate::ws::{marker, Protocol, Sockets, Tracker};
 
 /// Participants of the room (the owner, the listener, the other writers).
@@ -224,7 +224,7 @@ pub(super) async fn post_message(
     match api.call(Method::POST, token, &path, Some(&body)).await {
         Ok((answer, _)) if matches!(answer.status, 201 | 202) => Ok(()),
         Ok((answer, _)) => Err(format!("{} {}", answer.status, code(&answer.body))),
-        Err(_) => Err("no answer".to_owned()),
+        Err(error) => Err(tidings::unanswered(&error)),
     }
 }
 
