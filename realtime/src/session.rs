@@ -899,6 +899,7 @@ impl Session {
             metrics::counter!("tidings_ws_replays_total", "source" => source).increment(1);
             if let Some(updates) = ring {
                 for update in updates {
+                    self.paced().await?;
                     self.forward(Outgoing::new(update)).await?;
                 }
                 continue;
@@ -920,10 +921,24 @@ impl Session {
                     .await;
             }
             for update in page {
+                self.paced().await?;
                 self.forward(Outgoing::new(update)).await?;
             }
         }
         Ok(())
+    }
+
+    /// Waits, during a replay, until the client has taken most of what
+    /// waits for it: a client that resumes over more than its queue holds
+    /// gets the backlog at its own pace. One that takes nothing for
+    /// [`CLIENT_TIMEOUT`], or whose live updates overflow meanwhile, is too
+    /// slow (4009).
+    async fn paced(&mut self) -> Result<(), End> {
+        tokio::select! {
+            _ = self.ws.writable() => Ok(()),
+            _ = self.too_slow.cancelled() => Err(End::Stalled),
+            _ = tokio::time::sleep(CLIENT_TIMEOUT) => Err(End::Stalled),
+        }
     }
 
     /// The last `seq` sent on a subscribed channel.

@@ -111,6 +111,9 @@ struct Shared {
     gone: bool,
     /// The dispatcher, waiting for frames.
     body_waker: Option<Waker>,
+    /// The writer, waiting for the client to take frames
+    /// ([`Writer::writable`]).
+    writer_waker: Option<Waker>,
 }
 
 /// Writes frames to the client. Dropped, it ends the response once the
@@ -177,6 +180,21 @@ impl Writer {
     /// Bytes waiting for the client.
     pub fn queued(&self) -> usize {
         self.shared.borrow().queued
+    }
+
+    /// Waits until at most half the budget waits for the client, or the
+    /// connection is gone: a sender of many durable frames at once (a
+    /// replay) goes at the pace the client reads instead of past the budget.
+    pub async fn writable(&self) {
+        std::future::poll_fn(|cx| {
+            let mut shared = self.shared.borrow_mut();
+            if shared.gone || shared.queued <= self.budget / 2 {
+                return Poll::Ready(());
+            }
+            shared.writer_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     fn control(&mut self, bytes: Bytes) -> Result<(), Refused> {
@@ -270,6 +288,9 @@ impl MessageBody for Body {
             let frames = std::mem::take(&mut shared.queue);
             metrics::gauge!(QUEUE_GAUGE).decrement(shared.queued as f64);
             shared.queued = 0;
+            if let Some(writer) = shared.writer_waker.take() {
+                writer.wake();
+            }
             let bytes = if frames.len() == 1 {
                 frames.into_iter().next().expect("one").bytes
             } else {
@@ -296,6 +317,9 @@ impl Drop for Body {
         metrics::gauge!(QUEUE_GAUGE).decrement(shared.queued as f64);
         shared.queued = 0;
         shared.queue = VecDeque::new();
+        if let Some(writer) = shared.writer_waker.take() {
+            writer.wake();
+        }
     }
 }
 
@@ -371,6 +395,32 @@ mod tests {
         writer.text("y", Delivery::Durable).unwrap();
         drop(body);
         assert_eq!(writer.text("z", Delivery::Durable), Err(Refused::Closed));
+    }
+
+    #[test]
+    fn a_writer_waits_until_the_client_took_what_waits_or_is_gone() {
+        use std::future::Future as _;
+        let mut cx = Context::from_waker(Waker::noop());
+        let (mut writer, mut body) = pair(100);
+        writer.text(&"x".repeat(40), Delivery::Durable).unwrap();
+        let mut writable = Box::pin(writer.writable());
+        assert_eq!(
+            writable.as_mut().poll(&mut cx),
+            Poll::Ready(()),
+            "half waits"
+        );
+        drop(writable);
+        writer.text(&"x".repeat(40), Delivery::Durable).unwrap();
+        let mut writable = Box::pin(writer.writable());
+        assert_eq!(writable.as_mut().poll(&mut cx), Poll::Pending);
+        assert!(matches!(next(&mut body), Poll::Ready(Some(_))));
+        assert_eq!(writable.as_mut().poll(&mut cx), Poll::Ready(()));
+        drop(writable);
+        writer.text(&"x".repeat(120), Delivery::Durable).unwrap();
+        let mut writable = Box::pin(writer.writable());
+        assert_eq!(writable.as_mut().poll(&mut cx), Poll::Pending);
+        drop(body);
+        assert_eq!(writable.as_mut().poll(&mut cx), Poll::Ready(()), "gone");
     }
 
     #[test]

@@ -357,6 +357,47 @@ async fn a_stalled_client_is_closed_with_4009_and_a_healthy_one_misses_nothing()
     world.clean_up().await;
 }
 
+/// A client that resumes over more than its queue holds gets the whole
+/// backlog, not 4009: the replay waits for the client to take what waits
+/// before it queues more.
+#[tokio::test]
+async fn a_resume_over_more_than_the_queue_holds_goes_at_the_clients_pace() {
+    let world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.ws_queue_bytes = 8 * 1024;
+    let app = world.start_with(settings, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let (alice, token, _) = client.user("alice").await;
+    // Frames of about 650 bytes: six times what the queue holds.
+    const WRITES: i64 = 80;
+    let bio = |n: i64| format!("{n:04}{}", "b".repeat(490));
+    for n in 1..=WRITES {
+        let reply = client
+            .send(
+                client
+                    .patch("/api/profile")
+                    .bearer_auth(&token)
+                    .json(&json!({ "bio": bio(n) })),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let mut socket = connected(&app.base, &token, &alice).await;
+    socket
+        .send(json!({"op": "subscribe", "channel": format!("user:{alice}"), "since": 0}))
+        .await;
+    let subscribed = socket.expect("subscribed").await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    for seq in 1..=WRITES {
+        let event = socket.expect("event").await;
+        assert_eq!(event["seq"], seq, "{event}");
+        assert_eq!(event["data"]["bio"], bio(seq), "{event}");
+    }
+    assert_eq!(closes(&client, "4009").await, 0.0);
+    app.stop().await;
+    world.clean_up().await;
+}
+
 async fn replays(client: &Client, source: &str) -> f64 {
     let text = crate::operations::metrics(client).await;
     crate::operations::sample(&text, "tidings_ws_replays_total", &[("source", source)])

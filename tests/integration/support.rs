@@ -582,6 +582,8 @@ impl Socket {
             if frame["type"] == kind {
                 return frame;
             }
+            // A closed stream says so at every read: waiting on would spin.
+            assert_ne!(frame["type"], "closed", "closed before a {kind} frame");
         }
     }
 }
