@@ -724,6 +724,26 @@ pub async fn message(
     Ok(row.map(MessageView::from))
 }
 
+/// Events whose data is a message's view as it was posted or edited.
+pub const MESSAGE_VIEW_EVENTS: [&str; 2] = ["message.created", "message.edited"];
+
+/// The current views of those of `ids` that were edited or deleted after
+/// they were posted. A replay of a channel's history shows these instead of
+/// the views its updates carried then: a deleted message's text, and an
+/// edited one's earlier text, are not handed out again.
+pub async fn changed_since_posted(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<MessageView>, sqlx::Error> {
+    let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+        "{MESSAGES_FROM} WHERE x.id = ANY($1) AND (x.edited_at IS NOT NULL OR x.deleted_at IS NOT NULL)"
+    ))
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(MessageView::from).collect())
+}
+
 /// The messages of others after the user's last read one, tombstones left
 /// out.
 pub async fn unread_count(

@@ -897,17 +897,23 @@ impl Session {
             };
             let source = if ring.is_some() { "ring" } else { "outbox" };
             metrics::counter!("tidings_ws_replays_total", "source" => source).increment(1);
-            if let Some(updates) = ring {
+            if let Some(mut updates) = ring {
+                if let Err(error) = self.as_now(&mut updates).await {
+                    return self.unavailable(channel, reference, error).await;
+                }
                 for update in updates {
                     self.paced().await?;
                     self.forward(Outgoing::new(update)).await?;
                 }
                 continue;
             }
-            let page = match outbox::since(&self.gateway.db, channel, last, REPLAY_PAGE).await {
+            let mut page = match outbox::since(&self.gateway.db, channel, last, REPLAY_PAGE).await {
                 Ok(page) => page,
                 Err(error) => return self.unavailable(channel, reference, error).await,
             };
+            if let Err(error) = self.as_now(&mut page).await {
+                return self.unavailable(channel, reference, error).await;
+            }
             if page.first().is_none_or(|first| first.seq > last + 1) {
                 // Pruned from the outbox (or never written): the client
                 // cannot have these updates in order any more.
@@ -923,6 +929,40 @@ impl Session {
             for update in page {
                 self.paced().await?;
                 self.forward(Outgoing::new(update)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replayed updates that carry a room message's view get its view of
+    /// now where it was edited or deleted since (the outbox and the ring keep
+    /// what each update carried when it was made): what a replay hands out
+    /// is never more than the room's history shows.
+    async fn as_now(&self, updates: &mut [Update]) -> Result<(), sqlx::Error> {
+        let carries_message = |update: &Update| {
+            rooms::MESSAGE_VIEW_EVENTS
+                .contains(&update.event.as_str())
+                .then(|| update.data["id"].as_str()?.parse::<Uuid>().ok())
+                .flatten()
+        };
+        let ids: Vec<Uuid> = updates.iter().filter_map(carries_message).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now: HashMap<Uuid, serde_json::Value> =
+            rooms::changed_since_posted(&self.gateway.db, &ids)
+                .await?
+                .into_iter()
+                .map(|view| {
+                    (
+                        view.id,
+                        serde_json::to_value(view).expect("views serialize"),
+                    )
+                })
+                .collect();
+        for update in updates {
+            if let Some(view) = carries_message(update).and_then(|id| now.get(&id)) {
+                update.data = view.clone();
             }
         }
         Ok(())

@@ -543,6 +543,83 @@ async fn a_socket_that_resumes_gets_exactly_what_it_missed_in_order_then_live() 
     world.clean_up().await;
 }
 
+/// A replay hands out no text the room's history no longer shows: a
+/// message deleted since it was posted comes as its tombstone, an edited one
+/// with its text of now, wherever its updates are replayed from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_shows_deleted_and_edited_messages_as_they_are_now() {
+    let world = World::new().await;
+    let app = start(&world, &ALL_ROLES).await;
+    let client = Client::new(&app.base);
+    let alice = user(&client, "alice").await;
+    let carol = user(&client, "carol").await;
+    let room = public_room(&client, &alice, &[]).await;
+    for text in ["posted secret", "kept", "first wording"] {
+        say(&client, &alice, &room, text).await;
+    }
+    let posted = history(&client, &alice, &room).await;
+    let id = |n: usize| posted[n]["id"].as_str().unwrap().to_owned();
+    let (deleted, edited) = (id(0), id(2));
+    for (message, text) in [(&deleted, "edited secret"), (&edited, "second wording")] {
+        let reply = client
+            .send(
+                client
+                    .patch(&format!("/api/rooms/{room}/messages/{message}"))
+                    .bearer_auth(&alice.token)
+                    .json(&json!({ "text": text })),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let reply = client
+        .send(
+            client
+                .delete(&format!("/api/rooms/{room}/messages/{deleted}"))
+                .bearer_auth(&alice.token),
+        )
+        .await;
+    assert!(matches!(reply.status, 200 | 204), "{}", reply.body);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = history(&client, &alice, &room).await;
+        if now[0]["deleted"] == true && now[2]["text"] == "second wording" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not projected: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Carol, who never joined the public room, replays all of it: from the
+    // hot ring, and (the ring gone) from the outbox.
+    let channel = format!("room:{room}");
+    let ring = format!("{}:ring:{channel}", world.settings.redis_prefix);
+    for source in ["ring", "outbox"] {
+        if source == "outbox" {
+            world.redis_del(&ring).await;
+        }
+        let mut socket = welcomed(&app.base, &carol).await;
+        let subscribed = subscribe(&mut socket, &channel, Some((0, 1))).await;
+        assert_eq!(subscribed["recovered"], true, "{subscribed}");
+        let events = events_of(&mut socket, &channel, 6, Duration::from_secs(15)).await;
+        assert_eq!(events.len(), 6, "{source}: {events:?}");
+        for event in &events {
+            let text = event.to_string();
+            for gone in ["posted secret", "edited secret", "first wording"] {
+                assert!(!text.contains(gone), "{source}: {gone:?} replayed: {event}");
+            }
+            let data = &event["data"];
+            if data["id"] == deleted.as_str() {
+                assert_eq!(data["deleted"], true, "{source}: {event}");
+            }
+            if data["id"] == edited.as_str() {
+                assert_eq!(data["text"], "second wording", "{source}: {event}");
+            }
+        }
+    }
+    app.stop().await;
+    world.clean_up().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_socket_resumes_on_a_new_gateway_process_after_its_own_was_killed() {
     let world = World::new().await;

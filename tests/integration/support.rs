@@ -713,6 +713,17 @@ impl World {
             .unwrap()
     }
 
+    /// Deletes the key (a test that takes a cache away).
+    pub async fn redis_del(&self, key: &str) {
+        let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
     /// The seconds an account's cache entry has left to live.
     pub async fn cached_account_ttl(&self, id: &str) -> i64 {
         let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
